@@ -1,0 +1,502 @@
+//! One typed configuration for every Harmonia binary.
+//!
+//! Precedence, lowest first: built-in defaults, the optional TOML file (`--config`), then flags
+//! and their `HARMONIA_*` environment variables (clap resolves flag-over-env). Secrets never come
+//! from flags (they would show in `ps`): only from environment variables or files, and they are
+//! wrapped in [`SecretString`] so `Debug` and logs print `[REDACTED]`.
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+/// Env var holding the S3 secret key (alternative: `--s3-secret-access-key-file`).
+pub const S3_SECRET_ENV: &str = "HARMONIA_S3_SECRET_ACCESS_KEY";
+/// Env vars holding a Hugging Face Hub token, first match wins.
+pub const HUB_TOKEN_ENVS: [&str; 2] = ["HARMONIA_HUB_TOKEN", "HF_TOKEN"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid setting `{setting}`: {message}")]
+    Invalid {
+        setting: &'static str,
+        message: String,
+    },
+    #[error("config file {path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: Box<figment::Error>,
+    },
+}
+
+impl ConfigError {
+    fn invalid(setting: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            setting,
+            message: message.into(),
+        }
+    }
+}
+
+/// Command-line/env layer. Every field is optional so that an absent flag does not override the
+/// file; `skip_serializing_if` keeps `None` out of the merged figment.
+#[derive(Debug, Clone, Default, clap::Args, Serialize)]
+pub struct ConfigArgs {
+    /// TOML file with any of the settings below (sections `[redis]`, `[mongo]`, `[s3]`, `[models]`).
+    #[arg(
+        long = "config",
+        env = "HARMONIA_CONFIG",
+        global = true,
+        value_name = "FILE"
+    )]
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub mongo: MongoArgs,
+    #[command(flatten)]
+    pub s3: S3Args,
+    #[command(flatten)]
+    pub models: ModelsArgs,
+}
+
+#[derive(Debug, Clone, Default, clap::Args, Serialize)]
+pub struct RedisArgs {
+    /// Redis URL, e.g. redis://127.0.0.1:6379/0
+    #[arg(long = "redis-url", env = "HARMONIA_REDIS_URL", global = true)]
+    #[serde(rename = "url", skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key; use `{name}` to keep all keys in one Redis Cluster slot.
+    #[arg(long = "redis-prefix", env = "HARMONIA_REDIS_PREFIX", global = true)]
+    #[serde(rename = "prefix", skip_serializing_if = "Option::is_none")]
+    pub redis_prefix: Option<String>,
+    /// Connections in the Redis pool.
+    #[arg(
+        long = "redis-pool-size",
+        env = "HARMONIA_REDIS_POOL_SIZE",
+        global = true
+    )]
+    #[serde(rename = "pool_size", skip_serializing_if = "Option::is_none")]
+    pub redis_pool_size: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, clap::Args, Serialize)]
+pub struct MongoArgs {
+    /// MongoDB URI; a replica set is required (transactions, change streams).
+    #[arg(long = "mongo-uri", env = "HARMONIA_MONGO_URI", global = true)]
+    #[serde(rename = "uri", skip_serializing_if = "Option::is_none")]
+    pub mongo_uri: Option<String>,
+    /// MongoDB database name.
+    #[arg(
+        long = "mongo-database",
+        env = "HARMONIA_MONGO_DATABASE",
+        global = true
+    )]
+    #[serde(rename = "database", skip_serializing_if = "Option::is_none")]
+    pub mongo_database: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, clap::Args, Serialize)]
+pub struct S3Args {
+    /// S3 endpoint URL; unset means AWS's regional endpoint.
+    #[arg(long = "s3-endpoint", env = "HARMONIA_S3_ENDPOINT", global = true)]
+    #[serde(rename = "endpoint", skip_serializing_if = "Option::is_none")]
+    pub s3_endpoint: Option<String>,
+    #[arg(long = "s3-region", env = "HARMONIA_S3_REGION", global = true)]
+    #[serde(rename = "region", skip_serializing_if = "Option::is_none")]
+    pub s3_region: Option<String>,
+    #[arg(long = "s3-bucket", env = "HARMONIA_S3_BUCKET", global = true)]
+    #[serde(rename = "bucket", skip_serializing_if = "Option::is_none")]
+    pub s3_bucket: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by most self-hosted S3 servers.
+    #[arg(
+        long = "s3-force-path-style",
+        env = "HARMONIA_S3_FORCE_PATH_STYLE",
+        global = true
+    )]
+    #[serde(rename = "force_path_style", skip_serializing_if = "Option::is_none")]
+    pub s3_force_path_style: Option<bool>,
+    #[arg(
+        long = "s3-access-key-id",
+        env = "HARMONIA_S3_ACCESS_KEY_ID",
+        global = true
+    )]
+    #[serde(rename = "access_key_id", skip_serializing_if = "Option::is_none")]
+    pub s3_access_key_id: Option<String>,
+    /// File holding the S3 secret key (or set HARMONIA_S3_SECRET_ACCESS_KEY).
+    #[arg(
+        long = "s3-secret-access-key-file",
+        env = "HARMONIA_S3_SECRET_ACCESS_KEY_FILE",
+        global = true
+    )]
+    #[serde(
+        rename = "secret_access_key_file",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub s3_secret_access_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, clap::Args, Serialize)]
+pub struct ModelsArgs {
+    /// Model cache directory (Hugging Face cache layout), shared by the workers of a host.
+    #[arg(
+        long = "model-cache-dir",
+        env = "HARMONIA_MODEL_CACHE_DIR",
+        global = true
+    )]
+    #[serde(rename = "cache_dir", skip_serializing_if = "Option::is_none")]
+    pub model_cache_dir: Option<PathBuf>,
+    /// Hugging Face Hub endpoint (or a Hub-compatible mirror); falls back to HF_ENDPOINT.
+    #[arg(long = "hub-endpoint", env = "HARMONIA_HUB_ENDPOINT", global = true)]
+    #[serde(rename = "hub_endpoint", skip_serializing_if = "Option::is_none")]
+    pub hub_endpoint: Option<String>,
+    /// File holding a Hub token (or set HARMONIA_HUB_TOKEN / HF_TOKEN).
+    #[arg(
+        long = "hub-token-file",
+        env = "HARMONIA_HUB_TOKEN_FILE",
+        global = true
+    )]
+    #[serde(rename = "hub_token_file", skip_serializing_if = "Option::is_none")]
+    pub hub_token_file: Option<PathBuf>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub redis: RedisConfig,
+    pub mongo: MongoConfig,
+    pub s3: S3Config,
+    pub models: ModelsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+    pub prefix: String,
+    pub pool_size: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MongoConfig {
+    pub uri: String,
+    pub database: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub bucket: String,
+    pub force_path_style: bool,
+    pub access_key_id: Option<String>,
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Filled from env or file by [`Config::load`]; never serialized.
+    #[serde(skip)]
+    pub secret_access_key: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsConfig {
+    pub cache_dir: PathBuf,
+    pub hub_endpoint: String,
+    pub hub_token_file: Option<PathBuf>,
+    #[serde(skip)]
+    pub hub_token: Option<SecretString>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let cache_home = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(|| PathBuf::from("/var/cache"));
+        Self {
+            redis: RedisConfig {
+                url: "redis://127.0.0.1:6379".into(),
+                prefix: "harmonia".into(),
+                pool_size: 16,
+            },
+            mongo: MongoConfig {
+                uri: "mongodb://127.0.0.1:27017/?replicaSet=rs0".into(),
+                database: "harmonia".into(),
+            },
+            s3: S3Config {
+                endpoint: None,
+                region: "us-east-1".into(),
+                bucket: "harmonia".into(),
+                force_path_style: false,
+                access_key_id: None,
+                secret_access_key_file: None,
+                secret_access_key: None,
+            },
+            models: ModelsConfig {
+                cache_dir: cache_home.join("harmonia").join("hub"),
+                hub_endpoint: std::env::var("HF_ENDPOINT")
+                    .unwrap_or_else(|_| "https://huggingface.co".into()),
+                hub_token_file: None,
+                hub_token: None,
+            },
+        }
+    }
+}
+
+impl Config {
+    /// Merges defaults, file and flags/env, reads secrets, and validates every setting.
+    pub fn load(args: &ConfigArgs) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = &args.config_file {
+            if !path.is_file() {
+                return Err(ConfigError::invalid(
+                    "config",
+                    format!("file {} does not exist", path.display()),
+                ));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let file_err = |e: figment::Error| ConfigError::File {
+            path: args.config_file.clone().unwrap_or_default(),
+            source: Box::new(e),
+        };
+        let mut config: Config = figment
+            .merge(Serialized::globals(args))
+            .extract()
+            .map_err(file_err)?;
+        config.s3.secret_access_key = read_secret(
+            &[S3_SECRET_ENV],
+            config.s3.secret_access_key_file.as_deref(),
+            "s3.secret_access_key_file",
+        )?;
+        config.models.hub_token = read_secret(
+            &HUB_TOKEN_ENVS,
+            config.models.hub_token_file.as_deref(),
+            "models.hub_token_file",
+        )?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every setting so a bad value fails at start-up with its name, not at first use.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = url::Url::parse(&self.redis.url)
+            .map_err(|e| ConfigError::invalid("redis.url", format!("not a URL: {e}")))?;
+        if !matches!(url.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
+            return Err(ConfigError::invalid(
+                "redis.url",
+                format!(
+                    "scheme must be redis:// or rediss://, got {}://",
+                    url.scheme()
+                ),
+            ));
+        }
+        check_name("redis.prefix", &self.redis.prefix, |c| {
+            !c.is_whitespace() && c != ':'
+        })?;
+        if self.redis.pool_size == 0 {
+            return Err(ConfigError::invalid(
+                "redis.pool_size",
+                "must be at least 1",
+            ));
+        }
+        if !self.mongo.uri.starts_with("mongodb://") {
+            return Err(ConfigError::invalid(
+                "mongo.uri",
+                "must start with mongodb:// (mongodb+srv:// needs the DNS resolver, not built in)",
+            ));
+        }
+        check_name("mongo.database", &self.mongo.database, |c| {
+            !matches!(c, '/' | '\\' | '.' | ' ' | '"' | '$' | '\0')
+        })?;
+        if let Some(endpoint) = &self.s3.endpoint {
+            let url = url::Url::parse(endpoint)
+                .map_err(|e| ConfigError::invalid("s3.endpoint", format!("not a URL: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(ConfigError::invalid(
+                    "s3.endpoint",
+                    "scheme must be http or https",
+                ));
+            }
+        }
+        check_name("s3.region", &self.s3.region, |c| {
+            c.is_ascii_alphanumeric() || c == '-'
+        })?;
+        let bucket = &self.s3.bucket;
+        if !(3..=63).contains(&bucket.len())
+            || !bucket
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        {
+            return Err(ConfigError::invalid(
+                "s3.bucket",
+                format!("{bucket:?} is not a valid bucket name (3-63 chars of a-z 0-9 . -)"),
+            ));
+        }
+        if self.s3.access_key_id.is_some() != self.s3.secret_access_key.is_some() {
+            return Err(ConfigError::invalid(
+                "s3.access_key_id",
+                format!(
+                    "access key id and secret key must be set together (secret: env {S3_SECRET_ENV} or s3.secret_access_key_file)"
+                ),
+            ));
+        }
+        let hub = url::Url::parse(&self.models.hub_endpoint)
+            .map_err(|e| ConfigError::invalid("models.hub_endpoint", format!("not a URL: {e}")))?;
+        if !matches!(hub.scheme(), "http" | "https") {
+            return Err(ConfigError::invalid(
+                "models.hub_endpoint",
+                "scheme must be http or https",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_name(
+    setting: &'static str,
+    value: &str,
+    allowed: impl Fn(char) -> bool,
+) -> Result<(), ConfigError> {
+    if value.is_empty() {
+        return Err(ConfigError::invalid(setting, "must not be empty"));
+    }
+    if let Some(bad) = value.chars().find(|c| !allowed(*c)) {
+        return Err(ConfigError::invalid(
+            setting,
+            format!("{value:?} contains the forbidden character {bad:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A secret from the first set env var, else from a file (trailing newline trimmed).
+fn read_secret(
+    envs: &[&str],
+    file: Option<&Path>,
+    setting: &'static str,
+) -> Result<Option<SecretString>, ConfigError> {
+    if let Some(value) = envs
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+    {
+        return Ok(Some(SecretString::from(value)));
+    }
+    let Some(path) = file else { return Ok(None) };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::invalid(setting, format!("cannot read {}: {e}", path.display()))
+    })?;
+    let text = text.trim_end_matches(['\n', '\r']);
+    if text.is_empty() {
+        return Err(ConfigError::invalid(
+            setting,
+            format!("{} is empty", path.display()),
+        ));
+    }
+    Ok(Some(SecretString::from(text.to_owned())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use secrecy::ExposeSecret;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: ConfigArgs,
+    }
+
+    fn parse(args: &[&str]) -> ConfigArgs {
+        let mut argv = vec!["test"];
+        argv.extend_from_slice(args);
+        Cli::parse_from(argv).config
+    }
+
+    #[test]
+    fn flags_override_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("h.toml");
+        std::fs::write(
+            &file,
+            "[redis]\nurl = \"redis://10.0.0.1:7000\"\nprefix = \"fromfile\"\n[s3]\nbucket = \"file-bucket\"\n",
+        )
+        .unwrap();
+        let args = parse(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--redis-prefix",
+            "fromflag",
+        ]);
+        let config = Config::load(&args).unwrap();
+        assert_eq!(config.redis.url, "redis://10.0.0.1:7000");
+        assert_eq!(config.redis.prefix, "fromflag");
+        assert_eq!(config.s3.bucket, "file-bucket");
+        assert_eq!(config.mongo.database, "harmonia");
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--redis-url", "http://x"], "redis.url"),
+            (&["--redis-prefix", "a b"], "redis.prefix"),
+            (&["--mongo-uri", "postgres://x"], "mongo.uri"),
+            (&["--s3-bucket", "Bad_Bucket"], "s3.bucket"),
+            (&["--s3-endpoint", "ftp://x"], "s3.endpoint"),
+            (&["--hub-endpoint", "nope"], "models.hub_endpoint"),
+        ];
+        for (args, setting) in cases {
+            let err = Config::load(&parse(args)).unwrap_err().to_string();
+            assert!(err.contains(setting), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_and_mistyped_file_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("h.toml");
+        std::fs::write(&file, "[redis]\npool_size = \"many\"\n").unwrap();
+        let err = Config::load(&parse(&["--config", file.to_str().unwrap()]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pool_size"), "{err}");
+        std::fs::write(&file, "[redis]\nurll = \"redis://x\"\n").unwrap();
+        let err = Config::load(&parse(&["--config", file.to_str().unwrap()]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("urll"), "{err}");
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_never_print() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("s3-secret");
+        std::fs::write(&secret, "hunter2\n").unwrap();
+        let args = parse(&[
+            "--s3-access-key-id",
+            "AKID",
+            "--s3-secret-access-key-file",
+            secret.to_str().unwrap(),
+        ]);
+        let config = Config::load(&args).unwrap();
+        let key = config.s3.secret_access_key.as_ref().unwrap();
+        assert_eq!(key.expose_secret(), "hunter2");
+        let shown = format!("{config:?} {}", serde_json::to_string(&config).unwrap());
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn access_key_without_secret_is_an_error() {
+        let err = Config::load(&parse(&["--s3-access-key-id", "AKID"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("s3.access_key_id"), "{err}");
+    }
+}

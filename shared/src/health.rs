@@ -1,0 +1,126 @@
+//! Checks that Redis, MongoDB and S3 answer with the given config; `harmonia-* check` prints it.
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::queue::Queue;
+use crate::storage::Storage;
+use crate::store::{Store, redact_uri};
+
+/// One line per backing service.
+#[derive(Debug, Serialize)]
+pub struct ServiceStatus {
+    pub service: &'static str,
+    pub target: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HealthReport {
+    pub services: Vec<ServiceStatus>,
+}
+
+impl HealthReport {
+    pub fn ok(&self) -> bool {
+        self.services.iter().all(|s| s.ok)
+    }
+}
+
+/// Probes all three services concurrently; never fails, failures are in the report.
+pub async fn check(config: &Config) -> HealthReport {
+    let redis = async {
+        let result = match Queue::connect(&config.redis).await {
+            Ok(queue) => queue.ping().await.map(|v| format!("redis {v}")),
+            Err(e) => Err(e),
+        };
+        status("redis", redact_uri(&config.redis.url), result)
+    };
+    let mongo = async {
+        let result = match Store::connect(&config.mongo).await {
+            Ok(store) => store
+                .server_version()
+                .await
+                .map(|v| format!("mongod {v}, database {}", config.mongo.database)),
+            Err(e) => Err(e),
+        };
+        status("mongodb", redact_uri(&config.mongo.uri), result)
+    };
+    let s3 = async {
+        let storage = Storage::new(&config.s3);
+        let result = storage
+            .ensure_bucket()
+            .await
+            .map(|()| format!("bucket {} ready", storage.bucket()));
+        let target = config
+            .s3
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| format!("aws {}", config.s3.region));
+        status("s3", target, result)
+    };
+    let (redis, mongo, s3) = tokio::join!(redis, mongo, s3);
+    HealthReport {
+        services: vec![redis, mongo, s3],
+    }
+}
+
+fn status<E: std::fmt::Display>(
+    service: &'static str,
+    target: String,
+    result: Result<String, E>,
+) -> ServiceStatus {
+    match result {
+        Ok(detail) => ServiceStatus {
+            service,
+            target,
+            ok: true,
+            detail,
+        },
+        Err(e) => ServiceStatus {
+            service,
+            target,
+            ok: false,
+            detail: e.to_string(),
+        },
+    }
+}
+
+impl std::fmt::Display for HealthReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for s in &self.services {
+            let mark = if s.ok { "ok  " } else { "FAIL" };
+            writeln!(f, "{mark} {:<8} {:<40} {}", s.service, s.target, s.detail)?;
+        }
+        Ok(())
+    }
+}
+
+/// `check` subcommand shared by both binaries.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckArgs {
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the check and prints the report on stdout; the exit code says whether all answered.
+pub async fn run_check(
+    config: &Config,
+    args: &CheckArgs,
+) -> std::io::Result<std::process::ExitCode> {
+    use std::io::Write;
+    let report = check(config).await;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{report}")?;
+    }
+    Ok(if report.ok() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,49 @@
+//! The task types Harmonia knows, and the parameter checks the scheduler can do at submit time
+//! (so a bad parameter is a rejected submission, not a failed task an hour later).
+
+use serde_json::{Map, Value};
+
+pub const DEBUG_NOOP: &str = "debug.noop";
+pub const DEBUG_SLEEP: &str = "debug.sleep";
+pub const DEBUG_FAIL: &str = "debug.fail";
+pub const DEBUG_CRASH: &str = "debug.crash";
+pub const MODEL_DOWNLOAD: &str = "model.download";
+pub const INFERENCE_EMBED: &str = "inference.embed";
+pub const INFERENCE_GENERATE: &str = "inference.generate";
+pub const MODEL_CONVERT: &str = "model.convert";
+
+pub const ALL: &[&str] = &[
+    DEBUG_NOOP,
+    DEBUG_SLEEP,
+    DEBUG_FAIL,
+    DEBUG_CRASH,
+    MODEL_DOWNLOAD,
+    INFERENCE_EMBED,
+    INFERENCE_GENERATE,
+    MODEL_CONVERT,
+];
+
+pub fn is_known(task_type: &str) -> bool {
+    ALL.contains(&task_type)
+}
+
+/// Problems with `params` for `task_type`, as (field, message) pairs.
+pub fn check_params(task_type: &str, params: &Map<String, Value>) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    let mut uint = |field: &str, required: bool| match params.get(field) {
+        None if !required => {}
+        None => problems.push((field.to_owned(), "is required".to_owned())),
+        Some(v) if v.as_u64().is_some() => {}
+        Some(v) => problems.push((
+            field.to_owned(),
+            format!("expected a non-negative integer, got {v}"),
+        )),
+    };
+    match task_type {
+        DEBUG_SLEEP => uint("ms", true),
+        // `times` absent means "always fail".
+        DEBUG_FAIL => uint("times", false),
+        _ => {}
+    }
+    problems
+}

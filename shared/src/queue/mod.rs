@@ -1,0 +1,67 @@
+//! Redis: the fast transport. Nothing here is the source of truth; MongoDB is.
+
+pub mod keys;
+
+pub use keys::Keys;
+
+use deadpool_redis::{Config as PoolConfig, Pool, Runtime};
+
+use crate::config::RedisConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("redis pool: {0}")]
+    CreatePool(#[from] deadpool_redis::CreatePoolError),
+    #[error("redis connection: {0}")]
+    Pool(#[from] deadpool_redis::PoolError),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// A pooled Redis handle plus the key names for this deployment's prefix.
+#[derive(Clone)]
+pub struct Queue {
+    pool: Pool,
+    keys: Keys,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue").field("keys", &self.keys).finish()
+    }
+}
+
+impl Queue {
+    /// Builds the pool and checks that the server answers.
+    pub async fn connect(config: &RedisConfig) -> Result<Self, QueueError> {
+        let mut pool_config = PoolConfig::from_url(config.url.clone());
+        pool_config.pool = Some(deadpool_redis::PoolConfig::new(config.pool_size));
+        let pool = pool_config.create_pool(Some(Runtime::Tokio1))?;
+        let queue = Self {
+            pool,
+            keys: Keys::new(config.prefix.clone()),
+        };
+        queue.ping().await?;
+        Ok(queue)
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub async fn conn(&self) -> Result<deadpool_redis::Connection, QueueError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// The server's version string, which also proves the connection works.
+    pub async fn ping(&self) -> Result<String, QueueError> {
+        let mut conn = self.conn().await?;
+        let info: redis::InfoDict = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await?;
+        Ok(info
+            .get::<String>("redis_version")
+            .unwrap_or_else(|| "unknown".into()))
+    }
+}

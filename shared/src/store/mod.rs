@@ -1,0 +1,79 @@
+//! MongoDB: the source of truth. Repositories (one per collection) live beside this handle.
+
+use mongodb::bson::{Document, doc};
+use mongodb::{Client, Database};
+
+use crate::config::MongoConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("mongodb: {0}")]
+    Mongo(#[from] mongodb::error::Error),
+    #[error(
+        "mongodb at {uri} is not a replica set member (transactions and change streams need one)"
+    )]
+    NotReplicaSet { uri: String },
+}
+
+/// A connected database handle.
+#[derive(Debug, Clone)]
+pub struct Store {
+    client: Client,
+    db: Database,
+}
+
+impl Store {
+    /// Connects and checks that the server is a replica set member.
+    pub async fn connect(config: &MongoConfig) -> Result<Self, StoreError> {
+        let client = Client::with_uri_str(&config.uri).await?;
+        let db = client.database(&config.database);
+        let store = Self { client, db };
+        let hello = store.hello().await?;
+        if hello.get_str("setName").is_err() {
+            return Err(StoreError::NotReplicaSet {
+                uri: redact_uri(&config.uri),
+            });
+        }
+        Ok(store)
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// The server's `hello` reply (role, replica set name, wire version).
+    pub async fn hello(&self) -> Result<Document, StoreError> {
+        Ok(self.db.run_command(doc! { "hello": 1 }).await?)
+    }
+
+    pub async fn server_version(&self) -> Result<String, StoreError> {
+        let info = self.db.run_command(doc! { "buildInfo": 1 }).await?;
+        Ok(info.get_str("version").unwrap_or("unknown").to_owned())
+    }
+}
+
+/// Drops `user:password@` from a URI so it can be logged.
+pub fn redact_uri(uri: &str) -> String {
+    match (uri.find("://"), uri.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***@{}", &uri[..scheme_end], &uri[at + 1..])
+        }
+        _ => uri.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_are_redacted() {
+        assert_eq!(
+            super::redact_uri("mongodb://u:p@h:1/?replicaSet=rs0"),
+            "mongodb://***@h:1/?replicaSet=rs0"
+        );
+        assert_eq!(super::redact_uri("mongodb://h:1"), "mongodb://h:1");
+    }
+}

@@ -1,0 +1,72 @@
+//! Dev servers and helpers for `scripts/services` and the demo. Not for production.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "harmonia-dev", version, about = "Harmonia local dev services")]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Serve S3 over a directory (s3s-fs) with SigV4 credential checks, until SIGTERM/Ctrl-C.
+    S3 {
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, env = "HARMONIA_DEV_S3_PORT", default_value_t = 9010)]
+        port: u16,
+        #[arg(long, env = "HARMONIA_S3_ACCESS_KEY_ID")]
+        access_key: String,
+        /// Read from the environment only, so it never shows in `ps`.
+        #[arg(skip = std::env::var("HARMONIA_S3_SECRET_ACCESS_KEY").unwrap_or_default())]
+        secret_key: String,
+        /// Directory holding one sub-directory per bucket.
+        root: PathBuf,
+    },
+    /// Initiate a one-node replica set `rs0` on a local mongod and wait for a writable primary.
+    MongoInit {
+        #[arg(long)]
+        port: u16,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Args::parse().command {
+        Cmd::S3 {
+            host,
+            port,
+            access_key,
+            secret_key,
+            root,
+        } => {
+            anyhow::ensure!(
+                !secret_key.is_empty(),
+                "set HARMONIA_S3_SECRET_ACCESS_KEY for the dev S3 server"
+            );
+            let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
+            tracing::info!("s3 listening on http://{}", listener.local_addr()?);
+            let shutdown = async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("installing SIGTERM handler");
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            };
+            harmonia_tests::s3::serve(listener, &root, &access_key, &secret_key, shutdown).await
+        }
+        Cmd::MongoInit { port } => harmonia_tests::servers::init_replica_set(port).await,
+    }
+}

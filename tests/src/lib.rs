@@ -1,0 +1,13 @@
+//! Harmonia's test harness: real Redis, mongod and S3 servers per test suite, helpers to spawn
+//! the scheduler and workers against them, and condition waits with deadlines.
+//!
+//! Also home of the dev servers the scripts and the demo run (`harmonia-dev`).
+
+pub mod process; // children that die with the test process
+pub mod s3; // S3 over a directory (s3s-fs), in-process or as `harmonia-dev s3`
+pub mod servers; // redis-server and mongod launchers, replica-set initiation
+pub mod services; // per-suite services and per-test scopes
+pub mod wait; // wait_for: polling with a deadline
+
+pub use services::{Scope, services};
+pub use wait::wait_for;

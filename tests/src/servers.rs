@@ -1,0 +1,167 @@
+//! Starting real Redis and mongod processes on free loopback ports, and waiting until they
+//! really answer (a PING, a writable replica-set primary).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context;
+use mongodb::bson::doc;
+
+use crate::process::{ChildGuard, free_port};
+use crate::wait::wait_for;
+
+/// Finds an executable: `$env_var`, then each candidate path, then `$PATH`.
+pub fn locate(env_var: &str, candidates: &[PathBuf], name: &str) -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env_var) {
+        return Ok(PathBuf::from(path));
+    }
+    let in_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    candidates
+        .iter()
+        .chain(in_path.iter())
+        .find(|p| p.is_file())
+        .cloned()
+        .with_context(|| {
+            format!("{name} not found (set {env_var}, or run scripts/install-deps to install it)")
+        })
+}
+
+/// The workspace root (this crate lives in `<root>/tests`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+pub fn redis_server_bin() -> anyhow::Result<PathBuf> {
+    locate(
+        "HARMONIA_REDIS_SERVER",
+        &[PathBuf::from("/usr/bin/redis-server")],
+        "redis-server",
+    )
+}
+
+/// mongod from the project's venv (`scripts/install-deps` puts it there).
+pub fn mongod_bin() -> anyhow::Result<PathBuf> {
+    let venv_lib = workspace_root().join(".harmonia/venv/lib");
+    let candidates: Vec<PathBuf> = std::fs::read_dir(&venv_lib)
+        .map(|dirs| {
+            dirs.filter_map(Result::ok)
+                .map(|d| d.path().join("site-packages/fiftyone/db/bin/mongod"))
+                .collect()
+        })
+        .unwrap_or_default();
+    locate("HARMONIA_MONGOD", &candidates, "mongod")
+}
+
+#[derive(Debug)]
+pub struct RedisServer {
+    pub port: u16,
+    pub url: String,
+    pub process: ChildGuard,
+}
+
+impl RedisServer {
+    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let port = free_port()?;
+        let process = ChildGuard::spawn(
+            "redis-server",
+            Command::new(redis_server_bin()?)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .arg("--dir")
+                .arg(dir),
+            &dir.join("redis.log"),
+        )?;
+        let url = format!("redis://127.0.0.1:{port}");
+        let client = redis::Client::open(url.as_str())?;
+        wait_for("redis to answer PING", Duration::from_secs(20), || async {
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
+            Ok((pong == "PONG").then_some(()))
+        })
+        .await
+        .with_context(|| format!("redis log:\n{}", process.output()))?;
+        Ok(Self { port, url, process })
+    }
+}
+
+#[derive(Debug)]
+pub struct MongoServer {
+    pub port: u16,
+    /// URI for clients: the one-node replica set `rs0`.
+    pub uri: String,
+    pub process: ChildGuard,
+}
+
+impl MongoServer {
+    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        let dbpath = dir.join("db");
+        std::fs::create_dir_all(&dbpath)?;
+        let port = free_port()?;
+        let process = ChildGuard::spawn(
+            "mongod",
+            Command::new(mongod_bin()?)
+                .args(["--replSet", "rs0", "--bind_ip", "127.0.0.1"])
+                .args(["--port", &port.to_string()])
+                .args(["--wiredTigerCacheSizeGB", "0.25", "--quiet"])
+                .arg("--dbpath")
+                .arg(&dbpath)
+                .arg("--logpath")
+                .arg(dir.join("mongod.log")),
+            &dir.join("mongod.stdout"),
+        )?;
+        init_replica_set(port)
+            .await
+            .with_context(|| format!("mongod on port {port}; see {}", dir.display()))?;
+        Ok(Self {
+            port,
+            uri: format!("mongodb://127.0.0.1:{port}/?replicaSet=rs0"),
+            process,
+        })
+    }
+}
+
+/// Initiates a one-node replica set `rs0` on a fresh mongod and waits for it to be a writable
+/// primary. Safe to call again on an initiated node.
+pub async fn init_replica_set(port: u16) -> anyhow::Result<()> {
+    let uri =
+        format!("mongodb://127.0.0.1:{port}/?directConnection=true&serverSelectionTimeoutMS=1000");
+    let client = mongodb::Client::with_uri_str(&uri).await?;
+    let admin = client.database("admin");
+    let config = doc! {
+        "_id": "rs0",
+        "members": [{ "_id": 0, "host": format!("127.0.0.1:{port}") }],
+    };
+    wait_for("replSetInitiate", Duration::from_secs(30), || async {
+        match admin
+            .run_command(doc! { "replSetInitiate": config.clone() })
+            .await
+        {
+            Ok(_) => Ok(Some(())),
+            // 23 = AlreadyInitialized
+            Err(e) if matches!(*e.kind, mongodb::error::ErrorKind::Command(ref c) if c.code == 23) => {
+                Ok(Some(()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await?;
+    wait_for("a writable primary", Duration::from_secs(30), || async {
+        let hello = admin.run_command(doc! { "hello": 1 }).await?;
+        Ok(hello
+            .get_bool("isWritablePrimary")
+            .unwrap_or(false)
+            .then_some(()))
+    })
+    .await
+}

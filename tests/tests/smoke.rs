@@ -1,0 +1,203 @@
+//! Proves each service is real: the protocol features Harmonia relies on work against the
+//! servers the harness started, and the binaries talk to them.
+
+use std::time::Duration;
+
+use harmonia_shared::queue::Queue;
+use harmonia_shared::storage::{MULTIPART_PART_BYTES, Storage};
+use harmonia_shared::store::Store;
+use harmonia_tests::Scope;
+use mongodb::bson::{Document, doc};
+use redis::AsyncCommands;
+use redis::streams::{StreamReadOptions, StreamReadReply};
+
+#[tokio::test]
+async fn redis_stream_round_trip_through_a_consumer_group() {
+    let scope = Scope::new("redis-stream");
+    let queue = Queue::connect(&scope.config.redis).await.unwrap();
+    let mut conn = queue.conn().await.unwrap();
+    let stream = queue.keys().submissions();
+
+    let () = conn
+        .xgroup_create_mkstream(&stream, "g", "$")
+        .await
+        .unwrap();
+    let id: String = conn
+        .xadd(&stream, "*", &[("payload", "{\"hello\":1}")])
+        .await
+        .unwrap();
+
+    let opts = StreamReadOptions::default().group("g", "c1").count(10);
+    let reply: StreamReadReply = conn.xread_options(&[&stream], &[">"], &opts).await.unwrap();
+    let entries = &reply.keys[0].ids;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].id, id);
+    let payload: String = entries[0].get("payload").unwrap();
+    assert_eq!(payload, "{\"hello\":1}");
+
+    // Delivered but unacked: exactly one pending entry owned by c1.
+    let pending: redis::streams::StreamPendingReply = conn.xpending(&stream, "g").await.unwrap();
+    assert_eq!(pending.count(), 1);
+
+    let acked: i64 = conn.xack(&stream, "g", &[&id]).await.unwrap();
+    assert_eq!(acked, 1);
+    let pending: redis::streams::StreamPendingReply = conn.xpending(&stream, "g").await.unwrap();
+    assert_eq!(pending.count(), 0);
+}
+
+#[tokio::test]
+async fn mongo_transactions_commit_and_abort() {
+    let scope = Scope::new("mongo-txn");
+    let store = Store::connect(&scope.config.mongo).await.unwrap();
+    let coll = store.db().collection::<Document>("smoke");
+    // Collections must exist before a transaction writes to them on Mongo 6.0.
+    coll.insert_one(doc! { "_id": "seed" }).await.unwrap();
+
+    let mut session = store.client().start_session().await.unwrap();
+    session.start_transaction().await.unwrap();
+    coll.insert_one(doc! { "_id": "committed" })
+        .session(&mut session)
+        .await
+        .unwrap();
+    // Not visible outside the transaction before commit.
+    assert!(
+        coll.find_one(doc! { "_id": "committed" })
+            .await
+            .unwrap()
+            .is_none()
+    );
+    session.commit_transaction().await.unwrap();
+    assert!(
+        coll.find_one(doc! { "_id": "committed" })
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    session.start_transaction().await.unwrap();
+    coll.insert_one(doc! { "_id": "aborted" })
+        .session(&mut session)
+        .await
+        .unwrap();
+    session.abort_transaction().await.unwrap();
+    assert!(
+        coll.find_one(doc! { "_id": "aborted" })
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn s3_multipart_upload_and_presigned_get() {
+    let scope = Scope::new("s3-multipart");
+    let storage = Storage::new(&scope.config.s3);
+    storage.ensure_bucket().await.unwrap();
+    storage.ensure_bucket().await.unwrap(); // idempotent
+
+    // Two full parts and a tail: the multipart path, with bytes that differ per position.
+    let len = 2 * MULTIPART_PART_BYTES + 12345;
+    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let file = scope.dir.join("big.bin");
+    std::fs::write(&file, &data).unwrap();
+    let sent = storage
+        .put_file("smoke/big.bin", &file, "application/octet-stream")
+        .await
+        .unwrap();
+    assert_eq!(sent, len as u64);
+    assert_eq!(
+        storage.head("smoke/big.bin").await.unwrap(),
+        Some(len as u64)
+    );
+    assert_eq!(storage.head("smoke/missing").await.unwrap(), None);
+
+    let url = storage
+        .presign_get("smoke/big.bin", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(url.contains("X-Amz-Signature"), "{url}");
+    let fetched = reqwest::get(&url).await.unwrap();
+    assert_eq!(fetched.status(), 200);
+    let body = fetched.bytes().await.unwrap();
+    assert!(
+        body.as_ref() == data.as_slice(),
+        "presigned GET returned other bytes"
+    );
+
+    // The signature is what grants access: tampering with it is refused.
+    let at = url.find("X-Amz-Signature=").unwrap() + "X-Amz-Signature=".len();
+    let flipped = if &url[at..=at] == "0" { "1" } else { "0" };
+    let tampered = format!("{}{flipped}{}", &url[..at], &url[at + 1..]);
+    let refused = reqwest::get(&tampered).await.unwrap();
+    let status = refused.status();
+    let body = refused.text().await.unwrap();
+    assert_eq!(status, 403, "{body}");
+}
+
+#[tokio::test]
+async fn s3_rejects_wrong_credentials() {
+    let scope = Scope::new("s3-creds");
+    let mut config = scope.config.s3.clone();
+    config.secret_access_key = Some("wrong-secret".to_owned().into());
+    let err = Storage::new(&config)
+        .put_bytes("x", bytes::Bytes::from_static(b"x"), "text/plain")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("SignatureDoesNotMatch") || err.contains("403"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn binaries_check_all_three_services() {
+    let scope = Scope::new("bin-check");
+    for binary in ["harmonia-scheduler", "harmonia-worker"] {
+        let out = scope
+            .command(binary)
+            .unwrap()
+            .args(["check", "--json"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{binary}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let services = report["services"].as_array().unwrap();
+        assert_eq!(services.len(), 3);
+        assert!(services.iter().all(|s| s["ok"] == true), "{report}");
+    }
+}
+
+#[tokio::test]
+async fn bad_config_fails_with_the_setting_named() {
+    let scope = Scope::new("bad-config");
+    let out = scope
+        .command("harmonia-scheduler")
+        .unwrap()
+        .env("HARMONIA_S3_BUCKET", "Not_A_Bucket")
+        .arg("check")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("s3.bucket"), "{stderr}");
+
+    // An unreachable service is reported, not a crash, and the exit code says so.
+    let out = scope
+        .command("harmonia-worker")
+        .unwrap()
+        .env("HARMONIA_REDIS_URL", "redis://127.0.0.1:1")
+        .args(["check", "--json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["services"][0]["service"], "redis");
+    assert_eq!(report["services"][0]["ok"], false);
+    assert_eq!(report["services"][1]["ok"], true, "{report}");
+}
