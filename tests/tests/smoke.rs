@@ -1,6 +1,8 @@
 //! Proves each service is real: the protocol features Harmonia relies on work against the
 //! servers the harness started, and the binaries talk to them.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use std::time::Duration;
 
 use harmonia_shared::queue::Queue;

@@ -1,5 +1,9 @@
 //! The scheduler's command line: one file per subcommand.
 
+mod run;
+mod status;
+mod submit;
+
 use clap::{Parser, Subcommand};
 use harmonia_shared::config::ConfigArgs;
 use harmonia_shared::health::{self, CheckArgs};
@@ -22,13 +26,22 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the scheduler: ingest submissions (more loops join as they are built).
+    Run(run::RunArgs),
+    /// Submit a workflow run from a JSON file and print the scheduler's reply.
+    Submit(submit::SubmitArgs),
+    /// Print a run and its tasks.
+    Status(status::StatusArgs),
     /// Check that Redis, MongoDB and S3 answer with this configuration.
     Check(CheckArgs),
 }
 
 pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let config = harmonia_shared::Config::load(&args.config)?;
-    match args.command {
-        Command::Check(check) => Ok(health::run_check(&config, &check).await?),
+    match &args.command {
+        Command::Run(a) => run::run(&config, a).await,
+        Command::Submit(a) => submit::run(&config, a).await,
+        Command::Status(a) => status::run(&config, a).await,
+        Command::Check(a) => Ok(health::run_check(&config, a).await?),
     }
 }

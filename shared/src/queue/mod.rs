@@ -1,8 +1,10 @@
 //! Redis: the fast transport. Nothing here is the source of truth; MongoDB is.
 
 pub mod keys;
+pub mod replies;
 
 pub use keys::Keys;
+pub use replies::{Reply, ReplyTo};
 
 use deadpool_redis::{Config as PoolConfig, Pool, Runtime};
 

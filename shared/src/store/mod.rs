@@ -1,4 +1,14 @@
-//! MongoDB: the source of truth. Repositories (one per collection) live beside this handle.
+//! MongoDB: the source of truth. One repository per collection; only they know collection
+//! names and document shapes.
+
+pub mod migrate;
+pub mod rejections;
+pub mod runs;
+pub mod tasks;
+
+pub use rejections::RejectionRepo;
+pub use runs::RunRepo;
+pub use tasks::TaskRepo;
 
 use mongodb::bson::{Document, doc};
 use mongodb::{Client, Database};
@@ -13,6 +23,10 @@ pub enum StoreError {
         "mongodb at {uri} is not a replica set member (transactions and change streams need one)"
     )]
     NotReplicaSet { uri: String },
+    #[error(
+        "database schema version {found} is newer than this binary supports ({supported}); upgrade Harmonia"
+    )]
+    SchemaTooNew { found: i32, supported: i32 },
 }
 
 /// A connected database handle.
@@ -43,6 +57,18 @@ impl Store {
 
     pub fn db(&self) -> &Database {
         &self.db
+    }
+
+    pub fn runs(&self) -> RunRepo {
+        RunRepo::new(&self.db)
+    }
+
+    pub fn tasks(&self) -> TaskRepo {
+        TaskRepo::new(&self.db)
+    }
+
+    pub fn rejections(&self) -> RejectionRepo {
+        RejectionRepo::new(&self.db)
     }
 
     /// The server's `hello` reply (role, replica set name, wire version).

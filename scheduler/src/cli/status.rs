@@ -1,0 +1,53 @@
+//! `harmonia-scheduler status <run_id>`: a run and every task, from MongoDB.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use harmonia_shared::Config;
+use harmonia_shared::store::Store;
+use mongodb::bson::oid::ObjectId;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    pub run_id: String,
+    /// Print the run and its tasks as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let id = ObjectId::parse_str(&args.run_id)
+        .map_err(|_| anyhow::anyhow!("'{}' is not a run id (24 hex digits)", args.run_id))?;
+    let store = Store::connect(&config.mongo).await?;
+    let run = store
+        .runs()
+        .get(id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no run with id {}", args.run_id))?;
+    let tasks = store.tasks().for_run(id).await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let doc = serde_json::json!({ "run": run, "tasks": tasks });
+        serde_json::to_writer_pretty(&mut out, &doc)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "run {} '{}' {:?}: {} tasks, {} succeeded, {} failed",
+            run.id, run.name, run.status, run.task_count, run.counts.succeeded, run.counts.failed
+        )?;
+        for t in &tasks {
+            let error = t.error.as_ref().map(|e| e.message.as_str()).unwrap_or("");
+            writeln!(
+                out,
+                "  {:<24} {:<20} {:<10} attempt {} {}",
+                t.node_id,
+                t.task_type,
+                t.status.as_str(),
+                t.attempt,
+                error
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

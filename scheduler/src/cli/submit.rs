@@ -1,0 +1,74 @@
+//! `harmonia-scheduler submit <file>`: XADDs a submission, like any client would, and prints the
+//! scheduler's reply.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use harmonia_shared::Config;
+use harmonia_shared::queue::{Queue, Reply};
+use mongodb::bson::oid::ObjectId;
+use redis::AsyncCommands;
+use redis::streams::{StreamReadOptions, StreamReadReply};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SubmitArgs {
+    /// JSON submission (see docs/protocol.md); `-` reads standard input. A missing
+    /// `request_id` is generated.
+    pub file: String,
+    /// How long to wait for the scheduler's reply, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub timeout_s: u64,
+}
+
+pub async fn run(config: &Config, args: &SubmitArgs) -> anyhow::Result<ExitCode> {
+    let text = if args.file == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(&args.file)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", args.file))?
+    };
+    let mut value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{} is not valid JSON: {e}", args.file))?;
+    let obj = value
+        .as_object_mut()
+        .ok_or_else(|| anyhow::anyhow!("{}: a submission is a JSON object", args.file))?;
+    let request_id = match obj.get("request_id").and_then(|v| v.as_str()) {
+        Some(id) => id.to_owned(),
+        None => {
+            let id = format!("req-{}", ObjectId::new().to_hex());
+            obj.insert("request_id".into(), id.clone().into());
+            id
+        }
+    };
+    let queue = Queue::connect(&config.redis).await?;
+    let mut conn = queue.conn().await?;
+    let replies = queue.keys().replies(&request_id);
+    let _: String = conn
+        .xadd(
+            queue.keys().submissions(),
+            "*",
+            &[("payload", value.to_string())],
+        )
+        .await?;
+    let opts = StreamReadOptions::default().count(1).block(usize::try_from(
+        Duration::from_secs(args.timeout_s).as_millis(),
+    )?);
+    let reply: Option<StreamReadReply> = conn.xread_options(&[&replies], &["0"], &opts).await?;
+    let payload: Option<String> = reply
+        .and_then(|r| r.keys.into_iter().next())
+        .and_then(|k| k.ids.into_iter().next())
+        .and_then(|e| e.get("payload"));
+    let Some(payload) = payload else {
+        anyhow::bail!(
+            "no reply for request {request_id} within {} s (is a scheduler running?)",
+            args.timeout_s
+        );
+    };
+    writeln!(std::io::stdout().lock(), "{payload}")?;
+    let reply: Reply = serde_json::from_str(&payload)?;
+    Ok(match reply {
+        Reply::Accepted { .. } => ExitCode::SUCCESS,
+        Reply::Rejected { .. } => ExitCode::FAILURE,
+    })
+}

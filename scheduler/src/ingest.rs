@@ -1,0 +1,255 @@
+//! The Redis-fronted API: reads `<prefix>:submissions` through the `scheduler` consumer group,
+//! validates each entry, creates its run in MongoDB, and replies exactly once.
+//!
+//! An entry is acked only after its effects are in MongoDB (the ack and the reply are one Redis
+//! script). A scheduler that dies in between leaves the entry pending: it re-reads its own
+//! pending entries on start, and other replicas reclaim entries idle past `reclaim_after`.
+//! Re-processing is safe because run creation is idempotent on `request_id` and rejections are
+//! keyed by entry id.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use harmonia_shared::model::SubmissionRejection;
+use harmonia_shared::queue::{Queue, Reply, ReplyTo};
+use harmonia_shared::store::Store;
+use harmonia_shared::submission::{self, FieldError, Refusal};
+use mongodb::bson::DateTime;
+use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
+use tokio::sync::broadcast;
+
+use crate::create::create_run;
+
+/// Consumer group of all scheduler replicas on the submissions stream.
+pub const GROUP: &str = "scheduler";
+
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    /// This replica's consumer name (unique per process).
+    pub consumer: String,
+    pub max_submission_bytes: usize,
+    pub reply_ttl_s: u64,
+    /// Entries pending this long on a dead replica are taken over.
+    pub reclaim_after: Duration,
+}
+
+/// Runs until `shutdown` fires. Errors talking to Redis or Mongo are logged and retried; no
+/// submission is lost or acked without its effects.
+pub async fn run(
+    queue: Queue,
+    store: Store,
+    options: IngestOptions,
+    mut shutdown: broadcast::Receiver<()>,
+) -> anyhow::Result<()> {
+    ensure_group(&queue).await?;
+    let stream = queue.keys().submissions();
+    // Start with entries this consumer was given before a restart ("0"), then new ones (">").
+    let mut backlog = true;
+    loop {
+        let read = async {
+            let mut conn = queue.conn().await?;
+            let mut opts = StreamReadOptions::default()
+                .group(GROUP, &options.consumer)
+                .count(256);
+            if !backlog {
+                opts = opts.block(1000);
+            }
+            let cursor = if backlog { "0" } else { ">" };
+            let reply: Option<StreamReadReply> =
+                redis::AsyncCommands::xread_options(&mut *conn, &[&stream], &[cursor], &opts)
+                    .await?;
+            anyhow::Ok(reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect::<Vec<_>>()))
+        };
+        let entries = tokio::select! {
+            read = read => read,
+            _ = shutdown.recv() => return Ok(()),
+        };
+        let entries = match entries {
+            Ok(entries) => entries.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!("reading submissions: {e:#}");
+                backoff(&mut shutdown).await;
+                backlog = true;
+                continue;
+            }
+        };
+        if entries.is_empty() {
+            if backlog {
+                backlog = false;
+            } else {
+                backlog = reclaim(&queue, &options).await;
+            }
+            continue;
+        }
+        for entry in &entries {
+            if let Err(e) = handle(&queue, &store, &options, entry).await {
+                // Left pending; the backlog pass retries it.
+                tracing::warn!(entry = %entry.id, "submission not processed yet: {e:#}");
+                backoff(&mut shutdown).await;
+                backlog = true;
+                break;
+            }
+        }
+    }
+}
+
+async fn backoff(shutdown: &mut broadcast::Receiver<()>) {
+    tokio::select! {
+        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        _ = shutdown.recv() => {}
+    }
+}
+
+async fn ensure_group(queue: &Queue) -> anyhow::Result<()> {
+    let mut conn = queue.conn().await?;
+    let created: redis::RedisResult<()> = redis::AsyncCommands::xgroup_create_mkstream(
+        &mut *conn,
+        queue.keys().submissions(),
+        GROUP,
+        "0",
+    )
+    .await;
+    match created {
+        Err(e) if e.code() != Some("BUSYGROUP") => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Takes over entries another replica left pending too long; true when it took any (they are
+/// then in this consumer's backlog).
+async fn reclaim(queue: &Queue, options: &IngestOptions) -> bool {
+    let claimed = async {
+        let mut conn = queue.conn().await?;
+        let reply: redis::Value = redis::cmd("XAUTOCLAIM")
+            .arg(queue.keys().submissions())
+            .arg(GROUP)
+            .arg(&options.consumer)
+            .arg(options.reclaim_after.as_millis() as u64)
+            .arg("0")
+            .arg("COUNT")
+            .arg(256)
+            .arg("JUSTID")
+            .query_async(&mut *conn)
+            .await?;
+        let ids = match reply {
+            redis::Value::Array(parts) => match parts.get(1) {
+                Some(redis::Value::Array(ids)) => ids.len(),
+                _ => 0,
+            },
+            _ => 0,
+        };
+        anyhow::Ok(ids)
+    };
+    match claimed.await {
+        Ok(n) if n > 0 => {
+            tracing::info!(count = n, "reclaimed submissions left by another scheduler");
+            true
+        }
+        Ok(_) => false,
+        Err(e) => {
+            tracing::warn!("reclaiming submissions: {e:#}");
+            false
+        }
+    }
+}
+
+/// Processes one submission entry: effects in MongoDB first, then ack + reply.
+async fn handle(
+    queue: &Queue,
+    store: &Store,
+    options: &IngestOptions,
+    entry: &StreamId,
+) -> anyhow::Result<()> {
+    let raw = payload(&entry.map);
+    let parsed = match &raw {
+        Some(raw) => submission::parse(raw, options.max_submission_bytes),
+        None => Err(Refusal::Anonymous(vec![FieldError {
+            path: "$".into(),
+            message: "the entry has no 'payload' field".into(),
+        }])),
+    };
+    let raw = raw.unwrap_or_default();
+    // `None`: the shared rejections stream (no request id to reply to).
+    let (to, reply): (Option<String>, Reply) = match parsed {
+        Ok(sub) => {
+            let created = create_run(store, &sub).await?;
+            tracing::info!(request_id = %sub.request_id, run_id = %created.run_id,
+                tasks = sub.tasks.len(), new = created.new, "submission accepted");
+            (
+                Some(sub.request_id.clone()),
+                Reply::Accepted {
+                    run_id: created.run_id.to_hex(),
+                },
+            )
+        }
+        Err(Refusal::Rejected { request_id, errors }) => {
+            // Same request id as an accepted submission: idempotency wins, same run.
+            if let Some(run) = store.runs().by_request_id(&request_id).await? {
+                (
+                    Some(request_id),
+                    Reply::Accepted {
+                        run_id: run.id.to_hex(),
+                    },
+                )
+            } else {
+                record(store, entry, Some(&request_id), &errors, &raw).await?;
+                tracing::info!(%request_id, errors = errors.len(), "submission rejected");
+                (
+                    Some(request_id.clone()),
+                    Reply::Rejected {
+                        request_id: Some(request_id),
+                        entry_id: None,
+                        errors,
+                    },
+                )
+            }
+        }
+        Err(Refusal::Anonymous(errors)) => {
+            record(store, entry, None, &errors, &raw).await?;
+            tracing::info!(entry = %entry.id, "submission without request id rejected");
+            (
+                None,
+                Reply::Rejected {
+                    request_id: None,
+                    entry_id: Some(entry.id.clone()),
+                    errors,
+                },
+            )
+        }
+    };
+    let to = to.as_deref().map_or(ReplyTo::Rejections, ReplyTo::Request);
+    queue
+        .ack_and_reply(GROUP, &entry.id, to, &reply, options.reply_ttl_s)
+        .await?;
+    Ok(())
+}
+
+fn payload(map: &HashMap<String, redis::Value>) -> Option<Vec<u8>> {
+    match map.get("payload")? {
+        redis::Value::BulkString(bytes) => Some(bytes.clone()),
+        redis::Value::SimpleString(s) => Some(s.clone().into_bytes()),
+        _ => None,
+    }
+}
+
+async fn record(
+    store: &Store,
+    entry: &StreamId,
+    request_id: Option<&str>,
+    errors: &[FieldError],
+    raw: &[u8],
+) -> anyhow::Result<()> {
+    let head = String::from_utf8_lossy(&raw[..raw.len().min(1024)]).into_owned();
+    store
+        .rejections()
+        .record(&SubmissionRejection {
+            entry_id: entry.id.clone(),
+            request_id: request_id.map(str::to_owned),
+            errors: errors.to_vec(),
+            payload_head: head,
+            payload_bytes: raw.len() as u64,
+            received_at: DateTime::now(),
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! `workflow_runs`: one document per run, with the seeds' aggregates (counts by status,
+//! failed task ids, duration) kept up to date as tasks change.
+
+use mongodb::bson::DateTime;
+use mongodb::bson::oid::ObjectId;
+use serde::{Deserialize, Serialize};
+
+use super::task::TaskStatus;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+/// Tasks of a run by status; the sum is always `task_count`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskCounts {
+    pub pending: u32,
+    pub queued: u32,
+    pub running: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub cancelled: u32,
+    pub skipped: u32,
+}
+
+impl TaskCounts {
+    /// The document field holding the count for `status` (for `$inc` updates).
+    pub fn field(status: TaskStatus) -> &'static str {
+        match status {
+            TaskStatus::Pending => "counts.pending",
+            TaskStatus::Queued => "counts.queued",
+            TaskStatus::Running => "counts.running",
+            TaskStatus::Succeeded => "counts.succeeded",
+            TaskStatus::Failed => "counts.failed",
+            TaskStatus::Cancelled => "counts.cancelled",
+            TaskStatus::Skipped => "counts.skipped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowRun {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    /// The submitter's idempotency key: unique.
+    pub request_id: String,
+    pub workspace: String,
+    pub project: String,
+    pub name: String,
+    pub created_by: String,
+    pub tags: Vec<String>,
+    pub status: RunStatus,
+    pub task_count: u32,
+    pub counts: TaskCounts,
+    pub failed_task_ids: Vec<String>,
+    /// Set on runs made by `retry run`: the run this one retries.
+    pub retry_of: Option<ObjectId>,
+    pub created_at: DateTime,
+    pub started_at: Option<DateTime>,
+    pub finished_at: Option<DateTime>,
+    pub duration_ms: Option<i64>,
+    pub schema_version: i32,
+}

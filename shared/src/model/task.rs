@@ -1,0 +1,93 @@
+//! `run_tasks`: one document per node per run, self-sufficient for dequeue and promotion.
+
+use mongodb::bson::oid::ObjectId;
+use mongodb::bson::{DateTime, Document};
+use serde::{Deserialize, Serialize};
+
+use crate::submission::Resources;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    /// Waiting for upstream tasks.
+    Pending,
+    /// Published to a task stream, waiting for a worker.
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// Never ran because an upstream task failed for good.
+    Skipped,
+}
+
+impl TaskStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Cancelled | Self::Skipped
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
+/// The last error of a task, with the retry policy it implied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskError {
+    pub message: String,
+    pub retryable: bool,
+}
+
+/// Stage and percentage an executor reports while it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub stage: String,
+    pub percent: f32,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunTask {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    pub run_id: ObjectId,
+    pub node_id: String,
+    #[serde(rename = "type")]
+    pub task_type: String,
+    pub params: Document,
+    pub upstream_node_ids: Vec<String>,
+    pub downstream_node_ids: Vec<String>,
+    /// Upstream tasks not yet succeeded; the task is promoted when this reaches 0.
+    pub remaining_upstream: u32,
+    pub resources: Resources,
+    pub max_attempts: u32,
+    pub timeout_s: u64,
+    pub priority: i32,
+    pub status: TaskStatus,
+    /// Attempts started so far; every state change after a claim names its attempt (fencing).
+    pub attempt: u32,
+    pub worker_id: Option<String>,
+    /// Why a queued task is not running yet (e.g. no live worker has such a GPU).
+    pub wait_reason: Option<String>,
+    pub error: Option<TaskError>,
+    pub outputs: Option<Document>,
+    pub output_artifact_ids: Vec<ObjectId>,
+    pub log_tail: Vec<String>,
+    pub progress: Option<Progress>,
+    pub created_at: DateTime,
+    pub queued_at: Option<DateTime>,
+    pub started_at: Option<DateTime>,
+    pub finished_at: Option<DateTime>,
+    pub duration_ms: Option<i64>,
+}

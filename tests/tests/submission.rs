@@ -1,0 +1,352 @@
+//! The Redis-fronted submission API against a real scheduler process: accepted runs land in
+//! MongoDB, every submission gets exactly one precise reply, and bad input never stops the
+//! scheduler.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::time::Duration;
+
+use harmonia_shared::queue::Queue;
+use harmonia_shared::store::Store;
+use harmonia_tests::Scope;
+use mongodb::bson::doc;
+use mongodb::bson::oid::ObjectId;
+use redis::AsyncCommands;
+use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
+use serde_json::{Value, json};
+
+const MAX_BYTES: usize = 64 * 1024;
+
+struct Api {
+    queue: Queue,
+    conn: deadpool_redis::Connection,
+}
+
+impl Api {
+    async fn new(scope: &Scope) -> Self {
+        let queue = Queue::connect(&scope.config.redis).await.unwrap();
+        let conn = queue.conn().await.unwrap();
+        Self { queue, conn }
+    }
+
+    /// XADDs `payload` exactly as any client would; returns the entry id.
+    async fn submit(&mut self, payload: &str) -> String {
+        self.conn
+            .xadd(
+                self.queue.keys().submissions(),
+                "*",
+                &[("payload", payload)],
+            )
+            .await
+            .unwrap()
+    }
+
+    /// Blocks (with a deadline) for the first entry on `stream` after `after`.
+    async fn next_on(&mut self, stream: &str, after: &str) -> (String, Value) {
+        let opts = StreamReadOptions::default().count(1).block(20_000);
+        let reply: Option<StreamReadReply> = self
+            .conn
+            .xread_options(&[stream], &[after], &opts)
+            .await
+            .unwrap();
+        let entry = reply
+            .and_then(|r| r.keys.into_iter().next())
+            .and_then(|k| k.ids.into_iter().next())
+            .unwrap_or_else(|| panic!("no entry on {stream} within 20 s"));
+        let payload: String = entry.get("payload").unwrap();
+        (entry.id, serde_json::from_str(&payload).unwrap())
+    }
+
+    async fn reply(&mut self, request_id: &str) -> Value {
+        let stream = self.queue.keys().replies(request_id);
+        self.next_on(&stream, "0").await.1
+    }
+
+    async fn reply_count(&mut self, request_id: &str) -> usize {
+        let all: StreamRangeReply = self
+            .conn
+            .xrange_all(self.queue.keys().replies(request_id))
+            .await
+            .unwrap();
+        all.ids.len()
+    }
+}
+
+fn diamond(request_id: &str) -> Value {
+    json!({
+        "request_id": request_id, "workspace": "ml", "project": "demo", "name": "diamond",
+        "created_by": "tests", "tags": ["smoke"],
+        "tasks": [
+            {"id": "a", "type": "debug.noop"},
+            {"id": "b", "type": "debug.sleep", "params": {"ms": 10}, "depends_on": ["a"]},
+            {"id": "c", "type": "debug.noop", "depends_on": ["a"],
+             "resources": {"gpus": 1, "gpu_memory_mb": 40000}},
+            {"id": "d", "type": "debug.noop", "depends_on": ["b", "c"]}
+        ]
+    })
+}
+
+fn start_scheduler(scope: &Scope) -> harmonia_tests::process::ChildGuard {
+    scope
+        .spawn(
+            "scheduler",
+            "harmonia-scheduler",
+            &["run", "--max-submission-bytes", &MAX_BYTES.to_string()],
+        )
+        .unwrap()
+}
+
+#[tokio::test]
+async fn accepted_runs_land_in_mongo_and_resubmission_is_idempotent() {
+    let scope = Scope::new("accepted");
+    let _scheduler = start_scheduler(&scope);
+    let mut api = Api::new(&scope).await;
+
+    api.submit(&diamond("req-diamond").to_string()).await;
+    let reply = api.reply("req-diamond").await;
+    assert_eq!(reply["status"], "accepted", "{reply}");
+    let run_id = ObjectId::parse_str(reply["run_id"].as_str().unwrap()).unwrap();
+
+    let store = Store::connect(&scope.config.mongo).await.unwrap();
+    let run = store.runs().get(run_id).await.unwrap().unwrap();
+    assert_eq!(
+        (run.request_id.as_str(), run.task_count),
+        ("req-diamond", 4)
+    );
+    assert_eq!(run.counts.pending, 4);
+    let tasks = store.tasks().for_run(run_id).await.unwrap();
+    let d = tasks.iter().find(|t| t.node_id == "d").unwrap();
+    assert_eq!(d.upstream_node_ids, ["b", "c"]);
+    assert_eq!(d.remaining_upstream, 2);
+    let a = tasks.iter().find(|t| t.node_id == "a").unwrap();
+    assert_eq!(a.downstream_node_ids, ["b", "c"]);
+    let c = tasks.iter().find(|t| t.node_id == "c").unwrap();
+    assert_eq!((c.resources.gpus, c.resources.gpu_memory_mb), (1, 40000));
+    assert_eq!(
+        tasks.iter().find(|t| t.node_id == "b").unwrap().params,
+        doc! {"ms": 10_i64}
+    );
+
+    // Same request id again (even with other content): same run, nothing new, a second reply
+    // only on the same stream because it is a second submission.
+    let mut changed = diamond("req-diamond");
+    changed["name"] = json!("renamed");
+    let first = api.queue.keys().replies("req-diamond");
+    let (first_id, _) = api.next_on(&first, "0").await;
+    api.submit(&changed.to_string()).await;
+    let (_, again) = api.next_on(&first, &first_id).await;
+    assert_eq!(again["run_id"], reply["run_id"], "{again}");
+    let runs = store
+        .db()
+        .collection::<mongodb::bson::Document>("workflow_runs")
+        .count_documents(doc! {})
+        .await
+        .unwrap();
+    assert_eq!(runs, 1);
+    let task_docs = store
+        .db()
+        .collection::<mongodb::bson::Document>("run_tasks")
+        .count_documents(doc! {})
+        .await
+        .unwrap();
+    assert_eq!(task_docs, 4);
+}
+
+#[tokio::test]
+async fn fifty_malformed_submissions_each_get_a_precise_rejection() {
+    let scope = Scope::new("malformed");
+    let _scheduler = start_scheduler(&scope);
+    let mut api = Api::new(&scope).await;
+
+    // (request id, payload, expected error path, expected message fragment)
+    let mut cases: Vec<(String, String, String, String)> = Vec::new();
+    for i in 0..10 {
+        let rid = format!("cycle-{i}");
+        let mut s = diamond(&rid);
+        s["tasks"][0]["depends_on"] = json!(["d"]);
+        cases.push((
+            rid,
+            s.to_string(),
+            ".depends_on".into(),
+            "dependency cycle".into(),
+        ));
+
+        let rid = format!("unknown-dep-{i}");
+        let mut s = diamond(&rid);
+        s["tasks"][2]["depends_on"] = json!(["a", format!("ghost{i}")]);
+        cases.push((
+            rid,
+            s.to_string(),
+            "tasks[2].depends_on[1]".into(),
+            format!("unknown task id 'ghost{i}'"),
+        ));
+
+        let rid = format!("wrong-type-{i}");
+        let mut s = diamond(&rid);
+        s["tasks"][1]["params"]["ms"] = json!("ten");
+        cases.push((
+            rid,
+            s.to_string(),
+            "tasks[1].params.ms".into(),
+            "non-negative integer".into(),
+        ));
+
+        let rid = format!("bad-resources-{i}");
+        let mut s = diamond(&rid);
+        s["tasks"][3]["resources"] = json!({"gpus": "two"});
+        cases.push((
+            rid,
+            s.to_string(),
+            "tasks[3].resources.gpus".into(),
+            "expected an integer".into(),
+        ));
+
+        let rid = format!("huge-{i}");
+        let mut s = diamond(&rid);
+        s["tasks"][0]["params"]["blob"] = json!("x".repeat(MAX_BYTES));
+        cases.push((
+            rid,
+            s.to_string(),
+            "$".into(),
+            format!("the limit is {MAX_BYTES}"),
+        ));
+    }
+    assert_eq!(cases.len(), 50);
+    for (_, payload, _, _) in &cases {
+        api.submit(payload).await;
+    }
+    // A valid submission after all of them is still served.
+    api.submit(&diamond("still-serving").to_string()).await;
+
+    for (rid, _, path, fragment) in &cases {
+        let reply = api.reply(rid).await;
+        assert_eq!(reply["status"], "rejected", "{rid}: {reply}");
+        let errors = reply["errors"].as_array().unwrap();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e["path"].as_str().unwrap().ends_with(path.as_str())
+                    && e["message"].as_str().unwrap().contains(fragment.as_str())),
+            "{rid}: expected {path} ~ {fragment}, got {reply}"
+        );
+        assert_eq!(api.reply_count(rid).await, 1, "{rid}: exactly one reply");
+    }
+    assert_eq!(api.reply("still-serving").await["status"], "accepted");
+
+    // Rejections are also recorded in MongoDB, where the submitter can read them later.
+    let store = Store::connect(&scope.config.mongo).await.unwrap();
+    let rejection = store
+        .rejections()
+        .by_request_id("cycle-3")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        rejection.errors[0].message.contains("dependency cycle"),
+        "{rejection:?}"
+    );
+}
+
+#[tokio::test]
+async fn submissions_without_a_request_id_are_rejected_on_the_rejections_stream() {
+    let scope = Scope::new("anonymous");
+    let _scheduler = start_scheduler(&scope);
+    let mut api = Api::new(&scope).await;
+    let rejections = api.queue.keys().rejections();
+
+    let mut after = "0".to_owned();
+    for (payload, fragment) in [
+        ("{not json", "not valid JSON"),
+        ("[1, 2, 3]", "expected a JSON object"),
+        ("{\"tasks\": []}", "request_id"),
+    ] {
+        let entry_id = api.submit(payload).await;
+        let (id, reply) = api.next_on(&rejections, &after).await;
+        after = id;
+        assert_eq!(reply["status"], "rejected");
+        assert_eq!(reply["entry_id"], entry_id.as_str(), "{reply}");
+        let text = reply["errors"].to_string();
+        assert!(text.contains(fragment), "{payload}: {reply}");
+    }
+    // An entry without the payload field at all.
+    let entry_id: String = api
+        .conn
+        .xadd(api.queue.keys().submissions(), "*", &[("body", "{}")])
+        .await
+        .unwrap();
+    let (_, reply) = api.next_on(&rejections, &after).await;
+    assert_eq!(reply["entry_id"], entry_id.as_str());
+    assert!(reply["errors"].to_string().contains("payload"), "{reply}");
+}
+
+#[tokio::test]
+async fn cli_submit_and_status_round_trip() {
+    let scope = Scope::new("cli");
+    let _scheduler = start_scheduler(&scope);
+    let file = scope.dir.join("diamond.json");
+    let mut sub = diamond("ignored");
+    sub.as_object_mut().unwrap().remove("request_id"); // generated by the CLI
+    std::fs::write(&file, sub.to_string()).unwrap();
+
+    let out = scope
+        .command("harmonia-scheduler")
+        .unwrap()
+        .args(["submit", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run_id = reply["run_id"].as_str().unwrap();
+
+    let out = scope
+        .command("harmonia-scheduler")
+        .unwrap()
+        .args(["status", run_id, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["run"]["name"], "diamond");
+    let nodes: Vec<&str> = status["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["node_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes, ["a", "b", "c", "d"]);
+
+    // Unknown ids: one clear error line and a non-zero exit.
+    let out = scope
+        .command("harmonia-scheduler")
+        .unwrap()
+        .args(["status", &ObjectId::new().to_hex()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no run with id"));
+}
+
+#[tokio::test]
+async fn a_restarted_scheduler_processes_what_was_submitted_while_it_was_down() {
+    let scope = Scope::new("restart");
+    let mut scheduler = start_scheduler(&scope);
+    let mut api = Api::new(&scope).await;
+    api.submit(&diamond("before").to_string()).await;
+    assert_eq!(api.reply("before").await["status"], "accepted");
+
+    scheduler.kill();
+    api.submit(&diamond("while-down").to_string()).await;
+    let _scheduler = start_scheduler(&scope);
+    let reply = tokio::time::timeout(Duration::from_secs(30), api.reply("while-down"))
+        .await
+        .unwrap();
+    assert_eq!(reply["status"], "accepted");
+}
