@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use harmonia_shared::model::{
     RunStatus, RunTask, SCHEMA_VERSION, TaskCounts, TaskStatus, WorkflowRun,
 };
+use harmonia_shared::resources::ResourceClass;
 use harmonia_shared::store::{Store, StoreError};
 use harmonia_shared::submission::Submission;
 use mongodb::bson::oid::ObjectId;
@@ -50,7 +51,8 @@ pub async fn create_run(store: &Store, sub: &Submission) -> Result<Created, Stor
     }
 }
 
-/// Builds the run document and its tasks (in dependency order, all `pending`).
+/// Builds the run document and its tasks (in dependency order; roots `queued`, the rest
+/// `pending`).
 pub fn documents(
     sub: &Submission,
     retry_of: Option<ObjectId>,
@@ -70,6 +72,7 @@ pub fn documents(
         .tasks
         .iter()
         .map(|spec| {
+            let root = spec.depends_on.is_empty();
             Ok(RunTask {
                 id: ObjectId::new(),
                 run_id,
@@ -78,14 +81,26 @@ pub fn documents(
                 params: bson::to_document(&spec.params).map_err(MongoError::from)?,
                 upstream_node_ids: spec.depends_on.clone(),
                 downstream_node_ids: downstream.remove(spec.id.as_str()).unwrap_or_default(),
-                remaining_upstream: u32::try_from(spec.depends_on.len()).unwrap_or(u32::MAX),
+                waiting_on: spec.depends_on.clone(),
                 resources: spec.resources,
+                class: ResourceClass::from(spec.resources).to_string(),
                 max_attempts: spec.max_attempts,
                 timeout_s: spec.timeout_s,
                 priority: spec.priority,
-                status: TaskStatus::Pending,
+                // Roots are ready now: queued, and due for the publisher.
+                status: if root {
+                    TaskStatus::Queued
+                } else {
+                    TaskStatus::Pending
+                },
                 attempt: 0,
+                attempt_base: 0,
+                publish_due: root.then_some(now),
+                lease_token: None,
+                lease_expires_at: None,
+                cancel_requested: false,
                 worker_id: None,
+                gpu_indices: Vec::new(),
                 wait_reason: None,
                 error: None,
                 outputs: None,
@@ -93,13 +108,20 @@ pub fn documents(
                 log_tail: Vec::new(),
                 progress: None,
                 created_at: now,
-                queued_at: None,
+                queued_at: root.then_some(now),
                 started_at: None,
                 finished_at: None,
                 duration_ms: None,
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
+    let queued = u32::try_from(
+        tasks
+            .iter()
+            .filter(|t| t.status == TaskStatus::Queued)
+            .count(),
+    )
+    .unwrap_or(u32::MAX);
     let task_count = u32::try_from(tasks.len()).unwrap_or(u32::MAX);
     let run = WorkflowRun {
         id: run_id,
@@ -112,11 +134,13 @@ pub fn documents(
         status: RunStatus::Queued,
         task_count,
         counts: TaskCounts {
-            pending: task_count,
+            pending: task_count - queued,
+            queued,
             ..TaskCounts::default()
         },
         failed_task_ids: Vec::new(),
         retry_of,
+        cancel_requested: false,
         created_at: now,
         started_at: None,
         finished_at: None,
@@ -128,7 +152,11 @@ pub fn documents(
 
 /// Inserts the run and its tasks atomically, retrying transient transaction errors as the
 /// driver's transaction guidance prescribes.
-async fn insert_run(store: &Store, run: &WorkflowRun, tasks: &[RunTask]) -> Result<(), MongoError> {
+pub async fn insert_run(
+    store: &Store,
+    run: &WorkflowRun,
+    tasks: &[RunTask],
+) -> Result<(), MongoError> {
     let mut session = store.client().start_session().await?;
     let mut attempts = 0;
     loop {

@@ -8,6 +8,7 @@
 //! keyed by entry id.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use harmonia_shared::model::SubmissionRejection;
@@ -18,30 +19,17 @@ use mongodb::bson::DateTime;
 use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
 use tokio::sync::broadcast;
 
+use crate::context::{Options, Scheduler};
 use crate::create::create_run;
 
 /// Consumer group of all scheduler replicas on the submissions stream.
 pub const GROUP: &str = "scheduler";
 
-#[derive(Debug, Clone)]
-pub struct IngestOptions {
-    /// This replica's consumer name (unique per process).
-    pub consumer: String,
-    pub max_submission_bytes: usize,
-    pub reply_ttl_s: u64,
-    /// Entries pending this long on a dead replica are taken over.
-    pub reclaim_after: Duration,
-}
-
 /// Runs until `shutdown` fires. Errors talking to Redis or Mongo are logged and retried; no
 /// submission is lost or acked without its effects.
-pub async fn run(
-    queue: Queue,
-    store: Store,
-    options: IngestOptions,
-    mut shutdown: broadcast::Receiver<()>,
-) -> anyhow::Result<()> {
-    ensure_group(&queue).await?;
+pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) -> anyhow::Result<()> {
+    let (queue, options) = (&ctx.queue, &ctx.options);
+    ensure_group(queue).await?;
     let stream = queue.keys().submissions();
     // Start with entries this consumer was given before a restart ("0"), then new ones (">").
     let mut backlog = true;
@@ -77,12 +65,12 @@ pub async fn run(
             if backlog {
                 backlog = false;
             } else {
-                backlog = reclaim(&queue, &options).await;
+                backlog = reclaim(queue, options).await;
             }
             continue;
         }
         for entry in &entries {
-            if let Err(e) = handle(&queue, &store, &options, entry).await {
+            if let Err(e) = handle(&ctx, entry).await {
                 // Left pending; the backlog pass retries it.
                 tracing::warn!(entry = %entry.id, "submission not processed yet: {e:#}");
                 backoff(&mut shutdown).await;
@@ -117,7 +105,7 @@ async fn ensure_group(queue: &Queue) -> anyhow::Result<()> {
 
 /// Takes over entries another replica left pending too long; true when it took any (they are
 /// then in this consumer's backlog).
-async fn reclaim(queue: &Queue, options: &IngestOptions) -> bool {
+async fn reclaim(queue: &Queue, options: &Options) -> bool {
     let claimed = async {
         let mut conn = queue.conn().await?;
         let reply: redis::Value = redis::cmd("XAUTOCLAIM")
@@ -154,12 +142,8 @@ async fn reclaim(queue: &Queue, options: &IngestOptions) -> bool {
 }
 
 /// Processes one submission entry: effects in MongoDB first, then ack + reply.
-async fn handle(
-    queue: &Queue,
-    store: &Store,
-    options: &IngestOptions,
-    entry: &StreamId,
-) -> anyhow::Result<()> {
+async fn handle(ctx: &Scheduler, entry: &StreamId) -> anyhow::Result<()> {
+    let (queue, store, options) = (&ctx.queue, &ctx.store, &ctx.options);
     let raw = payload(&entry.map);
     let parsed = match &raw {
         Some(raw) => submission::parse(raw, options.max_submission_bytes),
@@ -173,6 +157,8 @@ async fn handle(
     let (to, reply): (Option<String>, Reply) = match parsed {
         Ok(sub) => {
             let created = create_run(store, &sub).await?;
+            // Its root tasks are due: publish them now rather than at the next poll.
+            ctx.publish.notify_one();
             tracing::info!(request_id = %sub.request_id, run_id = %created.run_id,
                 tasks = sub.tasks.len(), new = created.new, "submission accepted");
             (

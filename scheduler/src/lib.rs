@@ -2,5 +2,10 @@
 //! into Redis streams. The binary is a thin clap front over this library.
 
 pub mod cli; // one file per subcommand
+pub mod context; // what the loops share
+pub mod control; // cancel and retry
 pub mod create; // submission -> run + tasks, one transaction, idempotent on request_id
+pub mod events; // task events -> promote or skip downstream
 pub mod ingest; // the submissions stream: validate, create, reply exactly once
+pub mod publish; // MongoDB `publish_due` -> Redis task streams
+pub mod reconcile; // the safety net: lost leases, lost Redis data, lost events, wait reasons

@@ -1,9 +1,11 @@
 //! Harmonia's shared library: everything the scheduler and the workers both need.
 
 pub mod config; // one typed config: defaults < TOML file < flags/env; secrets from env/files
+pub mod error; // executor errors that carry their retry policy
 pub mod health; // connectivity checks behind `harmonia-* check`
 pub mod model; // domain documents and the task-type catalogue
 pub mod queue; // Redis: key names, pool, (soon) streams, leases, replies
+pub mod resources; // GPU inventory, resource classes, the fit rule
 pub mod storage; // S3: buckets, put/get, multipart, presign
 pub mod store; // MongoDB: handle and (soon) one repository per collection
 pub mod submission; // the submission contract: parse + validate with JSON paths

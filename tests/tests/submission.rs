@@ -113,15 +113,18 @@ async fn accepted_runs_land_in_mongo_and_resubmission_is_idempotent() {
         (run.request_id.as_str(), run.task_count),
         ("req-diamond", 4)
     );
-    assert_eq!(run.counts.pending, 4);
+    // The root is queued at once; the rest wait on their upstream tasks.
+    assert_eq!((run.counts.queued, run.counts.pending), (1, 3));
     let tasks = store.tasks().for_run(run_id).await.unwrap();
     let d = tasks.iter().find(|t| t.node_id == "d").unwrap();
     assert_eq!(d.upstream_node_ids, ["b", "c"]);
-    assert_eq!(d.remaining_upstream, 2);
+    assert_eq!(d.waiting_on, ["b", "c"]);
+    assert_eq!(d.class, "cpu");
     let a = tasks.iter().find(|t| t.node_id == "a").unwrap();
     assert_eq!(a.downstream_node_ids, ["b", "c"]);
     let c = tasks.iter().find(|t| t.node_id == "c").unwrap();
     assert_eq!((c.resources.gpus, c.resources.gpu_memory_mb), (1, 40000));
+    assert_eq!(c.class, "g1m40000");
     assert_eq!(
         tasks.iter().find(|t| t.node_id == "b").unwrap().params,
         doc! {"ms": 10_i64}

@@ -1,4 +1,11 @@
 //! `harmonia-worker`: claims tasks it can run from Redis streams, executes them, and records
 //! results in MongoDB and S3. The binary is a thin clap front over this library.
 
-pub mod cli;
+pub mod claim; // the claim loop: fitting streams -> fenced claim in MongoDB
+pub mod cli; // one file per subcommand
+pub mod devices; // free GPUs and CPU slots
+pub mod execute; // one attempt: executor, timeout, fenced outcome
+pub mod executor; // the Executor trait and one file per task type
+pub mod lease; // heartbeats, lease renewal, cancel signals
+pub mod registry; // worker id, advertised resources
+pub mod worker; // what the loops share

@@ -1,5 +1,7 @@
 //! The scheduler's command line: one file per subcommand.
 
+mod cancel;
+mod retry;
 mod run;
 mod status;
 mod submit;
@@ -32,6 +34,12 @@ pub enum Command {
     Submit(submit::SubmitArgs),
     /// Print a run and its tasks.
     Status(status::StatusArgs),
+    /// Cancel a run or a task.
+    #[command(subcommand)]
+    Cancel(cancel::CancelArgs),
+    /// Retry a run (as a new run) or a task (and its downstream, in place).
+    #[command(subcommand)]
+    Retry(retry::RetryArgs),
     /// Check that Redis, MongoDB and S3 answer with this configuration.
     Check(CheckArgs),
 }
@@ -42,6 +50,8 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         Command::Run(a) => run::run(&config, a).await,
         Command::Submit(a) => submit::run(&config, a).await,
         Command::Status(a) => status::run(&config, a).await,
+        Command::Cancel(a) => cancel::run(&config, a).await,
+        Command::Retry(a) => retry::run(&config, a).await,
         Command::Check(a) => Ok(health::run_check(&config, a).await?),
     }
 }

@@ -6,9 +6,13 @@ use std::time::Duration;
 use harmonia_shared::Config;
 use harmonia_shared::queue::Queue;
 use harmonia_shared::store::{Store, migrate::migrate};
-use tokio::sync::broadcast;
+use std::sync::Arc;
 
-use crate::ingest::{self, IngestOptions};
+use tokio::sync::{Notify, broadcast};
+use tokio::task::JoinSet;
+
+use crate::context::{Options, Scheduler};
+use crate::{events, ingest, publish, reconcile};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
@@ -24,6 +28,18 @@ pub struct RunArgs {
     /// Submissions pending this long on another (dead) replica are taken over, in seconds.
     #[arg(long, env = "HARMONIA_RECLAIM_AFTER_S", default_value_t = 30)]
     pub reclaim_after_s: u64,
+    /// First retry delay after a worker lost a task's lease, in ms; doubles per attempt.
+    #[arg(long, env = "HARMONIA_RETRY_BASE_MS", default_value_t = 1000)]
+    pub retry_base_ms: u64,
+    /// A worker that has not heartbeated for this long (ms) no longer counts as live.
+    #[arg(long, env = "HARMONIA_WORKER_TIMEOUT_MS", default_value_t = 15_000)]
+    pub worker_timeout_ms: u64,
+    /// Interval of the reconcile pass (lost leases, lost Redis data, wait reasons), in ms.
+    #[arg(long, env = "HARMONIA_RECONCILE_MS", default_value_t = 1000)]
+    pub reconcile_ms: u64,
+    /// Interval of the full repair of active runs (lost events, exact aggregates), in ms.
+    #[arg(long, env = "HARMONIA_REPAIR_MS", default_value_t = 10_000)]
+    pub repair_ms: u64,
 }
 
 pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
@@ -32,24 +48,55 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let before = migrate(&store).await?;
     tracing::info!(schema_from = before, "database schema is current");
 
-    let (shutdown_tx, _) = broadcast::channel(1);
-    let consumer = args.name.clone().unwrap_or_else(default_name);
-    let ingest = tokio::spawn(ingest::run(
+    let ctx = Arc::new(Scheduler {
         queue,
         store,
-        IngestOptions {
-            consumer: consumer.clone(),
+        options: Options {
+            consumer: args.name.clone().unwrap_or_else(default_name),
             max_submission_bytes: args.max_submission_bytes,
             reply_ttl_s: args.reply_ttl_s,
             reclaim_after: Duration::from_secs(args.reclaim_after_s),
+            retry_base: Duration::from_millis(args.retry_base_ms),
+            live_within: Duration::from_millis(args.worker_timeout_ms),
+            reconcile_every: Duration::from_millis(args.reconcile_ms),
+            repair_every: Duration::from_millis(args.repair_ms),
         },
-        shutdown_tx.subscribe(),
-    ));
-    tracing::info!(%consumer, "scheduler running");
-    wait_for_signal().await?;
-    tracing::info!("shutting down");
+        publish: Notify::new(),
+    });
+    let (shutdown_tx, _) = broadcast::channel(1);
+    let mut loops = JoinSet::new();
+    loops.spawn(ingest::run(ctx.clone(), shutdown_tx.subscribe()));
+    let (c, rx) = (ctx.clone(), shutdown_tx.subscribe());
+    loops.spawn(async move {
+        publish::run(c, rx).await;
+        Ok(())
+    });
+    let (c, rx) = (ctx.clone(), shutdown_tx.subscribe());
+    loops.spawn(async move {
+        events::run(c, rx).await;
+        Ok(())
+    });
+    let (c, rx) = (ctx.clone(), shutdown_tx.subscribe());
+    loops.spawn(async move {
+        reconcile::run(c, rx).await;
+        Ok(())
+    });
+    tracing::info!(consumer = %ctx.options.consumer, "scheduler running");
+    tokio::select! {
+        r = wait_for_signal() => {
+            r?;
+            tracing::info!("shutting down");
+        }
+        Some(done) = loops.join_next() => {
+            // A loop only returns early on a fatal error; stop the others too.
+            let _ = shutdown_tx.send(());
+            done??;
+        }
+    }
     let _ = shutdown_tx.send(());
-    ingest.await??;
+    while let Some(done) = loops.join_next().await {
+        done??;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -17,6 +17,12 @@ pub enum RunStatus {
     Cancelled,
 }
 
+impl RunStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
 /// Tasks of a run by status; the sum is always `task_count`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskCounts {
@@ -61,6 +67,7 @@ pub struct WorkflowRun {
     pub failed_task_ids: Vec<String>,
     /// Set on runs made by `retry run`: the run this one retries.
     pub retry_of: Option<ObjectId>,
+    pub cancel_requested: bool,
     pub created_at: DateTime,
     pub started_at: Option<DateTime>,
     pub finished_at: Option<DateTime>,

@@ -68,16 +68,32 @@ pub struct RunTask {
     pub params: Document,
     pub upstream_node_ids: Vec<String>,
     pub downstream_node_ids: Vec<String>,
-    /// Upstream tasks not yet succeeded; the task is promoted when this reaches 0.
-    pub remaining_upstream: u32,
+    /// Upstream nodes not yet succeeded; the task is promoted when this is empty. Removing a
+    /// node twice changes nothing, so a redelivered completion event cannot double-count.
+    pub waiting_on: Vec<String>,
     pub resources: Resources,
+    /// The task stream it is queued on (see [`crate::resources::ResourceClass`]).
+    pub class: String,
     pub max_attempts: u32,
     pub timeout_s: u64,
     pub priority: i32,
     pub status: TaskStatus,
-    /// Attempts started so far; every state change after a claim names its attempt (fencing).
+    /// Attempts started so far (claims). Every stream entry names the value it was published
+    /// with and a claim must still see it: a stale or duplicate entry can never start a task.
     pub attempt: u32,
+    /// `attempt` when the current round of attempts began (a manual retry or a hand-back starts
+    /// a new round); `attempt - attempt_base` is checked against `max_attempts`.
+    pub attempt_base: u32,
+    /// Set while the task is queued but not yet on its Redis stream: the publisher appends it
+    /// once this time has passed (retries wait here for their backoff).
+    pub publish_due: Option<DateTime>,
+    /// Identifies one claim: every change a worker makes to a running task is fenced on it.
+    pub lease_token: Option<String>,
+    pub lease_expires_at: Option<DateTime>,
+    pub cancel_requested: bool,
     pub worker_id: Option<String>,
+    /// The GPUs the worker assigned to this attempt.
+    pub gpu_indices: Vec<u32>,
     /// Why a queued task is not running yet (e.g. no live worker has such a GPU).
     pub wait_reason: Option<String>,
     pub error: Option<TaskError>,

@@ -3,6 +3,8 @@
 //! All keys start with the configured prefix. A prefix written as a hash tag (`{harmonia}`) puts
 //! every key in one Redis Cluster slot, which the multi-key scripts need there.
 
+use crate::resources::ResourceClass;
+
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
@@ -33,6 +35,45 @@ impl Keys {
     pub fn rejections(&self) -> String {
         format!("{}:rejections", self.prefix)
     }
+
+    /// The task stream of one resource class (`cpu`, `g1m40000`, ...).
+    pub fn task_stream(&self, class: ResourceClass) -> String {
+        format!("{}:tasks:{class}", self.prefix)
+    }
+
+    /// The class back from a task stream name, if it is one.
+    pub fn class_of(&self, stream: &str) -> Option<ResourceClass> {
+        stream
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":tasks:")?
+            .parse()
+            .ok()
+    }
+
+    /// Set of resource classes that have a task stream (workers read it to find streams).
+    pub fn classes(&self) -> String {
+        format!("{}:classes", self.prefix)
+    }
+
+    /// Task state changes the scheduler reacts to (promotion, skipping).
+    pub fn events(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+
+    /// Tasks that failed for good, with their last error.
+    pub fn dead_letter(&self) -> String {
+        format!("{}:dead", self.prefix)
+    }
+
+    /// Pub/sub channel carrying cancel signals for running tasks.
+    pub fn cancel_channel(&self) -> String {
+        format!("{}:cancel", self.prefix)
+    }
+
+    /// Written by the scheduler; its absence means Redis lost its data (restart or flush).
+    pub fn epoch(&self) -> String {
+        format!("{}:epoch", self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -46,5 +87,12 @@ mod tests {
         assert_eq!(keys.replies("r-1"), "harmonia:replies:r-1");
         assert_eq!(keys.rejections(), "harmonia:rejections");
         assert_eq!(Keys::new("{h}").submissions(), "{h}:submissions");
+        let class = ResourceClass {
+            gpus: 1,
+            gpu_memory_mb: 40000,
+        };
+        assert_eq!(keys.task_stream(class), "harmonia:tasks:g1m40000");
+        assert_eq!(keys.class_of("harmonia:tasks:g1m40000"), Some(class));
+        assert_eq!(keys.class_of("other:tasks:cpu"), None);
     }
 }

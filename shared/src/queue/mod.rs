@@ -1,10 +1,14 @@
 //! Redis: the fast transport. Nothing here is the source of truth; MongoDB is.
 
+pub mod events;
 pub mod keys;
 pub mod replies;
+pub mod tasks;
 
+pub use events::{SCHEDULER_GROUP, TaskEvent};
 pub use keys::Keys;
 pub use replies::{Reply, ReplyTo};
+pub use tasks::{TaskEntry, WORKERS_GROUP};
 
 use deadpool_redis::{Config as PoolConfig, Pool, Runtime};
 

@@ -26,6 +26,7 @@ pub async fn migrate(store: &Store) -> Result<i32, StoreError> {
     store.runs().create_indexes().await?;
     store.tasks().create_indexes().await?;
     store.rejections().create_indexes().await?;
+    store.workers().create_indexes().await?;
     meta.update_one(
         doc! { "_id": "schema", "version": { "$not": { "$gt": SCHEMA_VERSION } } },
         doc! { "$set": { "version": SCHEMA_VERSION } },

@@ -5,10 +5,12 @@ pub mod migrate;
 pub mod rejections;
 pub mod runs;
 pub mod tasks;
+pub mod workers;
 
 pub use rejections::RejectionRepo;
 pub use runs::RunRepo;
 pub use tasks::TaskRepo;
+pub use workers::WorkerRepo;
 
 use mongodb::bson::{Document, doc};
 use mongodb::{Client, Database};
@@ -19,6 +21,8 @@ use crate::config::MongoConfig;
 pub enum StoreError {
     #[error("mongodb: {0}")]
     Mongo(#[from] mongodb::error::Error),
+    #[error("encoding a document: {0}")]
+    Encode(#[from] mongodb::bson::ser::Error),
     #[error(
         "mongodb at {uri} is not a replica set member (transactions and change streams need one)"
     )]
@@ -69,6 +73,45 @@ impl Store {
 
     pub fn rejections(&self) -> RejectionRepo {
         RejectionRepo::new(&self.db)
+    }
+
+    pub fn workers(&self) -> WorkerRepo {
+        WorkerRepo::new(&self.db)
+    }
+
+    /// Applies one task transition to its run's counts; when nothing is left to run, replaces
+    /// the counts with exact ones and settles the run's final status.
+    pub async fn shift_run(
+        &self,
+        run_id: mongodb::bson::oid::ObjectId,
+        from: crate::model::TaskStatus,
+        to: crate::model::TaskStatus,
+        n: u32,
+    ) -> Result<(), StoreError> {
+        if n == 0 || from == to {
+            return Ok(());
+        }
+        if let Some(run) = self.runs().shift(run_id, from, to, n).await? {
+            let c = &run.counts;
+            if c.pending + c.queued + c.running == 0 && !run.status.is_terminal() {
+                self.refresh_run(run_id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Recomputes a run's aggregates from its tasks (the truth) and derives its status.
+    pub async fn refresh_run(
+        &self,
+        run_id: mongodb::bson::oid::ObjectId,
+    ) -> Result<Option<crate::model::WorkflowRun>, StoreError> {
+        let Some(run) = self.runs().get(run_id).await? else {
+            return Ok(None);
+        };
+        let (counts, failed) = self.tasks().count_by_status(run_id).await?;
+        Ok(Some(
+            self.runs().set_aggregates(&run, counts, failed).await?,
+        ))
     }
 
     /// The server's `hello` reply (role, replica set name, wire version).

@@ -1,12 +1,12 @@
 //! Repository for `workflow_runs`: the only code that knows that collection's name and shape.
 
-use mongodb::bson::doc;
 use mongodb::bson::oid::ObjectId;
-use mongodb::options::IndexOptions;
+use mongodb::bson::{DateTime, doc};
+use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{ClientSession, Collection, Database, IndexModel};
 
 use super::StoreError;
-use crate::model::WorkflowRun;
+use crate::model::{RunStatus, TaskCounts, TaskStatus, WorkflowRun};
 
 pub const COLLECTION: &str = "workflow_runs";
 
@@ -60,6 +60,117 @@ impl RunRepo {
         session: &mut ClientSession,
     ) -> Result<(), StoreError> {
         self.coll.insert_one(run).session(session).await?;
+        Ok(())
+    }
+
+    /// Moves `n` tasks from one status count to another; marks the run running on its first
+    /// start. Returns the run after the change.
+    pub async fn shift(
+        &self,
+        run_id: ObjectId,
+        from: TaskStatus,
+        to: TaskStatus,
+        n: u32,
+    ) -> Result<Option<WorkflowRun>, StoreError> {
+        let (from, to) = (TaskCounts::field(from), TaskCounts::field(to));
+        let n = i64::from(n);
+        let mut set = doc! {
+            from: { "$add": [format!("${from}"), -n] },
+            to: { "$add": [format!("${to}"), n] },
+        };
+        if to == TaskCounts::field(TaskStatus::Running) {
+            set.insert("started_at", doc! { "$ifNull": ["$started_at", "$$NOW"] });
+            set.insert(
+                "status",
+                doc! { "$cond": [{ "$eq": ["$status", "queued"] }, "running", "$status"] },
+            );
+        }
+        Ok(self
+            .coll
+            .find_one_and_update(doc! { "_id": run_id }, vec![doc! { "$set": set }])
+            .return_document(ReturnDocument::After)
+            .await?)
+    }
+
+    /// Replaces the aggregates with exact values and derives the run's status from them.
+    pub async fn set_aggregates(
+        &self,
+        run: &WorkflowRun,
+        counts: TaskCounts,
+        failed_task_ids: Vec<String>,
+    ) -> Result<WorkflowRun, StoreError> {
+        let active = counts.pending + counts.queued + counts.running;
+        let status = if active > 0 {
+            if run.started_at.is_some() || counts.running + counts.succeeded + counts.failed > 0 {
+                RunStatus::Running
+            } else {
+                RunStatus::Queued
+            }
+        } else if counts.failed > 0 {
+            RunStatus::Failed
+        } else if counts.cancelled + counts.skipped > 0 || run.cancel_requested {
+            RunStatus::Cancelled
+        } else {
+            RunStatus::Succeeded
+        };
+        let now = DateTime::now();
+        let finished_at = status.is_terminal().then(|| run.finished_at.unwrap_or(now));
+        let started = run.started_at.unwrap_or(run.created_at);
+        let duration_ms = finished_at.map(|f| f.timestamp_millis() - started.timestamp_millis());
+        let mut updated = run.clone();
+        updated.counts = counts;
+        updated.failed_task_ids = failed_task_ids;
+        updated.status = status;
+        updated.finished_at = finished_at;
+        updated.duration_ms = duration_ms;
+        self.coll
+            .update_one(
+                doc! { "_id": run.id },
+                doc! { "$set": {
+                    "counts": mongodb::bson::to_bson(&updated.counts)?,
+                    "failed_task_ids": &updated.failed_task_ids,
+                    "status": mongodb::bson::to_bson(&status)?,
+                    "finished_at": finished_at,
+                    "duration_ms": duration_ms,
+                } },
+            )
+            .await?;
+        Ok(updated)
+    }
+
+    /// Runs not finished yet (the reconcile pass's scope).
+    pub async fn active(&self, limit: i64) -> Result<Vec<WorkflowRun>, StoreError> {
+        use futures::TryStreamExt;
+        Ok(self
+            .coll
+            .find(doc! { "status": { "$in": ["queued", "running"] } })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    pub async fn set_cancel_requested(&self, run_id: ObjectId) -> Result<(), StoreError> {
+        self.coll
+            .update_one(
+                doc! { "_id": run_id },
+                doc! { "$set": { "cancel_requested": true } },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Reopens a finished run after `retry task`.
+    pub async fn reopen(&self, run_id: ObjectId) -> Result<(), StoreError> {
+        self.coll
+            .update_one(
+                doc! { "_id": run_id },
+                doc! { "$set": {
+                    "status": "running", "finished_at": null, "duration_ms": null,
+                    "cancel_requested": false,
+                } },
+            )
+            .await?;
         Ok(())
     }
 }

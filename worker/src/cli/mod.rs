@@ -1,5 +1,7 @@
 //! The worker's command line: one file per subcommand.
 
+mod run;
+
 use clap::{Parser, Subcommand};
 use harmonia_shared::config::ConfigArgs;
 use harmonia_shared::health::{self, CheckArgs};
@@ -18,6 +20,8 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Register, claim and run tasks until SIGTERM.
+    Run(run::RunArgs),
     /// Check that Redis, MongoDB and S3 answer with this configuration.
     Check(CheckArgs),
 }
@@ -25,6 +29,7 @@ pub enum Command {
 pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let config = harmonia_shared::Config::load(&args.config)?;
     match args.command {
+        Command::Run(a) => run::run(&config, &a).await,
         Command::Check(check) => Ok(health::run_check(&config, &check).await?),
     }
 }

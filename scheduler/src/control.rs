@@ -1,0 +1,202 @@
+//! Cancel and retry, with the EmboFlow seed's semantics. Each checks the transition is legal
+//! first and fails with one clear sentence otherwise.
+
+use std::collections::HashSet;
+
+use anyhow::{Context, bail};
+use harmonia_shared::model::{RunTask, TaskStatus, WorkflowRun};
+use harmonia_shared::queue::Queue;
+use harmonia_shared::store::Store;
+use harmonia_shared::submission::{Submission, TaskSpec};
+use mongodb::bson::oid::ObjectId;
+use redis::AsyncCommands;
+
+use crate::create;
+
+pub fn parse_run_id(id: &str) -> anyhow::Result<ObjectId> {
+    ObjectId::parse_str(id).with_context(|| format!("'{id}' is not a run id (24 hex digits)"))
+}
+
+async fn load_run(store: &Store, id: &str) -> anyhow::Result<WorkflowRun> {
+    let run_id = parse_run_id(id)?;
+    store
+        .runs()
+        .get(run_id)
+        .await?
+        .with_context(|| format!("no run with id {id}"))
+}
+
+async fn load_task(store: &Store, run: &WorkflowRun, node: &str) -> anyhow::Result<RunTask> {
+    store
+        .tasks()
+        .by_node(run.id, node)
+        .await?
+        .with_context(|| format!("run {} has no task '{node}'", run.id))
+}
+
+/// Signals the workers running these tasks (they also learn it from their lease renewal).
+async fn signal_cancel(queue: &Queue, ids: &[ObjectId]) -> anyhow::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = ids.iter().map(|id| id.to_hex()).collect();
+    let mut conn = queue.conn().await?;
+    let _: i64 = conn
+        .publish(queue.keys().cancel_channel(), ids.join(","))
+        .await?;
+    Ok(())
+}
+
+/// Cancels a whole run. Returns (tasks cancelled now, running tasks signalled).
+pub async fn cancel_run(queue: &Queue, store: &Store, id: &str) -> anyhow::Result<(u64, usize)> {
+    let run = load_run(store, id).await?;
+    if run.status.is_terminal() {
+        bail!(
+            "run {id} has already {}; there is nothing to cancel",
+            past(run.status)
+        );
+    }
+    store.runs().set_cancel_requested(run.id).await?;
+    let (now, running) = store.tasks().cancel(run.id, None).await?;
+    signal_cancel(queue, &running).await?;
+    store.refresh_run(run.id).await?;
+    Ok((now, running.len()))
+}
+
+/// Cancels one task and everything downstream of it that has not run.
+pub async fn cancel_task(
+    queue: &Queue,
+    store: &Store,
+    id: &str,
+    node: &str,
+) -> anyhow::Result<(u64, usize)> {
+    let run = load_run(store, id).await?;
+    let task = load_task(store, &run, node).await?;
+    if task.status.is_terminal() {
+        bail!(
+            "task '{node}' of run {id} is already {}",
+            task.status.as_str()
+        );
+    }
+    let nodes = [node.to_owned()];
+    let (now, running) = store.tasks().cancel(run.id, Some(&nodes)).await?;
+    let downstream = store
+        .tasks()
+        .close_downstream(run.id, &nodes, TaskStatus::Cancelled)
+        .await?;
+    signal_cancel(queue, &running).await?;
+    store.refresh_run(run.id).await?;
+    Ok((now + downstream, running.len()))
+}
+
+/// Resets a finished task and its whole downstream subtree on the same run, bumping the task's
+/// attempt. Returns the nodes reset.
+pub async fn retry_task(store: &Store, id: &str, node: &str) -> anyhow::Result<Vec<String>> {
+    let run = load_run(store, id).await?;
+    let task = load_task(store, &run, node).await?;
+    if !task.status.is_terminal() {
+        bail!(
+            "task '{node}' of run {id} is {}; only finished tasks (failed, cancelled, skipped, succeeded) can be retried",
+            task.status.as_str()
+        );
+    }
+    let graph = store.tasks().graph(run.id).await?;
+    if let Some((busy, state)) = subtree(&graph, node)
+        .iter()
+        .filter_map(|n| graph.get(n).map(|s| (n, s)))
+        .find(|(_, s)| matches!(s.status, TaskStatus::Running))
+    {
+        bail!(
+            "task '{busy}' downstream of '{node}' is {}; cancel it or wait before retrying",
+            state.status.as_str()
+        );
+    }
+    let nodes = subtree(&graph, node);
+    store
+        .tasks()
+        .reset(run.id, &nodes, &[node.to_owned()])
+        .await?;
+    store.runs().reopen(run.id).await?;
+    store.refresh_run(run.id).await?;
+    Ok(nodes)
+}
+
+/// `node` and every node downstream of it.
+fn subtree(
+    graph: &std::collections::HashMap<String, harmonia_shared::store::tasks::NodeState>,
+    node: &str,
+) -> Vec<String> {
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut stack = vec![node.to_owned()];
+    while let Some(n) = stack.pop() {
+        if let Some(state) = graph.get(&n)
+            && seen.insert(n)
+        {
+            stack.extend(state.downstream.iter().cloned());
+        }
+    }
+    let mut nodes: Vec<String> = seen.into_iter().collect();
+    nodes.sort();
+    nodes
+}
+
+/// Creates a new run with fresh tasks from an existing one, linked by `retry_of`.
+pub async fn retry_run(store: &Store, id: &str) -> anyhow::Result<ObjectId> {
+    let run = load_run(store, id).await?;
+    if !run.status.is_terminal() {
+        bail!(
+            "run {id} is still {:?}; cancel it or wait before retrying",
+            run.status
+        );
+    }
+    let tasks = store.tasks().for_run(run.id).await?;
+    let specs = tasks
+        .iter()
+        .map(|t| {
+            Ok(TaskSpec {
+                id: t.node_id.clone(),
+                task_type: t.task_type.clone(),
+                params: serde_json::to_value(&t.params)?
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+                depends_on: t.upstream_node_ids.clone(),
+                resources: t.resources,
+                max_attempts: t.max_attempts,
+                timeout_s: t.timeout_s,
+                priority: t.priority,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let new_id = ObjectId::new();
+    let sub = Submission {
+        request_id: format!("retry-{}", new_id.to_hex()),
+        workspace: run.workspace.clone(),
+        project: run.project.clone(),
+        name: run.name.clone(),
+        created_by: run.created_by.clone(),
+        tags: run.tags.clone(),
+        tasks: specs,
+    };
+    let (mut new_run, new_tasks) = create::documents(&sub, Some(run.id))?;
+    new_run.id = new_id;
+    let new_tasks: Vec<RunTask> = new_tasks
+        .into_iter()
+        .map(|mut t| {
+            t.run_id = new_id;
+            t
+        })
+        .collect();
+    create::insert_run(store, &new_run, &new_tasks).await?;
+    Ok(new_id)
+}
+
+fn past(status: harmonia_shared::model::RunStatus) -> &'static str {
+    use harmonia_shared::model::RunStatus;
+    match status {
+        RunStatus::Succeeded => "succeeded",
+        RunStatus::Failed => "failed",
+        RunStatus::Cancelled => "been cancelled",
+        RunStatus::Queued | RunStatus::Running => "started",
+    }
+}

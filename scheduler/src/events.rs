@@ -1,0 +1,120 @@
+//! Reacts to task events: a success releases downstream tasks (queuing those now ready), a
+//! final failure skips everything downstream, a cancel cancels it. Events are acked after
+//! their effects; redelivery is harmless (every operation is idempotent).
+
+use std::sync::Arc;
+
+use harmonia_shared::model::TaskStatus;
+use harmonia_shared::queue::{SCHEDULER_GROUP, TaskEvent};
+use mongodb::bson::oid::ObjectId;
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use tokio::sync::broadcast;
+
+use crate::context::Scheduler;
+
+pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) {
+    let stream = ctx.queue.keys().events();
+    let mut backlog = true;
+    loop {
+        let read = async {
+            ctx.queue.ensure_group(&stream, SCHEDULER_GROUP).await?;
+            let mut conn = ctx.queue.conn().await?;
+            let mut opts = StreamReadOptions::default()
+                .group(SCHEDULER_GROUP, &ctx.options.consumer)
+                .count(512);
+            if !backlog {
+                opts = opts.block(1000);
+            }
+            let cursor = if backlog { "0" } else { ">" };
+            let reply: Option<StreamReadReply> =
+                redis::AsyncCommands::xread_options(&mut *conn, &[&stream], &[cursor], &opts)
+                    .await?;
+            anyhow::Ok(
+                reply
+                    .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect::<Vec<_>>())
+                    .unwrap_or_default(),
+            )
+        };
+        let entries = tokio::select! {
+            read = read => read,
+            _ = shutdown.recv() => return,
+        };
+        let entries = match entries {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!("reading task events: {e:#}");
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                    _ = shutdown.recv() => return,
+                }
+                backlog = true;
+                continue;
+            }
+        };
+        if entries.is_empty() {
+            backlog = false;
+            continue;
+        }
+        let mut done = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let event: Option<TaskEvent> = entry
+                .get::<String>("payload")
+                .and_then(|p| serde_json::from_str(&p).ok());
+            let handled = match &event {
+                Some(event) => handle(&ctx, event).await,
+                None => Ok(()), // unreadable: nothing to do, drop it
+            };
+            match handled {
+                Ok(()) => done.push(entry.id.clone()),
+                Err(e) => {
+                    tracing::warn!(entry = %entry.id, "task event not handled yet: {e:#}");
+                    backlog = true;
+                    break;
+                }
+            }
+        }
+        if let Err(e) = ctx.queue.ack_delete(&stream, SCHEDULER_GROUP, &done).await {
+            tracing::warn!("acking task events: {e:#}");
+        }
+    }
+}
+
+pub async fn handle(ctx: &Scheduler, event: &TaskEvent) -> anyhow::Result<()> {
+    let run_id = ObjectId::parse_str(&event.run_id)?;
+    let tasks = ctx.store.tasks();
+    match event.status {
+        TaskStatus::Succeeded => {
+            let Some(task) = tasks.get(ObjectId::parse_str(&event.task_id)?).await? else {
+                return Ok(());
+            };
+            let queued = tasks
+                .release_downstream(run_id, &event.node_id, &task.downstream_node_ids)
+                .await?;
+            if queued > 0 {
+                ctx.publish.notify_one();
+                shift(ctx, run_id, TaskStatus::Queued, queued).await?;
+            }
+        }
+        status @ (TaskStatus::Failed | TaskStatus::Cancelled | TaskStatus::Skipped) => {
+            let closing = if status == TaskStatus::Cancelled {
+                TaskStatus::Cancelled
+            } else {
+                TaskStatus::Skipped
+            };
+            let closed = tasks
+                .close_downstream(run_id, std::slice::from_ref(&event.node_id), closing)
+                .await?;
+            shift(ctx, run_id, closing, closed).await?;
+        }
+        TaskStatus::Pending | TaskStatus::Queued | TaskStatus::Running => {}
+    }
+    Ok(())
+}
+
+async fn shift(ctx: &Scheduler, run_id: ObjectId, to: TaskStatus, n: u64) -> anyhow::Result<()> {
+    let n = u32::try_from(n).unwrap_or(u32::MAX);
+    ctx.store
+        .shift_run(run_id, TaskStatus::Pending, to, n)
+        .await?;
+    Ok(())
+}

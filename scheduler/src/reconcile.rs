@@ -1,0 +1,150 @@
+//! The safety net: MongoDB is the truth, and this pass makes Redis and the run aggregates agree
+//! with it, whatever was lost.
+//!
+//! Every `reconcile_every` it: notices Redis lost its data (the epoch key is gone) and re-queues
+//! everything queued; re-queues (or fails, when out of attempts) tasks whose worker stopped
+//! renewing its lease; marks queued tasks no live worker can fit with a visible reason. Every
+//! `repair_every`, and right after a Redis loss, it also repairs each active run in full
+//! (promotion or skipping that lost events would have done) and recomputes its aggregates.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use harmonia_shared::model::{TaskError, TaskStatus};
+use harmonia_shared::resources::ResourceClass;
+use harmonia_shared::store::tasks::Outcome;
+use mongodb::bson::DateTime;
+use tokio::sync::broadcast;
+
+use harmonia_shared::error::backoff;
+
+use crate::context::Scheduler;
+
+pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) {
+    let mut last_repair: Option<Instant> = None;
+    loop {
+        if let Err(e) = pass(&ctx, &mut last_repair).await {
+            tracing::warn!("reconcile: {e:#}");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(ctx.options.reconcile_every) => {}
+            _ = shutdown.recv() => return,
+        }
+    }
+}
+
+async fn pass(ctx: &Scheduler, last_repair: &mut Option<Instant>) -> anyhow::Result<()> {
+    let lost = redis_lost_data(ctx).await?;
+    if lost {
+        let n = ctx.store.tasks().republish_queued().await?;
+        tracing::warn!(
+            requeued = n,
+            "Redis lost its data: rebuilding task streams from MongoDB"
+        );
+        ctx.publish.notify_one();
+    }
+    expire_leases(ctx).await?;
+    mark_unfit(ctx).await?;
+    let due = last_repair.is_none_or(|t| t.elapsed() >= ctx.options.repair_every);
+    if lost || due {
+        repair_runs(ctx).await?;
+        *last_repair = Some(Instant::now());
+    }
+    Ok(())
+}
+
+/// True when the epoch key had to be (re)created: first start, or Redis restarted empty or was
+/// flushed. Consumer groups are recreated lazily by their readers.
+async fn redis_lost_data(ctx: &Scheduler) -> anyhow::Result<bool> {
+    let mut conn = ctx.queue.conn().await?;
+    let created: Option<String> = redis::cmd("SET")
+        .arg(ctx.queue.keys().epoch())
+        .arg(mongodb::bson::oid::ObjectId::new().to_hex())
+        .arg("NX")
+        .query_async(&mut *conn)
+        .await?;
+    Ok(created.is_some())
+}
+
+async fn expire_leases(ctx: &Scheduler) -> anyhow::Result<()> {
+    let tasks = ctx.store.tasks();
+    for task in tasks.expired_leases(256).await? {
+        let Some(token) = task.lease_token.as_deref() else {
+            continue;
+        };
+        let used = task.attempt.saturating_sub(task.attempt_base);
+        let retry_at = (used < task.max_attempts).then(|| {
+            let delay = backoff(ctx.options.retry_base, used);
+            DateTime::from_millis(DateTime::now().timestamp_millis() + delay.as_millis() as i64)
+        });
+        let worker = task.worker_id.as_deref().unwrap_or("?");
+        let error = TaskError {
+            message: format!(
+                "worker {worker} stopped renewing its lease during attempt {} (presumed dead)",
+                task.attempt
+            ),
+            retryable: true,
+        };
+        let outcome = Outcome::Failed { error, retry_at };
+        let Some(after) = tasks.finish(token, &outcome).await? else {
+            continue; // the worker finished it after all
+        };
+        tracing::warn!(task = %task.id, node = %task.node_id, %worker,
+            status = after.status.as_str(), "lease expired");
+        ctx.store
+            .shift_run(task.run_id, TaskStatus::Running, after.status, 1)
+            .await?;
+        if after.status == TaskStatus::Failed {
+            ctx.queue.announce(&after).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Queued tasks that no live worker could run even when idle get a visible wait reason.
+async fn mark_unfit(ctx: &Scheduler) -> anyhow::Result<()> {
+    let classes = ctx.store.tasks().queued_classes().await?;
+    if classes.is_empty() {
+        return Ok(());
+    }
+    let workers = ctx.store.workers().live(ctx.options.live_within).await?;
+    for name in classes {
+        let Ok(class) = name.parse::<ResourceClass>() else {
+            continue;
+        };
+        let fits = workers.iter().any(|w| {
+            if class == ResourceClass::CPU {
+                w.cpu_slots > 0
+            } else {
+                class.could_run_on(&w.gpus)
+            }
+        });
+        let reason = (!fits).then(|| {
+            if class == ResourceClass::CPU {
+                "no live worker has CPU slots".to_owned()
+            } else {
+                format!(
+                    "no live worker has {} free GPU(s) with at least {} MB each",
+                    class.gpus, class.gpu_memory_mb
+                )
+            }
+        });
+        ctx.store
+            .tasks()
+            .set_wait_reason(&name, reason.as_deref())
+            .await?;
+    }
+    Ok(())
+}
+
+async fn repair_runs(ctx: &Scheduler) -> anyhow::Result<()> {
+    for run in ctx.store.runs().active(1000).await? {
+        let (queued, skipped) = ctx.store.tasks().repair_run(run.id).await?;
+        if queued + skipped > 0 {
+            tracing::info!(run = %run.id, queued, skipped, "repaired run state lost events left behind");
+            ctx.publish.notify_one();
+        }
+        ctx.store.refresh_run(run.id).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! Task events: workers (and the scheduler itself) append one when a task reaches a state its
+//! downstream tasks care about; the scheduler consumes them to promote or skip downstream tasks.
+//! Events are hints: the scheduler's reconcile pass recomputes the same from MongoDB.
+
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+use super::{Queue, QueueError};
+use crate::model::TaskStatus;
+
+/// Consumer group of the scheduler replicas on the events stream.
+pub const SCHEDULER_GROUP: &str = "scheduler";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    pub task_id: String,
+    pub run_id: String,
+    pub node_id: String,
+    pub status: TaskStatus,
+}
+
+impl Queue {
+    pub async fn emit(&self, event: &TaskEvent) -> Result<(), QueueError> {
+        let payload = serde_json::to_string(event).unwrap_or_default();
+        let mut conn = self.conn().await?;
+        let _: String = conn
+            .xadd(self.keys().events(), "*", &[("payload", payload)])
+            .await?;
+        Ok(())
+    }
+
+    /// Records a task that failed for good, with its last error, on the dead-letter stream.
+    pub async fn dead_letter(&self, fields: &serde_json::Value) -> Result<(), QueueError> {
+        let mut conn = self.conn().await?;
+        let _: String = conn
+            .xadd(
+                self.keys().dead_letter(),
+                "*",
+                &[("payload", fields.to_string())],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+impl Queue {
+    /// Tells the scheduler a task reached a final state; a failure also goes to the dead-letter
+    /// stream with its last error.
+    pub async fn announce(&self, task: &crate::model::RunTask) -> Result<(), QueueError> {
+        if task.status == TaskStatus::Failed {
+            self.dead_letter(&serde_json::json!({
+                "task_id": task.id.to_hex(),
+                "run_id": task.run_id.to_hex(),
+                "node_id": task.node_id,
+                "type": task.task_type,
+                "attempt": task.attempt,
+                "error": task.error.as_ref().map(|e| e.message.as_str()),
+            }))
+            .await?;
+        }
+        self.emit(&TaskEvent {
+            task_id: task.id.to_hex(),
+            run_id: task.run_id.to_hex(),
+            node_id: task.node_id.clone(),
+            status: task.status,
+        })
+        .await
+    }
+}

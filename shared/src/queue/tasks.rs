@@ -1,0 +1,141 @@
+//! Task streams: one per resource class, read by workers through the `workers` group.
+//!
+//! An entry only says "task X, as of attempt N, may be claimed". MongoDB decides whether a claim
+//! wins (fenced on status and attempt), so duplicate or stale entries are harmless and Redis can
+//! always be rebuilt from MongoDB.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use redis::AsyncCommands;
+
+use super::{Queue, QueueError};
+use crate::resources::ResourceClass;
+
+/// Consumer group of all workers on every task stream.
+pub const WORKERS_GROUP: &str = "workers";
+
+/// What a task stream entry carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskEntry {
+    /// The run_tasks `_id`, as hex.
+    pub task_id: String,
+    /// The task's `attempt` when it was published; a claim must still see this value.
+    pub attempt: u32,
+}
+
+impl TaskEntry {
+    pub fn from_fields(map: &HashMap<String, redis::Value>) -> Option<Self> {
+        let text = |k: &str| match map.get(k)? {
+            redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+            redis::Value::SimpleString(s) => Some(s.clone()),
+            _ => None,
+        };
+        Some(Self {
+            task_id: text("task")?,
+            attempt: text("attempt")?.parse().ok()?,
+        })
+    }
+}
+
+/// KEYS: stream. ARGV: group, entry id, task id, attempt. Re-appends a copy and drops the
+/// original, so a worker that read more than it can start hands the task back to everyone.
+static HAND_BACK: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        redis.call('XADD', KEYS[1], '*', 'task', ARGV[3], 'attempt', ARGV[4])
+        redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+        redis.call('XDEL', KEYS[1], ARGV[2])
+        return 1
+        ",
+    )
+});
+
+impl Queue {
+    /// Appends entries to their class streams in one round trip, and records the classes.
+    pub async fn publish(&self, entries: &[(ResourceClass, TaskEntry)]) -> Result<(), QueueError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        let mut classes: Vec<ResourceClass> = entries.iter().map(|(c, _)| *c).collect();
+        classes.sort_unstable();
+        classes.dedup();
+        for class in &classes {
+            pipe.sadd(self.keys().classes(), class.to_string()).ignore();
+        }
+        for (class, entry) in entries {
+            pipe.xadd(
+                self.keys().task_stream(*class),
+                "*",
+                &[
+                    ("task", entry.task_id.as_str()),
+                    ("attempt", &entry.attempt.to_string()),
+                ],
+            )
+            .ignore();
+        }
+        let mut conn = self.conn().await?;
+        let () = pipe.query_async(&mut *conn).await?;
+        Ok(())
+    }
+
+    /// The resource classes that have task streams.
+    pub async fn classes(&self) -> Result<Vec<ResourceClass>, QueueError> {
+        let mut conn = self.conn().await?;
+        let names: Vec<String> = conn.smembers(self.keys().classes()).await?;
+        Ok(names.iter().filter_map(|n| n.parse().ok()).collect())
+    }
+
+    /// Creates a consumer group (and its stream) if missing. Groups start at `0` so entries
+    /// written before the group existed (e.g. right after a Redis flush) are still delivered.
+    pub async fn ensure_group(&self, stream: &str, group: &str) -> Result<(), QueueError> {
+        let mut conn = self.conn().await?;
+        let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(stream, group, "0").await;
+        match created {
+            Err(e) if e.code() != Some("BUSYGROUP") => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Acks and deletes entries of one stream (trimming as we go).
+    pub async fn ack_delete(
+        &self,
+        stream: &str,
+        group: &str,
+        ids: &[String],
+    ) -> Result<(), QueueError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn().await?;
+        let () = redis::pipe()
+            .atomic()
+            .xack(stream, group, ids)
+            .ignore()
+            .xdel(stream, ids)
+            .ignore()
+            .query_async(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Hands an entry this worker read but cannot start back to all workers.
+    pub async fn hand_back(
+        &self,
+        class: ResourceClass,
+        entry_id: &str,
+        entry: &TaskEntry,
+    ) -> Result<(), QueueError> {
+        let mut conn = self.conn().await?;
+        let _: i32 = HAND_BACK
+            .key(self.keys().task_stream(class))
+            .arg(WORKERS_GROUP)
+            .arg(entry_id)
+            .arg(&entry.task_id)
+            .arg(entry.attempt)
+            .invoke_async(&mut *conn)
+            .await?;
+        Ok(())
+    }
+}

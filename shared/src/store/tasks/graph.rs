@@ -1,0 +1,382 @@
+//! The scheduler's operations on the task graph: publishing, promotion, skipping, cancel, retry
+//! and lease expiry. Each is idempotent, so a redelivered event or a second scheduler replica
+//! doing the same work changes nothing.
+
+use std::collections::{HashMap, HashSet};
+
+use futures::TryStreamExt;
+use mongodb::bson::oid::ObjectId;
+use mongodb::bson::{Bson, DateTime, Document, doc};
+
+use super::TaskRepo;
+use crate::model::{RunTask, TaskStatus};
+use crate::store::StoreError;
+
+/// A queued task due to be appended to its stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub id: ObjectId,
+    pub class: String,
+    pub attempt: u32,
+}
+
+/// One node's place in the graph, for graph walks.
+#[derive(Debug, Clone)]
+pub struct NodeState {
+    pub status: TaskStatus,
+    pub upstream: Vec<String>,
+    pub downstream: Vec<String>,
+    pub waiting_on: Vec<String>,
+}
+
+impl TaskRepo {
+    /// Queued tasks whose `publish_due` has passed, oldest first.
+    pub async fn due_for_publish(&self, limit: i64) -> Result<Vec<Published>, StoreError> {
+        let mut cursor = self
+            .raw()
+            .find(doc! {
+                "publish_due": { "$type": "date", "$lte": DateTime::now() },
+                "status": "queued",
+            })
+            .projection(doc! { "class": 1, "attempt": 1 })
+            .sort(doc! { "publish_due": 1 })
+            .limit(limit)
+            .await?;
+        let mut due = Vec::new();
+        while let Some(d) = cursor.try_next().await? {
+            due.push(Published {
+                id: d.get_object_id("_id").map_err(bson_err)?,
+                class: d.get_str("class").unwrap_or("cpu").to_owned(),
+                attempt: u32::try_from(int(&d, "attempt")).unwrap_or(0),
+            });
+        }
+        Ok(due)
+    }
+
+    /// Marks tasks as on their stream. Fenced on the attempt each was published with, so a task
+    /// that was claimed and re-queued meanwhile keeps its own `publish_due`.
+    pub async fn mark_published(&self, published: &[Published]) -> Result<(), StoreError> {
+        if published.is_empty() {
+            return Ok(());
+        }
+        let or: Vec<Document> = published
+            .iter()
+            .map(|p| doc! { "_id": p.id, "attempt": i64::from(p.attempt) })
+            .collect();
+        self.coll
+            .update_many(
+                doc! { "$or": or, "status": "queued" },
+                doc! { "$set": { "publish_due": null } },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// After `node` succeeded: drops it from its downstream tasks' waiting lists and queues the
+    /// ones left waiting on nothing. Returns how many were queued.
+    pub async fn release_downstream(
+        &self,
+        run_id: ObjectId,
+        node: &str,
+        downstream: &[String],
+    ) -> Result<u64, StoreError> {
+        if downstream.is_empty() {
+            return Ok(0);
+        }
+        let scope =
+            doc! { "run_id": run_id, "node_id": { "$in": downstream }, "status": "pending" };
+        self.coll
+            .update_many(scope.clone(), doc! { "$pull": { "waiting_on": node } })
+            .await?;
+        self.queue_ready(scope).await
+    }
+
+    /// Queues the pending tasks matched by `scope` whose waiting list is empty.
+    async fn queue_ready(&self, mut scope: Document) -> Result<u64, StoreError> {
+        scope.insert("status", "pending");
+        scope.insert("waiting_on", doc! { "$size": 0 });
+        let now = DateTime::now();
+        let done = self
+            .coll
+            .update_many(
+                scope,
+                doc! { "$set": { "status": "queued", "queued_at": now, "publish_due": now } },
+            )
+            .await?;
+        Ok(done.modified_count)
+    }
+
+    /// Marks every pending task downstream of `from` (transitively) as `status` (skipped after
+    /// a failure, cancelled after a cancel). Returns how many changed.
+    pub async fn close_downstream(
+        &self,
+        run_id: ObjectId,
+        from: &[String],
+        status: TaskStatus,
+    ) -> Result<u64, StoreError> {
+        let graph = self.graph(run_id).await?;
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut stack: Vec<&str> = from
+            .iter()
+            .filter_map(|n| graph.get(n))
+            .flat_map(|s| s.downstream.iter().map(String::as_str))
+            .collect();
+        while let Some(node) = stack.pop() {
+            match graph.get(node) {
+                Some(state) if state.status == TaskStatus::Pending && seen.insert(node) => {
+                    stack.extend(state.downstream.iter().map(String::as_str));
+                }
+                _ => {}
+            }
+        }
+        if seen.is_empty() {
+            return Ok(0);
+        }
+        let nodes: Vec<&str> = seen.into_iter().collect();
+        let done = self
+            .coll
+            .update_many(
+                doc! { "run_id": run_id, "node_id": { "$in": nodes }, "status": "pending" },
+                doc! { "$set": { "status": status.as_str(), "finished_at": DateTime::now() } },
+            )
+            .await?;
+        Ok(done.modified_count)
+    }
+
+    /// Every node of a run with its status and edges (a projection: no params or outputs).
+    pub async fn graph(&self, run_id: ObjectId) -> Result<HashMap<String, NodeState>, StoreError> {
+        let mut cursor = self
+            .raw()
+            .find(doc! { "run_id": run_id })
+            .projection(doc! {
+                "node_id": 1, "status": 1, "upstream_node_ids": 1,
+                "downstream_node_ids": 1, "waiting_on": 1,
+            })
+            .await?;
+        let mut graph = HashMap::new();
+        while let Some(d) = cursor.try_next().await? {
+            let strings = |k: &str| -> Vec<String> {
+                d.get_array(k)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let status: TaskStatus =
+                mongodb::bson::from_bson(d.get("status").cloned().unwrap_or(Bson::Null))
+                    .map_err(|e| StoreError::Mongo(e.into()))?;
+            graph.insert(
+                d.get_str("node_id").unwrap_or_default().to_owned(),
+                NodeState {
+                    status,
+                    upstream: strings("upstream_node_ids"),
+                    downstream: strings("downstream_node_ids"),
+                    waiting_on: strings("waiting_on"),
+                },
+            );
+        }
+        Ok(graph)
+    }
+
+    /// Repairs what lost events would have done: drops succeeded upstreams from waiting lists,
+    /// queues what is ready, skips what can never run. Returns (queued, skipped).
+    pub async fn repair_run(&self, run_id: ObjectId) -> Result<(u64, u64), StoreError> {
+        let graph = self.graph(run_id).await?;
+        let mut doomed = Vec::new();
+        for (node, state) in &graph {
+            if state.status != TaskStatus::Pending {
+                continue;
+            }
+            let status_of = |n: &String| graph.get(n).map(|s| s.status);
+            let done: Vec<&String> = state
+                .waiting_on
+                .iter()
+                .filter(|n| status_of(n) == Some(TaskStatus::Succeeded))
+                .collect();
+            if !done.is_empty() {
+                self.coll
+                    .update_one(
+                        doc! { "run_id": run_id, "node_id": node, "status": "pending" },
+                        doc! { "$pull": { "waiting_on": { "$in": done } } },
+                    )
+                    .await?;
+            }
+            let failed = state.upstream.iter().any(|n| {
+                status_of(n).is_some_and(|s| s.is_terminal() && s != TaskStatus::Succeeded)
+            });
+            if failed {
+                doomed.push(node.clone());
+            }
+        }
+        let skipped = if doomed.is_empty() {
+            0
+        } else {
+            let n = self
+                .coll
+                .update_many(
+                    doc! { "run_id": run_id, "node_id": { "$in": &doomed }, "status": "pending" },
+                    doc! { "$set": { "status": "skipped", "finished_at": DateTime::now() } },
+                )
+                .await?
+                .modified_count;
+            n + self
+                .close_downstream(run_id, &doomed, TaskStatus::Skipped)
+                .await?
+        };
+        let queued = self.queue_ready(doc! { "run_id": run_id }).await?;
+        Ok((queued, skipped))
+    }
+
+    /// Running tasks whose lease has expired (their worker is presumed dead).
+    pub async fn expired_leases(&self, limit: i64) -> Result<Vec<RunTask>, StoreError> {
+        Ok(self
+            .coll
+            .find(doc! { "status": "running", "lease_expires_at": { "$lt": DateTime::now() } })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    /// Redis lost its data: every queued task that was on a stream is due again.
+    pub async fn republish_queued(&self) -> Result<u64, StoreError> {
+        let done = self
+            .coll
+            .update_many(
+                doc! { "status": "queued", "publish_due": null },
+                doc! { "$set": { "publish_due": DateTime::now() } },
+            )
+            .await?;
+        Ok(done.modified_count)
+    }
+
+    /// Cancels the given nodes of a run (all of them when `nodes` is `None`): pending and queued
+    /// tasks become `cancelled` at once; running ones get `cancel_requested`, which their worker
+    /// honours. Returns (cancelled now, running tasks signalled by id).
+    pub async fn cancel(
+        &self,
+        run_id: ObjectId,
+        nodes: Option<&[String]>,
+    ) -> Result<(u64, Vec<ObjectId>), StoreError> {
+        let mut scope = doc! { "run_id": run_id };
+        if let Some(nodes) = nodes {
+            scope.insert("node_id", doc! { "$in": nodes });
+        }
+        let mut now = scope.clone();
+        now.insert("status", doc! { "$in": ["pending", "queued"] });
+        let cancelled = self
+            .coll
+            .update_many(
+                now,
+                doc! { "$set": {
+                    "status": "cancelled", "finished_at": DateTime::now(), "publish_due": null,
+                } },
+            )
+            .await?
+            .modified_count;
+        let mut running = scope;
+        running.insert("status", "running");
+        self.coll
+            .update_many(
+                running.clone(),
+                doc! { "$set": { "cancel_requested": true } },
+            )
+            .await?;
+        let mut cursor = self
+            .raw()
+            .find(running)
+            .projection(doc! { "_id": 1 })
+            .await?;
+        let mut ids = Vec::new();
+        while let Some(d) = cursor.try_next().await? {
+            ids.push(d.get_object_id("_id").map_err(bson_err)?);
+        }
+        Ok((cancelled, ids))
+    }
+
+    /// Resets `nodes` for another round: back to pending (waiting on every upstream that has not
+    /// succeeded), execution fields cleared, `attempt` bumped for the nodes named in `bump`.
+    pub async fn reset(
+        &self,
+        run_id: ObjectId,
+        nodes: &[String],
+        bump: &[String],
+    ) -> Result<(), StoreError> {
+        let graph = self.graph(run_id).await?;
+        for node in nodes {
+            let Some(state) = graph.get(node) else {
+                continue;
+            };
+            let waiting: Vec<&String> = state
+                .upstream
+                .iter()
+                .filter(|u| {
+                    nodes.contains(u)
+                        || graph.get(*u).map(|s| s.status) != Some(TaskStatus::Succeeded)
+                })
+                .collect();
+            let inc = i64::from(bump.contains(node));
+            self.coll
+                .update_one(
+                    doc! { "run_id": run_id, "node_id": node },
+                    vec![doc! { "$set": {
+                        "status": "pending",
+                        "waiting_on": { "$literal": waiting },
+                        "attempt": { "$add": ["$attempt", inc] },
+                        "attempt_base": { "$add": ["$attempt", inc] },
+                        "error": null, "outputs": null, "output_artifact_ids": [],
+                        "log_tail": [], "progress": null, "worker_id": null, "gpu_indices": [],
+                        "lease_token": null, "lease_expires_at": null, "publish_due": null,
+                        "cancel_requested": false, "wait_reason": null, "queued_at": null,
+                        "started_at": null, "finished_at": null, "duration_ms": null,
+                    } }],
+                )
+                .await?;
+        }
+        self.queue_ready(doc! { "run_id": run_id, "node_id": { "$in": nodes } })
+            .await?;
+        Ok(())
+    }
+
+    /// Sets (or clears, with `None`) the wait reason of every queued task of a class.
+    pub async fn set_wait_reason(
+        &self,
+        class: &str,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let filter = match reason {
+            Some(r) => doc! { "status": "queued", "class": class, "wait_reason": { "$ne": r } },
+            None => doc! { "status": "queued", "class": class, "wait_reason": { "$ne": null } },
+        };
+        self.coll
+            .update_many(filter, doc! { "$set": { "wait_reason": reason } })
+            .await?;
+        Ok(())
+    }
+
+    /// Resource classes that have queued tasks.
+    pub async fn queued_classes(&self) -> Result<Vec<String>, StoreError> {
+        let values = self
+            .coll
+            .distinct("class", doc! { "status": "queued" })
+            .await?;
+        Ok(values
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect())
+    }
+}
+
+fn int(d: &Document, key: &str) -> i64 {
+    match d.get(key) {
+        Some(Bson::Int32(i)) => i64::from(*i),
+        Some(Bson::Int64(i)) => *i,
+        _ => 0,
+    }
+}
+
+fn bson_err(e: mongodb::bson::document::ValueAccessError) -> StoreError {
+    StoreError::Mongo(mongodb::error::Error::custom(e.to_string()))
+}

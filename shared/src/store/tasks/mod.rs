@@ -1,0 +1,179 @@
+//! Repository for `run_tasks`. Its operations are split by who performs them: `lease` holds the
+//! fenced transitions a worker makes, `graph` the scheduler's promotion, skipping, cancel and
+//! retry.
+
+pub mod graph;
+mod lease;
+
+pub use graph::{NodeState, Published};
+pub use lease::{Claim, Outcome};
+
+use futures::TryStreamExt;
+use mongodb::bson::oid::ObjectId;
+use mongodb::bson::{Document, doc};
+use mongodb::options::IndexOptions;
+use mongodb::{ClientSession, Collection, Database, IndexModel};
+
+use super::StoreError;
+use crate::model::RunTask;
+
+pub const COLLECTION: &str = "run_tasks";
+
+#[derive(Debug, Clone)]
+pub struct TaskRepo {
+    coll: Collection<RunTask>,
+}
+
+impl TaskRepo {
+    pub fn new(db: &Database) -> Self {
+        Self {
+            coll: db.collection(COLLECTION),
+        }
+    }
+
+    pub async fn create_indexes(&self) -> Result<(), StoreError> {
+        let unique = IndexOptions::builder().unique(true).build();
+        self.coll
+            .create_indexes([
+                // The seeds' `run_tasks.workflowRunId + nodeId`, unique: one task per node per run.
+                IndexModel::builder()
+                    .keys(doc! { "run_id": 1, "node_id": 1 })
+                    .options(unique)
+                    .build(),
+                // Reconcile and status queries: tasks of a run by status.
+                IndexModel::builder()
+                    .keys(doc! { "run_id": 1, "status": 1 })
+                    .build(),
+                // Fleet-wide scans: everything queued or running, by worker.
+                IndexModel::builder()
+                    .keys(doc! { "status": 1, "worker_id": 1 })
+                    .build(),
+                // Expired leases.
+                IndexModel::builder()
+                    .keys(doc! { "status": 1, "lease_expires_at": 1 })
+                    .build(),
+                // Claims and completions are fenced on the lease token.
+                IndexModel::builder()
+                    .keys(doc! { "lease_token": 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .partial_filter_expression(
+                                doc! { "lease_token": { "$type": "string" } },
+                            )
+                            .build(),
+                    )
+                    .build(),
+                // The publisher's queue: tasks due to be appended to their stream.
+                IndexModel::builder()
+                    .keys(doc! { "publish_due": 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .partial_filter_expression(doc! { "publish_due": { "$type": "date" } })
+                            .build(),
+                    )
+                    .build(),
+            ])
+            .await?;
+        Ok(())
+    }
+
+    /// Inserts a run's tasks inside the caller's transaction, in batches so one batch stays well
+    /// under the 48 MB message limit.
+    pub async fn insert_all(
+        &self,
+        tasks: &[RunTask],
+        session: &mut ClientSession,
+    ) -> Result<(), StoreError> {
+        for chunk in tasks.chunks(10_000) {
+            self.coll.insert_many(chunk).session(&mut *session).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn get(&self, id: ObjectId) -> Result<Option<RunTask>, StoreError> {
+        Ok(self.coll.find_one(doc! { "_id": id }).await?)
+    }
+
+    pub async fn by_node(
+        &self,
+        run_id: ObjectId,
+        node_id: &str,
+    ) -> Result<Option<RunTask>, StoreError> {
+        Ok(self
+            .coll
+            .find_one(doc! { "run_id": run_id, "node_id": node_id })
+            .await?)
+    }
+
+    /// Untyped access for projections (status maps of big runs).
+    fn raw(&self) -> Collection<Document> {
+        self.coll.clone_with_type()
+    }
+
+    /// All tasks of a run, in dependency order (ids are allocated in that order).
+    pub async fn for_run(&self, run_id: ObjectId) -> Result<Vec<RunTask>, StoreError> {
+        Ok(self
+            .coll
+            .find(doc! { "run_id": run_id })
+            .sort(doc! { "_id": 1 })
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    /// Exact task counts of a run by status, and the failed node ids.
+    pub async fn count_by_status(
+        &self,
+        run_id: ObjectId,
+    ) -> Result<(crate::model::TaskCounts, Vec<String>), StoreError> {
+        use crate::model::TaskStatus;
+        let mut cursor = self
+            .raw()
+            .aggregate([
+                doc! { "$match": { "run_id": run_id } },
+                doc! { "$group": {
+                    "_id": "$status",
+                    "n": { "$sum": 1 },
+                    "nodes": { "$push": { "$cond": [
+                        { "$eq": ["$status", "failed"] }, "$node_id", "$$REMOVE"
+                    ] } },
+                } },
+            ])
+            .await?;
+        let mut counts = crate::model::TaskCounts::default();
+        let mut failed = Vec::new();
+        while let Some(group) = cursor.try_next().await? {
+            let n = match group.get("n") {
+                Some(mongodb::bson::Bson::Int32(n)) => u32::try_from(*n).unwrap_or(0),
+                Some(mongodb::bson::Bson::Int64(n)) => u32::try_from(*n).unwrap_or(0),
+                _ => 0,
+            };
+            let status: Option<TaskStatus> = group
+                .get("_id")
+                .cloned()
+                .and_then(|b| mongodb::bson::from_bson(b).ok());
+            match status {
+                Some(TaskStatus::Pending) => counts.pending = n,
+                Some(TaskStatus::Queued) => counts.queued = n,
+                Some(TaskStatus::Running) => counts.running = n,
+                Some(TaskStatus::Succeeded) => counts.succeeded = n,
+                Some(TaskStatus::Failed) => {
+                    counts.failed = n;
+                    failed = group
+                        .get_array("nodes")
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|v| v.as_str().map(str::to_owned))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                }
+                Some(TaskStatus::Cancelled) => counts.cancelled = n,
+                Some(TaskStatus::Skipped) => counts.skipped = n,
+                None => {}
+            }
+        }
+        failed.sort();
+        Ok((counts, failed))
+    }
+}

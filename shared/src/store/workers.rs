@@ -1,0 +1,89 @@
+//! Repository for `workers`: registration, heartbeats, and who is alive.
+
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use mongodb::bson::{DateTime, doc};
+use mongodb::options::IndexOptions;
+use mongodb::{Collection, Database, IndexModel};
+
+use super::StoreError;
+use crate::model::{WorkerDoc, WorkerState};
+
+pub const COLLECTION: &str = "workers";
+/// Stopped or vanished workers are forgotten after a day.
+const RETENTION_S: u64 = 24 * 3600;
+
+#[derive(Debug, Clone)]
+pub struct WorkerRepo {
+    coll: Collection<WorkerDoc>,
+}
+
+impl WorkerRepo {
+    pub fn new(db: &Database) -> Self {
+        Self {
+            coll: db.collection(COLLECTION),
+        }
+    }
+
+    pub async fn create_indexes(&self) -> Result<(), StoreError> {
+        let ttl = IndexOptions::builder()
+            .expire_after(Duration::from_secs(RETENTION_S))
+            .build();
+        self.coll
+            .create_indexes([
+                IndexModel::builder()
+                    .keys(doc! { "heartbeat_at": 1 })
+                    .options(ttl)
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "state": 1, "heartbeat_at": -1 })
+                    .build(),
+            ])
+            .await?;
+        Ok(())
+    }
+
+    pub async fn register(&self, worker: &WorkerDoc) -> Result<(), StoreError> {
+        self.coll
+            .replace_one(doc! { "_id": &worker.id }, worker)
+            .upsert(true)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn heartbeat(
+        &self,
+        id: &str,
+        state: WorkerState,
+        running_tasks: u32,
+    ) -> Result<(), StoreError> {
+        self.coll
+            .update_one(
+                doc! { "_id": id },
+                doc! { "$set": {
+                    "heartbeat_at": DateTime::now(),
+                    "state": mongodb::bson::to_bson(&state)?,
+                    "running_tasks": i64::from(running_tasks),
+                } },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Workers that heartbeated within `within` and still take work.
+    pub async fn live(&self, within: Duration) -> Result<Vec<WorkerDoc>, StoreError> {
+        let since =
+            DateTime::from_millis(DateTime::now().timestamp_millis() - within.as_millis() as i64);
+        Ok(self
+            .coll
+            .find(doc! { "state": "running", "heartbeat_at": { "$gte": since } })
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<WorkerDoc>, StoreError> {
+        Ok(self.coll.find_one(doc! { "_id": id }).await?)
+    }
+}

@@ -1,0 +1,188 @@
+//! The claim loop: read entries only from streams whose resource class fits the devices free
+//! right now, win the claim in MongoDB, then start the attempt.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use harmonia_shared::queue::{TaskEntry, WORKERS_GROUP};
+use harmonia_shared::resources::ResourceClass;
+use mongodb::bson::oid::ObjectId;
+use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
+
+use crate::execute::execute;
+use crate::worker::Worker;
+
+const CLASS_REFRESH: Duration = Duration::from_millis(500);
+
+/// Claims and starts tasks until the worker drains.
+pub async fn run(worker: Arc<Worker>) {
+    let mut classes: Vec<ResourceClass> = Vec::new();
+    let mut classes_at: Option<Instant> = None;
+    let mut grouped: HashSet<ResourceClass> = HashSet::new();
+    let mut reclaimed_at = Instant::now();
+    while !worker.is_draining() {
+        if classes_at.is_none_or(|t| t.elapsed() >= CLASS_REFRESH) {
+            match worker.queue.classes().await {
+                Ok(c) => classes = c,
+                Err(e) => tracing::warn!("listing task classes: {e:#}"),
+            }
+            classes_at = Some(Instant::now());
+        }
+        let (fitting, free_cpu) = worker.devices.fitting(&classes);
+        if fitting.is_empty() {
+            tokio::select! {
+                () = worker.devices.released.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+            continue;
+        }
+        for class in &fitting {
+            if !grouped.contains(class) {
+                let stream = worker.queue.keys().task_stream(*class);
+                match worker.queue.ensure_group(&stream, WORKERS_GROUP).await {
+                    Ok(()) => {
+                        grouped.insert(*class);
+                    }
+                    Err(e) => tracing::warn!(%stream, "creating consumer group: {e:#}"),
+                }
+            }
+        }
+        if reclaimed_at.elapsed() >= worker.options.reclaim_after / 2 {
+            reclaim(&worker, &fitting).await;
+            reclaimed_at = Instant::now();
+        }
+        // COUNT is per stream; only the CPU stream can fill several slots at once.
+        let count = if fitting.contains(&ResourceClass::CPU) {
+            free_cpu.max(1) as usize
+        } else {
+            1
+        };
+        match read(&worker, &fitting, count).await {
+            Ok(batches) => {
+                for (class, entries) in batches {
+                    for entry in entries {
+                        start(&worker, class, &entry).await;
+                    }
+                }
+            }
+            Err(e) => {
+                if e.to_string().contains("NOGROUP") {
+                    // Redis lost the stream (flush/restart): recreate groups next round.
+                    grouped.clear();
+                } else {
+                    tracing::warn!("reading task streams: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn read(
+    worker: &Worker,
+    classes: &[ResourceClass],
+    count: usize,
+) -> anyhow::Result<Vec<(ResourceClass, Vec<StreamId>)>> {
+    let streams: Vec<String> = classes
+        .iter()
+        .map(|c| worker.queue.keys().task_stream(*c))
+        .collect();
+    let cursors = vec![">"; streams.len()];
+    let opts = StreamReadOptions::default()
+        .group(WORKERS_GROUP, &worker.id)
+        .count(count)
+        .block(200);
+    let mut conn = worker.queue.conn().await?;
+    let reply: Option<StreamReadReply> =
+        redis::AsyncCommands::xread_options(&mut *conn, &streams, &cursors, &opts).await?;
+    Ok(reply
+        .map(|r| {
+            r.keys
+                .into_iter()
+                .filter_map(|k| Some((worker.queue.keys().class_of(&k.key)?, k.ids)))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Takes over entries that sat unacked past `reclaim_after` in the pending list of a worker
+/// that died between reading and claiming them.
+async fn reclaim(worker: &Arc<Worker>, classes: &[ResourceClass]) {
+    for class in classes {
+        let stream = worker.queue.keys().task_stream(*class);
+        let claimed = async {
+            let mut conn = worker.queue.conn().await?;
+            let reply: redis::streams::StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                .arg(&stream)
+                .arg(WORKERS_GROUP)
+                .arg(&worker.id)
+                .arg(worker.options.reclaim_after.as_millis() as u64)
+                .arg("0")
+                .arg("COUNT")
+                .arg(16)
+                .query_async(&mut *conn)
+                .await?;
+            anyhow::Ok(reply.claimed)
+        };
+        match claimed.await {
+            Ok(entries) => {
+                for entry in entries {
+                    tracing::info!(entry = %entry.id, "took over a task entry a dead worker read");
+                    start(worker, *class, &entry).await;
+                }
+            }
+            Err(e) => tracing::debug!(%stream, "XAUTOCLAIM: {e:#}"),
+        }
+    }
+}
+
+/// Claims one entry in MongoDB and starts it, or drops/hands back the entry.
+async fn start(worker: &Arc<Worker>, class: ResourceClass, entry: &StreamId) {
+    let stream = worker.queue.keys().task_stream(class);
+    let ids = [entry.id.clone()];
+    let ack = || async {
+        if let Err(e) = worker.queue.ack_delete(&stream, WORKERS_GROUP, &ids).await {
+            tracing::warn!(%stream, "acking task entry: {e:#}");
+        }
+    };
+    let Some(task) = TaskEntry::from_fields(&entry.map) else {
+        ack().await;
+        return;
+    };
+    let Some(alloc) = worker.devices.try_take(class) else {
+        // Read more than fits right now: let every other worker see it again.
+        if let Err(e) = worker.queue.hand_back(class, &entry.id, &task).await {
+            tracing::warn!("handing back a task entry: {e:#}");
+        }
+        return;
+    };
+    let claim = match ObjectId::parse_str(&task.task_id) {
+        Ok(id) => {
+            worker
+                .store
+                .tasks()
+                .claim(
+                    id,
+                    task.attempt,
+                    &worker.id,
+                    &alloc.gpu_indices(),
+                    worker.options.lease,
+                )
+                .await
+        }
+        Err(_) => Ok(None),
+    };
+    // MongoDB now holds the lease (or the entry was stale): the entry has done its job.
+    ack().await;
+    match claim {
+        Ok(Some(claim)) => {
+            tokio::spawn(execute(worker.clone(), claim, alloc));
+        }
+        Ok(None) => worker.devices.release(alloc),
+        Err(e) => {
+            tracing::warn!(task = %task.task_id, "claiming: {e:#}");
+            worker.devices.release(alloc);
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! `harmonia-worker run`: register, claim and execute until SIGTERM, then drain gracefully.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use harmonia_shared::Config;
+use harmonia_shared::model::WorkerState;
+use harmonia_shared::queue::{Queue, WORKERS_GROUP};
+use harmonia_shared::store::Store;
+use harmonia_shared::store::migrate::migrate;
+use tokio::sync::broadcast;
+
+use crate::devices::Devices;
+use crate::executor::Registry;
+use crate::worker::{Options, Worker};
+use crate::{claim, lease, registry};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Name used in the worker id (default: the host name).
+    #[arg(long, env = "HARMONIA_WORKER_NAME")]
+    pub name: Option<String>,
+    /// GPUs to advertise instead of detecting them: `index:name:memory_mb,...`, or `none`.
+    #[arg(long, env = "HARMONIA_GPUS")]
+    pub gpus: Option<String>,
+    /// CPU tasks run at once (default: the number of CPUs).
+    #[arg(long, env = "HARMONIA_CPU_SLOTS")]
+    pub cpu_slots: Option<u32>,
+    /// Lease of a claimed task, in ms: renewed every heartbeat; if it lapses the task is retried
+    /// elsewhere.
+    #[arg(long, env = "HARMONIA_LEASE_MS", default_value_t = 30_000)]
+    pub lease_ms: u64,
+    /// Heartbeat interval, in ms (default: a third of the lease).
+    #[arg(long, env = "HARMONIA_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// After SIGTERM, how long in-flight tasks may finish before they are handed back, in s.
+    #[arg(long, env = "HARMONIA_GRACE_S", default_value_t = 30)]
+    pub grace_s: u64,
+    /// First retry delay after a retryable failure, in ms; doubles per attempt.
+    #[arg(long, env = "HARMONIA_RETRY_BASE_MS", default_value_t = 1000)]
+    pub retry_base_ms: u64,
+}
+
+pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let gpus = registry::gpus(args.gpus.as_deref())?;
+    let cpu_slots = args.cpu_slots.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
+    });
+    let queue = Queue::connect(&config.redis).await?;
+    let store = Store::connect(&config.mongo).await?;
+    migrate(&store).await?;
+    let id = registry::worker_id(args.name.as_deref());
+    store
+        .workers()
+        .register(&registry::document(&id, gpus.clone(), cpu_slots))
+        .await?;
+    tracing::info!(worker = %id, ?gpus, cpu_slots, "worker registered");
+    let worker = Arc::new(Worker {
+        id,
+        queue,
+        store,
+        devices: Devices::new(gpus, cpu_slots),
+        executors: Registry::builtin(),
+        options: Options {
+            lease: Duration::from_millis(args.lease_ms),
+            heartbeat: Duration::from_millis(
+                args.heartbeat_ms.unwrap_or(args.lease_ms / 3).max(10),
+            ),
+            grace: Duration::from_secs(args.grace_s),
+            retry_base: Duration::from_millis(args.retry_base_ms),
+            reclaim_after: Duration::from_millis(args.lease_ms.max(2000)),
+        },
+        inflight: Mutex::new(HashMap::new()),
+        draining: AtomicBool::new(false),
+    });
+
+    let (stop_tx, _) = broadcast::channel(1);
+    let heartbeat = tokio::spawn(lease::heartbeat(worker.clone(), stop_tx.subscribe()));
+    let listener = tokio::spawn(lease::cancel_listener(
+        worker.clone(),
+        config.redis.url.clone(),
+        stop_tx.subscribe(),
+    ));
+    let claims = tokio::spawn(claim::run(worker.clone()));
+
+    wait_for_signal().await?;
+    drain(&worker).await;
+    let _ = claims.await;
+    let _ = stop_tx.send(());
+    let _ = tokio::join!(heartbeat, listener);
+    leave(&worker).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Stops claiming, lets in-flight attempts finish within the grace period, hands back the rest.
+async fn drain(worker: &Worker) {
+    worker.draining.store(true, Ordering::Relaxed);
+    let running = worker.inflight().len();
+    tracing::info!(running, grace = ?worker.options.grace, "SIGTERM: draining");
+    let deadline = Instant::now() + worker.options.grace;
+    while !worker.inflight().is_empty() && Instant::now() < deadline {
+        tokio::select! {
+            () = worker.devices.released.notified() => {}
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    let left: Vec<_> = worker.inflight().values().cloned().collect();
+    if !left.is_empty() {
+        tracing::warn!(count = left.len(), "grace period over: handing tasks back");
+        for attempt in &left {
+            attempt.handing_back.store(true, Ordering::Relaxed);
+            attempt.cancel.cancel();
+        }
+        // Executors are cooperative; wait for their fenced hand-back writes.
+        while !worker.inflight().is_empty() {
+            tokio::select! {
+                () = worker.devices.released.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    }
+}
+
+/// Removes this worker's consumer from every task stream where it holds nothing, and marks it
+/// stopped.
+async fn leave(worker: &Worker) {
+    let classes = worker.queue.classes().await.unwrap_or_default();
+    for class in classes {
+        let stream = worker.queue.keys().task_stream(class);
+        let removed = async {
+            let mut conn = worker.queue.conn().await?;
+            let pending: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+                .arg(&stream)
+                .arg(WORKERS_GROUP)
+                .arg("-")
+                .arg("+")
+                .arg(1)
+                .arg(&worker.id)
+                .query_async(&mut *conn)
+                .await?;
+            if pending.ids.is_empty() {
+                let _: i64 = redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(&stream)
+                    .arg(WORKERS_GROUP)
+                    .arg(&worker.id)
+                    .query_async(&mut *conn)
+                    .await?;
+            }
+            anyhow::Ok(())
+        };
+        if let Err(e) = removed.await {
+            tracing::debug!(%stream, "removing consumer: {e:#}");
+        }
+    }
+    if let Err(e) = worker
+        .store
+        .workers()
+        .heartbeat(&worker.id, WorkerState::Stopped, 0)
+        .await
+    {
+        tracing::warn!("marking worker stopped: {e:#}");
+    }
+    tracing::info!("worker stopped");
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => r?,
+    }
+    Ok(())
+}

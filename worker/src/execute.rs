@@ -1,0 +1,123 @@
+//! One attempt, from a won claim to its fenced outcome in MongoDB.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use harmonia_shared::error::{ExecError, backoff};
+use harmonia_shared::model::{TaskError, TaskStatus};
+use harmonia_shared::store::tasks::{Claim, Outcome};
+use mongodb::bson::DateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::devices::Alloc;
+use crate::executor::TaskContext;
+use crate::worker::{Inflight, Worker};
+
+/// Runs the claimed attempt, records its outcome, and gives the devices back.
+pub async fn execute(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
+    let Claim { task, lease_token } = claim;
+    let (task_id, run_id, node) = (task.id, task.run_id, task.node_id.clone());
+    if let Err(e) = worker
+        .store
+        .shift_run(run_id, TaskStatus::Queued, TaskStatus::Running, 1)
+        .await
+    {
+        tracing::warn!(%run_id, "updating run counts: {e:#}");
+    }
+    let cancel = CancellationToken::new();
+    let (progress_tx, progress_rx) = tokio::sync::watch::channel(None);
+    let attempt = Arc::new(Inflight {
+        task_id: task_id.to_hex(),
+        cancel: cancel.clone(),
+        handing_back: AtomicBool::new(false),
+        progress: progress_rx,
+    });
+    worker
+        .inflight()
+        .insert(lease_token.clone(), attempt.clone());
+
+    let ctx = TaskContext::new(task.clone(), alloc.gpu_indices(), cancel, progress_tx);
+    tracing::info!(task = %task_id, %node, r#type = %task.task_type, attempt = ctx.attempt,
+        gpus = ?ctx.gpus, "task started");
+    let result = match worker.executors.get(&task.task_type) {
+        None => Err(ExecError::Permanent(format!(
+            "this worker has no executor for type '{}'",
+            task.task_type
+        ))),
+        Some(executor) => {
+            let limit = Duration::from_secs(task.timeout_s);
+            match tokio::time::timeout(limit, executor.run(&ctx)).await {
+                Ok(result) => result,
+                Err(_) => Err(ExecError::Retryable(format!(
+                    "timed out after {} s",
+                    task.timeout_s
+                ))),
+            }
+        }
+    };
+    let outcome = match result {
+        Ok(outputs) => Outcome::Succeeded { outputs },
+        Err(ExecError::Cancelled) if attempt.handing_back.load(Ordering::Relaxed) => {
+            Outcome::HandedBack
+        }
+        Err(ExecError::Cancelled) => Outcome::Cancelled,
+        Err(e) => {
+            let again = e.retryable() && ctx.attempt < task.max_attempts;
+            let retry_at = again.then(|| {
+                let delay = backoff(worker.options.retry_base, ctx.attempt);
+                DateTime::from_millis(DateTime::now().timestamp_millis() + delay.as_millis() as i64)
+            });
+            Outcome::Failed {
+                error: TaskError {
+                    message: e.to_string(),
+                    retryable: e.retryable(),
+                },
+                retry_at,
+            }
+        }
+    };
+    record(&worker, &lease_token, &outcome, run_id).await;
+    worker.inflight().remove(&lease_token);
+    worker.devices.release(alloc);
+}
+
+async fn record(
+    worker: &Worker,
+    lease_token: &str,
+    outcome: &Outcome,
+    run_id: mongodb::bson::oid::ObjectId,
+) {
+    // MongoDB is the truth: keep trying through a brief outage rather than lose an outcome.
+    // (If the lease expires meanwhile, the write is refused and the retry wins.)
+    let mut delay = Duration::from_millis(50);
+    let after = loop {
+        match worker.store.tasks().finish(lease_token, outcome).await {
+            Ok(after) => break after,
+            Err(e) => {
+                tracing::warn!("recording task outcome (will retry): {e:#}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    let Some(after) = after else {
+        tracing::warn!(%lease_token, "outcome refused: this worker lost the task's lease");
+        return;
+    };
+    tracing::info!(task = %after.id, node = %after.node_id, status = after.status.as_str(),
+        error = after.error.as_ref().map(|e| e.message.as_str()), "task finished");
+    if let Err(e) = worker
+        .store
+        .shift_run(run_id, TaskStatus::Running, after.status, 1)
+        .await
+    {
+        tracing::warn!(%run_id, "updating run counts: {e:#}");
+    }
+    if after.status.is_terminal()
+        && let Err(e) = worker.queue.announce(&after).await
+    {
+        // The scheduler's repair pass finds what this event would have told it.
+        tracing::warn!(task = %after.id, "announcing task outcome: {e:#}");
+    }
+}

@@ -1,0 +1,100 @@
+//! Keeping claims alive: every heartbeat renews the leases of in-flight attempts (and stops the
+//! ones cancelled or lost), records progress, and refreshes the worker's registry entry. Cancel
+//! signals also arrive at once over pub/sub; the heartbeat is the fallback if one is missed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use harmonia_shared::model::WorkerState;
+use mongodb::bson::DateTime;
+use tokio::sync::broadcast;
+
+use crate::worker::Worker;
+
+pub async fn heartbeat(worker: Arc<Worker>, mut stop: broadcast::Receiver<()>) {
+    loop {
+        if let Err(e) = beat(&worker).await {
+            tracing::warn!("heartbeat: {e:#}");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(worker.options.heartbeat) => {}
+            _ = stop.recv() => return,
+        }
+    }
+}
+
+async fn beat(worker: &Worker) -> anyhow::Result<()> {
+    let attempts: Vec<(String, Arc<crate::worker::Inflight>)> = worker
+        .inflight()
+        .iter()
+        .map(|(t, a)| (t.clone(), a.clone()))
+        .collect();
+    let tokens: Vec<String> = attempts.iter().map(|(t, _)| t.clone()).collect();
+    let until = DateTime::from_millis(
+        DateTime::now().timestamp_millis() + worker.options.lease.as_millis() as i64,
+    );
+    let stop = worker.store.tasks().extend_leases(&tokens, until).await?;
+    for (token, attempt) in &attempts {
+        if stop.contains(token) {
+            attempt.cancel.cancel();
+            continue;
+        }
+        let progress = attempt.progress.borrow().clone();
+        if let Some(progress) = progress {
+            worker
+                .store
+                .tasks()
+                .report_progress(token, &progress)
+                .await?;
+        }
+    }
+    let state = if worker.is_draining() {
+        WorkerState::Draining
+    } else {
+        WorkerState::Running
+    };
+    worker
+        .store
+        .workers()
+        .heartbeat(
+            &worker.id,
+            state,
+            u32::try_from(attempts.len()).unwrap_or(u32::MAX),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Listens for cancel signals (comma-separated task ids) and stops matching attempts.
+pub async fn cancel_listener(
+    worker: Arc<Worker>,
+    redis_url: String,
+    mut stop: broadcast::Receiver<()>,
+) {
+    let channel = worker.queue.keys().cancel_channel();
+    loop {
+        let listen = async {
+            let client = redis::Client::open(redis_url.as_str())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            let mut messages = pubsub.on_message();
+            while let Some(msg) = messages.next().await {
+                let ids: String = msg.get_payload()?;
+                let ids: Vec<&str> = ids.split(',').collect();
+                worker.cancel_tasks(&ids);
+            }
+            anyhow::Ok(())
+        };
+        tokio::select! {
+            r = listen => if let Err(e) = r {
+                tracing::warn!("cancel listener (reconnecting): {e:#}");
+            },
+            _ = stop.recv() => return,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.recv() => return,
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! What the worker's loops share.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use harmonia_shared::model::Progress;
+use harmonia_shared::queue::Queue;
+use harmonia_shared::store::Store;
+use tokio_util::sync::CancellationToken;
+
+use crate::devices::Devices;
+use crate::executor::Registry;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub lease: Duration,
+    pub heartbeat: Duration,
+    /// How long in-flight tasks may run on after SIGTERM before they are handed back.
+    pub grace: Duration,
+    pub retry_base: Duration,
+    /// Task stream entries idle this long in a dead worker's pending list are taken over.
+    pub reclaim_after: Duration,
+}
+
+/// One attempt in flight, by lease token.
+#[derive(Debug)]
+pub struct Inflight {
+    pub task_id: String,
+    pub cancel: CancellationToken,
+    /// Set when the attempt is stopped by shutdown rather than by a user's cancel.
+    pub handing_back: AtomicBool,
+    pub progress: tokio::sync::watch::Receiver<Option<Progress>>,
+}
+
+#[derive(Debug)]
+pub struct Worker {
+    pub id: String,
+    pub queue: Queue,
+    pub store: Store,
+    pub devices: Devices,
+    pub executors: Registry,
+    pub options: Options,
+    pub inflight: Mutex<HashMap<String, std::sync::Arc<Inflight>>>,
+    /// No new claims once set (SIGTERM).
+    pub draining: AtomicBool,
+}
+
+impl Worker {
+    pub fn inflight(&self) -> std::sync::MutexGuard<'_, HashMap<String, std::sync::Arc<Inflight>>> {
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Stops the attempts running the given tasks (a cancel signal).
+    pub fn cancel_tasks(&self, task_ids: &[&str]) {
+        for attempt in self.inflight().values() {
+            if task_ids.contains(&attempt.task_id.as_str()) {
+                attempt.cancel.cancel();
+            }
+        }
+    }
+}
