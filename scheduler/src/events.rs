@@ -23,7 +23,7 @@ pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) {
                 .group(SCHEDULER_GROUP, &ctx.options.consumer)
                 .count(512);
             if !backlog {
-                opts = opts.block(1000);
+                opts = opts.block(harmonia_shared::queue::BLOCK_MS);
             }
             let cursor = if backlog { "0" } else { ">" };
             let reply: Option<StreamReadReply> =
@@ -92,7 +92,6 @@ pub async fn handle(ctx: &Scheduler, event: &TaskEvent) -> anyhow::Result<()> {
                 .await?;
             if queued > 0 {
                 ctx.publish.notify_one();
-                shift(ctx, run_id, TaskStatus::Queued, queued).await?;
             }
         }
         status @ (TaskStatus::Failed | TaskStatus::Cancelled | TaskStatus::Skipped) => {
@@ -101,20 +100,12 @@ pub async fn handle(ctx: &Scheduler, event: &TaskEvent) -> anyhow::Result<()> {
             } else {
                 TaskStatus::Skipped
             };
-            let closed = tasks
+            tasks
                 .close_downstream(run_id, std::slice::from_ref(&event.node_id), closing)
                 .await?;
-            shift(ctx, run_id, closing, closed).await?;
+            ctx.store.settle_run(run_id).await?;
         }
         TaskStatus::Pending | TaskStatus::Queued | TaskStatus::Running => {}
     }
-    Ok(())
-}
-
-async fn shift(ctx: &Scheduler, run_id: ObjectId, to: TaskStatus, n: u64) -> anyhow::Result<()> {
-    let n = u32::try_from(n).unwrap_or(u32::MAX);
-    ctx.store
-        .shift_run(run_id, TaskStatus::Pending, to, n)
-        .await?;
     Ok(())
 }

@@ -40,7 +40,7 @@ pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) -> 
                 .group(GROUP, &options.consumer)
                 .count(256);
             if !backlog {
-                opts = opts.block(1000);
+                opts = opts.block(harmonia_shared::queue::BLOCK_MS);
             }
             let cursor = if backlog { "0" } else { ">" };
             let reply: Option<StreamReadReply> =

@@ -91,11 +91,9 @@ async fn expire_leases(ctx: &Scheduler) -> anyhow::Result<()> {
         };
         tracing::warn!(task = %task.id, node = %task.node_id, %worker,
             status = after.status.as_str(), "lease expired");
-        ctx.store
-            .shift_run(task.run_id, TaskStatus::Running, after.status, 1)
-            .await?;
         if after.status == TaskStatus::Failed {
             ctx.queue.announce(&after).await?;
+            ctx.store.settle_run(task.run_id).await?;
         }
     }
     Ok(())

@@ -3,11 +3,13 @@
 //!
 //! Also home of the dev servers the scripts and the demo run (`harmonia-dev`).
 
+pub mod client; // submit, await replies and runs
 pub mod process; // children that die with the test process
 pub mod s3; // S3 over a directory (s3s-fs), in-process or as `harmonia-dev s3`
 pub mod servers; // redis-server and mongod launchers, replica-set initiation
 pub mod services; // per-suite services and per-test scopes
 pub mod wait; // wait_for: polling with a deadline
 
+pub use client::{Client, submission};
 pub use services::{Scope, services};
 pub use wait::wait_for;

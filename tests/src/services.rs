@@ -238,6 +238,11 @@ impl Scope {
         Ok(cmd)
     }
 
+    /// Runs `harmonia-scheduler <args>` to completion (the control CLI).
+    pub fn scheduler_cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        Ok(self.command("harmonia-scheduler")?.args(args).output()?)
+    }
+
     /// Spawns a workspace binary (e.g. `harmonia-worker`) as a child that dies with the test.
     pub fn spawn(&self, label: &str, binary: &str, args: &[&str]) -> anyhow::Result<ChildGuard> {
         let mut cmd = self.command(binary)?;

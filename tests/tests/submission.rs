@@ -12,7 +12,7 @@ use harmonia_tests::Scope;
 use mongodb::bson::doc;
 use mongodb::bson::oid::ObjectId;
 use redis::AsyncCommands;
-use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
+use redis::streams::StreamRangeReply;
 use serde_json::{Value, json};
 
 const MAX_BYTES: usize = 64 * 1024;
@@ -43,15 +43,11 @@ impl Api {
 
     /// Blocks (with a deadline) for the first entry on `stream` after `after`.
     async fn next_on(&mut self, stream: &str, after: &str) -> (String, Value) {
-        let opts = StreamReadOptions::default().count(1).block(20_000);
-        let reply: Option<StreamReadReply> = self
-            .conn
-            .xread_options(&[stream], &[after], &opts)
+        let entry = self
+            .queue
+            .next_entry(stream, after, Duration::from_secs(20))
             .await
-            .unwrap();
-        let entry = reply
-            .and_then(|r| r.keys.into_iter().next())
-            .and_then(|k| k.ids.into_iter().next())
+            .unwrap()
             .unwrap_or_else(|| panic!("no entry on {stream} within 20 s"));
         let payload: String = entry.get("payload").unwrap();
         (entry.id, serde_json::from_str(&payload).unwrap())
@@ -292,10 +288,7 @@ async fn cli_submit_and_status_round_trip() {
     std::fs::write(&file, sub.to_string()).unwrap();
 
     let out = scope
-        .command("harmonia-scheduler")
-        .unwrap()
-        .args(["submit", file.to_str().unwrap()])
-        .output()
+        .scheduler_cli(&["submit", file.to_str().unwrap()])
         .unwrap();
     assert!(
         out.status.success(),
@@ -305,12 +298,7 @@ async fn cli_submit_and_status_round_trip() {
     let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
     let run_id = reply["run_id"].as_str().unwrap();
 
-    let out = scope
-        .command("harmonia-scheduler")
-        .unwrap()
-        .args(["status", run_id, "--json"])
-        .output()
-        .unwrap();
+    let out = scope.scheduler_cli(&["status", run_id, "--json"]).unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -328,10 +316,7 @@ async fn cli_submit_and_status_round_trip() {
 
     // Unknown ids: one clear error line and a non-zero exit.
     let out = scope
-        .command("harmonia-scheduler")
-        .unwrap()
-        .args(["status", &ObjectId::new().to_hex()])
-        .output()
+        .scheduler_cli(&["status", &ObjectId::new().to_hex()])
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no run with id"));

@@ -92,7 +92,7 @@ async fn read(
     let opts = StreamReadOptions::default()
         .group(WORKERS_GROUP, &worker.id)
         .count(count)
-        .block(200);
+        .block(harmonia_shared::queue::BLOCK_MS);
     let mut conn = worker.queue.conn().await?;
     let reply: Option<StreamReadReply> =
         redis::AsyncCommands::xread_options(&mut *conn, &streams, &cursors, &opts).await?;

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use harmonia_shared::error::{ExecError, backoff};
-use harmonia_shared::model::{TaskError, TaskStatus};
+use harmonia_shared::model::TaskError;
 use harmonia_shared::store::tasks::{Claim, Outcome};
 use mongodb::bson::DateTime;
 use tokio_util::sync::CancellationToken;
@@ -18,12 +18,8 @@ use crate::worker::{Inflight, Worker};
 pub async fn execute(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
     let Claim { task, lease_token } = claim;
     let (task_id, run_id, node) = (task.id, task.run_id, task.node_id.clone());
-    if let Err(e) = worker
-        .store
-        .shift_run(run_id, TaskStatus::Queued, TaskStatus::Running, 1)
-        .await
-    {
-        tracing::warn!(%run_id, "updating run counts: {e:#}");
+    if let Err(e) = worker.store.runs().mark_started(run_id).await {
+        tracing::warn!(%run_id, "marking the run started: {e:#}");
     }
     let cancel = CancellationToken::new();
     let (progress_tx, progress_rx) = tokio::sync::watch::channel(None);
@@ -107,17 +103,14 @@ async fn record(
     };
     tracing::info!(task = %after.id, node = %after.node_id, status = after.status.as_str(),
         error = after.error.as_ref().map(|e| e.message.as_str()), "task finished");
-    if let Err(e) = worker
-        .store
-        .shift_run(run_id, TaskStatus::Running, after.status, 1)
-        .await
-    {
-        tracing::warn!(%run_id, "updating run counts: {e:#}");
+    if !after.status.is_terminal() {
+        return; // re-queued for a retry
     }
-    if after.status.is_terminal()
-        && let Err(e) = worker.queue.announce(&after).await
-    {
+    if let Err(e) = worker.queue.announce(&after).await {
         // The scheduler's repair pass finds what this event would have told it.
         tracing::warn!(task = %after.id, "announcing task outcome: {e:#}");
+    }
+    if let Err(e) = worker.store.settle_run(run_id).await {
+        tracing::warn!(%run_id, "settling the run: {e:#}");
     }
 }

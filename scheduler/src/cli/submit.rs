@@ -9,7 +9,6 @@ use harmonia_shared::Config;
 use harmonia_shared::queue::{Queue, Reply};
 use mongodb::bson::oid::ObjectId;
 use redis::AsyncCommands;
-use redis::streams::{StreamReadOptions, StreamReadReply};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SubmitArgs {
@@ -51,13 +50,9 @@ pub async fn run(config: &Config, args: &SubmitArgs) -> anyhow::Result<ExitCode>
             &[("payload", value.to_string())],
         )
         .await?;
-    let opts = StreamReadOptions::default().count(1).block(usize::try_from(
-        Duration::from_secs(args.timeout_s).as_millis(),
-    )?);
-    let reply: Option<StreamReadReply> = conn.xread_options(&[&replies], &["0"], &opts).await?;
-    let payload: Option<String> = reply
-        .and_then(|r| r.keys.into_iter().next())
-        .and_then(|k| k.ids.into_iter().next())
+    let payload: Option<String> = queue
+        .next_entry(&replies, "0", Duration::from_secs(args.timeout_s))
+        .await?
         .and_then(|e| e.get("payload"));
     let Some(payload) = payload else {
         anyhow::bail!(

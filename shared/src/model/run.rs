@@ -5,8 +5,6 @@ use mongodb::bson::DateTime;
 use mongodb::bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
 
-use super::task::TaskStatus;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
@@ -23,7 +21,8 @@ impl RunStatus {
     }
 }
 
-/// Tasks of a run by status; the sum is always `task_count`.
+/// Tasks of a run by status, recomputed from the tasks (periodically while the run is active,
+/// and exactly when it ends); the sum is `task_count`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskCounts {
     pub pending: u32,
@@ -33,21 +32,6 @@ pub struct TaskCounts {
     pub failed: u32,
     pub cancelled: u32,
     pub skipped: u32,
-}
-
-impl TaskCounts {
-    /// The document field holding the count for `status` (for `$inc` updates).
-    pub fn field(status: TaskStatus) -> &'static str {
-        match status {
-            TaskStatus::Pending => "counts.pending",
-            TaskStatus::Queued => "counts.queued",
-            TaskStatus::Running => "counts.running",
-            TaskStatus::Succeeded => "counts.succeeded",
-            TaskStatus::Failed => "counts.failed",
-            TaskStatus::Cancelled => "counts.cancelled",
-            TaskStatus::Skipped => "counts.skipped",
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -24,6 +24,11 @@ pub enum QueueError {
     Redis(#[from] redis::RedisError),
 }
 
+/// How long a blocking stream read (XREAD/XREADGROUP BLOCK) waits per call. It must stay under
+/// the client's response timeout (500 ms by default in redis-rs), or every idle read would
+/// surface as an error; loops simply read again.
+pub const BLOCK_MS: usize = 250;
+
 /// A pooled Redis handle plus the key names for this deployment's prefix.
 #[derive(Clone)]
 pub struct Queue {

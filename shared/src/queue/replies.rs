@@ -89,3 +89,29 @@ impl Queue {
         Ok(written == 1)
     }
 }
+
+impl Queue {
+    /// The first entry of `stream` after id `after` (`"0"`: from the start), waiting up to
+    /// `timeout` for one to arrive. Reads in [`super::BLOCK_MS`] slices.
+    pub async fn next_entry(
+        &self,
+        stream: &str,
+        after: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Option<redis::streams::StreamId>, QueueError> {
+        use redis::streams::{StreamReadOptions, StreamReadReply};
+        let deadline = std::time::Instant::now() + timeout;
+        let mut conn = self.conn().await?;
+        let opts = StreamReadOptions::default().count(1).block(super::BLOCK_MS);
+        loop {
+            let reply: Option<StreamReadReply> =
+                redis::AsyncCommands::xread_options(&mut *conn, &[stream], &[after], &opts).await?;
+            let entry = reply
+                .and_then(|r| r.keys.into_iter().next())
+                .and_then(|k| k.ids.into_iter().next());
+            if entry.is_some() || std::time::Instant::now() >= deadline {
+                return Ok(entry);
+            }
+        }
+    }
+}

@@ -79,23 +79,11 @@ impl Store {
         WorkerRepo::new(&self.db)
     }
 
-    /// Applies one task transition to its run's counts; when nothing is left to run, replaces
-    /// the counts with exact ones and settles the run's final status.
-    pub async fn shift_run(
-        &self,
-        run_id: mongodb::bson::oid::ObjectId,
-        from: crate::model::TaskStatus,
-        to: crate::model::TaskStatus,
-        n: u32,
-    ) -> Result<(), StoreError> {
-        if n == 0 || from == to {
-            return Ok(());
-        }
-        if let Some(run) = self.runs().shift(run_id, from, to, n).await? {
-            let c = &run.counts;
-            if c.pending + c.queued + c.running == 0 && !run.status.is_terminal() {
-                self.refresh_run(run_id).await?;
-            }
+    /// Called after a task of the run reached a final state: when none is left to run, the
+    /// run's aggregates are recomputed from its tasks and its final status is set.
+    pub async fn settle_run(&self, run_id: mongodb::bson::oid::ObjectId) -> Result<(), StoreError> {
+        if !self.tasks().any_active(run_id).await? {
+            self.refresh_run(run_id).await?;
         }
         Ok(())
     }

@@ -2,11 +2,11 @@
 
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{DateTime, doc};
-use mongodb::options::{IndexOptions, ReturnDocument};
+use mongodb::options::IndexOptions;
 use mongodb::{ClientSession, Collection, Database, IndexModel};
 
 use super::StoreError;
-use crate::model::{RunStatus, TaskCounts, TaskStatus, WorkflowRun};
+use crate::model::{RunStatus, TaskCounts, WorkflowRun};
 
 pub const COLLECTION: &str = "workflow_runs";
 
@@ -63,33 +63,15 @@ impl RunRepo {
         Ok(())
     }
 
-    /// Moves `n` tasks from one status count to another; marks the run running on its first
-    /// start. Returns the run after the change.
-    pub async fn shift(
-        &self,
-        run_id: ObjectId,
-        from: TaskStatus,
-        to: TaskStatus,
-        n: u32,
-    ) -> Result<Option<WorkflowRun>, StoreError> {
-        let (from, to) = (TaskCounts::field(from), TaskCounts::field(to));
-        let n = i64::from(n);
-        let mut set = doc! {
-            from: { "$add": [format!("${from}"), -n] },
-            to: { "$add": [format!("${to}"), n] },
-        };
-        if to == TaskCounts::field(TaskStatus::Running) {
-            set.insert("started_at", doc! { "$ifNull": ["$started_at", "$$NOW"] });
-            set.insert(
-                "status",
-                doc! { "$cond": [{ "$eq": ["$status", "queued"] }, "running", "$status"] },
-            );
-        }
-        Ok(self
-            .coll
-            .find_one_and_update(doc! { "_id": run_id }, vec![doc! { "$set": set }])
-            .return_document(ReturnDocument::After)
-            .await?)
+    /// Marks the run running when its first task starts (matches nothing afterwards).
+    pub async fn mark_started(&self, run_id: ObjectId) -> Result<(), StoreError> {
+        self.coll
+            .update_one(
+                doc! { "_id": run_id, "started_at": null },
+                doc! { "$set": { "started_at": DateTime::now(), "status": "running" } },
+            )
+            .await?;
+        Ok(())
     }
 
     /// Replaces the aggregates with exact values and derives the run's status from them.
@@ -123,9 +105,15 @@ impl RunRepo {
         updated.status = status;
         updated.finished_at = finished_at;
         updated.duration_ms = duration_ms;
+        // A recount taken while tasks were still moving must not reopen a run that a later
+        // recount already finished.
+        let mut filter = doc! { "_id": run.id };
+        if !status.is_terminal() {
+            filter.insert("status", doc! { "$in": ["queued", "running"] });
+        }
         self.coll
             .update_one(
-                doc! { "_id": run.id },
+                filter,
                 doc! { "$set": {
                     "counts": mongodb::bson::to_bson(&updated.counts)?,
                     "failed_task_ids": &updated.failed_task_ids,

@@ -86,16 +86,19 @@ impl TaskRepo {
         let task = self
             .coll
             .find_one_and_update(
+                // The attempt alone fences stale entries: every re-queue publishes a new
+                // attempt value. (`publish_due` may still be set: a worker can read the entry
+                // before the publisher has recorded publishing it.)
                 doc! {
                     "_id": id,
                     "status": "queued",
                     "attempt": attempt,
-                    "publish_due": null,
                     "cancel_requested": false,
                 },
                 doc! {
                     "$set": {
                         "status": "running",
+                        "publish_due": null,
                         "lease_token": &token,
                         "lease_expires_at": expires,
                         "worker_id": worker_id,

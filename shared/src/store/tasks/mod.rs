@@ -105,6 +105,19 @@ impl TaskRepo {
             .await?)
     }
 
+    /// Whether any task of the run is still pending, queued or running (an index-only probe).
+    pub async fn any_active(&self, run_id: ObjectId) -> Result<bool, StoreError> {
+        Ok(self
+            .raw()
+            .find_one(doc! {
+                "run_id": run_id,
+                "status": { "$in": ["pending", "queued", "running"] },
+            })
+            .projection(doc! { "_id": 1 })
+            .await?
+            .is_some())
+    }
+
     /// Untyped access for projections (status maps of big runs).
     fn raw(&self) -> Collection<Document> {
         self.coll.clone_with_type()

@@ -1,0 +1,132 @@
+//! A test client of the Redis-fronted API: submit, await the reply, await the run's end.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use harmonia_shared::model::{RunTask, WorkflowRun};
+use harmonia_shared::queue::Queue;
+use harmonia_shared::store::Store;
+use mongodb::bson::oid::ObjectId;
+use redis::AsyncCommands;
+
+use crate::wait::wait_for;
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub queue: Queue,
+    pub store: Store,
+}
+
+impl Client {
+    pub async fn connect(scope: &crate::Scope) -> anyhow::Result<Self> {
+        Ok(Self {
+            queue: Queue::connect(&scope.config.redis).await?,
+            store: Store::connect(&scope.config.mongo).await?,
+        })
+    }
+
+    /// XADDs a submission and returns the scheduler's reply (`{"status": ...}`).
+    pub async fn submit(
+        &self,
+        submission: &serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        let request_id = submission["request_id"]
+            .as_str()
+            .context("submission without request_id")?;
+        let mut conn = self.queue.conn().await?;
+        let _: String = conn
+            .xadd(
+                self.queue.keys().submissions(),
+                "*",
+                &[("payload", submission.to_string())],
+            )
+            .await?;
+        let payload: String = self
+            .queue
+            .next_entry(
+                &self.queue.keys().replies(request_id),
+                "0",
+                Duration::from_secs(30),
+            )
+            .await?
+            .and_then(|e| e.get("payload"))
+            .context("no reply within 30 s")?;
+        Ok(serde_json::from_str(&payload)?)
+    }
+
+    /// Submits and returns the new run's id; panics on a rejection with its errors.
+    pub async fn start(&self, submission: &serde_json::Value) -> anyhow::Result<ObjectId> {
+        let reply = self.submit(submission).await?;
+        anyhow::ensure!(
+            reply["status"] == "accepted",
+            "submission rejected: {reply}"
+        );
+        Ok(ObjectId::parse_str(
+            reply["run_id"].as_str().unwrap_or_default(),
+        )?)
+    }
+
+    /// Waits until the run has finished (any terminal status).
+    pub async fn finished(
+        &self,
+        run_id: ObjectId,
+        timeout: Duration,
+    ) -> anyhow::Result<WorkflowRun> {
+        let last = std::sync::Mutex::new(None);
+        let result = wait_for("the run to finish", timeout, || async {
+            let run = self
+                .store
+                .runs()
+                .get(run_id)
+                .await?
+                .context("run vanished")?;
+            *last.lock().unwrap_or_else(|e| e.into_inner()) = Some(run.status);
+            Ok(run.status.is_terminal().then_some(run))
+        })
+        .await;
+        result.with_context(|| {
+            format!(
+                "run {run_id} last seen {:?}",
+                last.lock().unwrap_or_else(|e| e.into_inner())
+            )
+        })
+    }
+
+    /// Waits until task `node` of the run has `status`.
+    pub async fn task_reaches(
+        &self,
+        run_id: ObjectId,
+        node: &str,
+        status: harmonia_shared::model::TaskStatus,
+    ) -> anyhow::Result<RunTask> {
+        wait_for(
+            &format!("task {node} to be {}", status.as_str()),
+            Duration::from_secs(60),
+            || async {
+                let task = self.task(run_id, node).await?;
+                Ok((task.status == status).then_some(task))
+            },
+        )
+        .await
+    }
+
+    pub async fn tasks(&self, run_id: ObjectId) -> anyhow::Result<Vec<RunTask>> {
+        Ok(self.store.tasks().for_run(run_id).await?)
+    }
+
+    pub async fn task(&self, run_id: ObjectId, node: &str) -> anyhow::Result<RunTask> {
+        self.store
+            .tasks()
+            .by_node(run_id, node)
+            .await?
+            .with_context(|| format!("no task {node}"))
+    }
+}
+
+/// A submission with the given tasks (JSON values) and default metadata.
+pub fn submission(request_id: &str, tasks: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "request_id": request_id, "workspace": "ml", "project": "tests", "name": request_id,
+        "created_by": "tests", "tasks": tasks,
+    })
+}
