@@ -261,11 +261,11 @@ impl Scope {
 /// Path of a workspace binary built next to the running test executable.
 pub fn binary_path(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test-exe> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test executable has no target dir")?;
+    // Tests live in target/<profile>/deps/, binaries (the bench) in target/<profile>/.
+    let mut dir = exe.parent().context("executable has no directory")?;
+    if dir.ends_with("deps") {
+        dir = dir.parent().context("deps has no parent")?;
+    }
     let path = dir.join(name);
     anyhow::ensure!(
         path.is_file(),

@@ -554,3 +554,46 @@ async fn sigterm_drains_in_flight_tasks_and_leaves_the_group() {
             .collect::<Vec<_>>()
     );
 }
+
+#[tokio::test]
+async fn two_scheduler_replicas_share_the_work_without_doing_it_twice() {
+    let mut c = cluster("replicas", &["none", "none"]).await;
+    let second = c
+        .scope
+        .spawn("scheduler-2", "harmonia-scheduler", SCHEDULER)
+        .unwrap();
+    c.workers.push(second);
+    let mut runs = Vec::new();
+    for r in 0..5 {
+        let mut tasks = vec![json!({"id": "root", "type": "debug.noop"})];
+        for i in 0..40 {
+            tasks
+                .push(json!({"id": format!("m{i}"), "type": "debug.noop", "depends_on": ["root"]}));
+            tasks.push(json!({"id": format!("n{i}"), "type": "debug.noop", "depends_on": [format!("m{i}")]}));
+        }
+        runs.push(
+            c.client
+                .start(&submission(&format!("replicas-{r}"), json!(tasks)))
+                .await
+                .unwrap(),
+        );
+    }
+    for run_id in runs {
+        let run = c.client.finished(run_id, LONG).await.unwrap();
+        assert_eq!(
+            (run.status, run.counts.succeeded),
+            (RunStatus::Succeeded, 81)
+        );
+        // Every task ran exactly once although both replicas promote and publish.
+        let tasks = c.client.tasks(run_id).await.unwrap();
+        assert!(tasks.iter().all(|t| t.attempt == 1), "a task ran twice");
+    }
+    let mut conn = c.client.queue.conn().await.unwrap();
+    for r in 0..5 {
+        let replies: redis::streams::StreamRangeReply = conn
+            .xrange_all(c.client.queue.keys().replies(&format!("replicas-{r}")))
+            .await
+            .unwrap();
+        assert_eq!(replies.ids.len(), 1, "exactly one reply per submission");
+    }
+}

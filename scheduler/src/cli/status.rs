@@ -38,14 +38,23 @@ pub async fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<ExitCode>
         )?;
         for t in &tasks {
             let error = t.error.as_ref().map(|e| e.message.as_str()).unwrap_or("");
+            let took = t.duration_ms.map(|d| format!("{d} ms")).unwrap_or_default();
+            let gpus = if t.gpu_indices.is_empty() {
+                String::new()
+            } else {
+                format!("gpu {:?}", t.gpu_indices)
+            };
+            let waiting = t.wait_reason.as_deref().unwrap_or("");
             writeln!(
                 out,
-                "  {:<24} {:<20} {:<10} attempt {} {}",
+                "  {:<16} {:<14} {:<10} #{} {:<28} {:>8} {:<8} {error}{waiting}",
                 t.node_id,
                 t.task_type,
                 t.status.as_str(),
                 t.attempt,
-                error
+                t.worker_id.as_deref().unwrap_or("-"),
+                took,
+                gpus,
             )?;
         }
     }

@@ -18,6 +18,10 @@ pub struct SubmitArgs {
     /// How long to wait for the scheduler's reply, in seconds.
     #[arg(long, default_value_t = 30)]
     pub timeout_s: u64,
+    /// After the reply, wait for the run to finish and print its final status (exit 1 unless
+    /// it succeeded).
+    #[arg(long)]
+    pub wait: bool,
 }
 
 pub async fn run(config: &Config, args: &SubmitArgs) -> anyhow::Result<ExitCode> {
@@ -62,8 +66,41 @@ pub async fn run(config: &Config, args: &SubmitArgs) -> anyhow::Result<ExitCode>
     };
     writeln!(std::io::stdout().lock(), "{payload}")?;
     let reply: Reply = serde_json::from_str(&payload)?;
-    Ok(match reply {
-        Reply::Accepted { .. } => ExitCode::SUCCESS,
-        Reply::Rejected { .. } => ExitCode::FAILURE,
-    })
+    match reply {
+        Reply::Rejected { .. } => Ok(ExitCode::FAILURE),
+        Reply::Accepted { run_id } if args.wait => wait(config, &run_id).await,
+        Reply::Accepted { .. } => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Polls the run until it finishes, printing progress lines on stderr.
+async fn wait(config: &Config, run_id: &str) -> anyhow::Result<ExitCode> {
+    let store = harmonia_shared::store::Store::connect(&config.mongo).await?;
+    let id = ObjectId::parse_str(run_id)?;
+    let mut last = String::new();
+    loop {
+        let run = store
+            .refresh_run(id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("run {run_id} vanished"))?;
+        let c = &run.counts;
+        let line = format!(
+            "run {run_id}: {:?}, {}/{} succeeded, {} running, {} failed",
+            run.status, c.succeeded, run.task_count, c.running, c.failed
+        );
+        if line != last {
+            tracing::info!("{line}");
+            last = line;
+        }
+        if run.status.is_terminal() {
+            return Ok(
+                if run.status == harmonia_shared::model::RunStatus::Succeeded {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                },
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
