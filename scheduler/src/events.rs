@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use futures::StreamExt;
+
 use harmonia_shared::model::TaskStatus;
 use harmonia_shared::queue::{SCHEDULER_GROUP, TaskEvent};
 use mongodb::bson::oid::ObjectId;
@@ -11,6 +13,9 @@ use redis::streams::{StreamReadOptions, StreamReadReply};
 use tokio::sync::broadcast;
 
 use crate::context::Scheduler;
+
+/// Events handled at once.
+const CONCURRENCY: usize = 64;
 
 pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) {
     let stream = ctx.queue.keys().events();
@@ -55,21 +60,33 @@ pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) {
             backlog = false;
             continue;
         }
-        let mut done = Vec::with_capacity(entries.len());
-        for entry in &entries {
-            let event: Option<TaskEvent> = entry
-                .get::<String>("payload")
-                .and_then(|p| serde_json::from_str(&p).ok());
-            let handled = match &event {
-                Some(event) => handle(&ctx, event).await,
-                None => Ok(()), // unreadable: nothing to do, drop it
-            };
-            match handled {
-                Ok(()) => done.push(entry.id.clone()),
+        // Every handler is idempotent and commutes with the others ($pull, then queue what
+        // waits on nothing), so events are handled concurrently.
+        let results: Vec<(String, anyhow::Result<()>)> = futures::stream::iter(entries)
+            .map(|entry| {
+                let ctx = ctx.clone();
+                async move {
+                    let event: Option<TaskEvent> = entry
+                        .get::<String>("payload")
+                        .and_then(|p| serde_json::from_str(&p).ok());
+                    let handled = match &event {
+                        Some(event) => handle(&ctx, event).await,
+                        None => Ok(()), // unreadable: nothing to do, drop it
+                    };
+                    (entry.id, handled)
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        let mut done = Vec::with_capacity(results.len());
+        for (id, result) in results {
+            match result {
+                Ok(()) => done.push(id),
                 Err(e) => {
-                    tracing::warn!(entry = %entry.id, "task event not handled yet: {e:#}");
+                    // Left pending: the backlog pass handles it again.
+                    tracing::warn!(entry = %id, "task event not handled yet: {e:#}");
                     backlog = true;
-                    break;
                 }
             }
         }

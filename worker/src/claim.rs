@@ -10,6 +10,7 @@ use harmonia_shared::resources::ResourceClass;
 use mongodb::bson::oid::ObjectId;
 use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
 
+use crate::devices::Alloc;
 use crate::execute::execute;
 use crate::worker::Worker;
 
@@ -60,9 +61,16 @@ pub async fn run(worker: Arc<Worker>) {
         };
         match read(&worker, &fitting, count).await {
             Ok(batches) => {
+                // Claims are journaled MongoDB writes: make them concurrently. Devices are
+                // taken synchronously first, so concurrency never over-commits them.
                 for (class, entries) in batches {
                     for entry in entries {
-                        start(&worker, class, &entry).await;
+                        match worker.devices.try_take(class) {
+                            Some(alloc) => {
+                                tokio::spawn(start(worker.clone(), class, entry, alloc));
+                            }
+                            None => hand_back(&worker, class, &entry).await,
+                        }
                     }
                 }
             }
@@ -129,7 +137,12 @@ async fn reclaim(worker: &Arc<Worker>, classes: &[ResourceClass]) {
             Ok(entries) => {
                 for entry in entries {
                     tracing::info!(entry = %entry.id, "took over a task entry a dead worker read");
-                    start(worker, *class, &entry).await;
+                    match worker.devices.try_take(*class) {
+                        Some(alloc) => {
+                            tokio::spawn(start(worker.clone(), *class, entry, alloc));
+                        }
+                        None => hand_back(worker, *class, &entry).await,
+                    }
                 }
             }
             Err(e) => tracing::debug!(%stream, "XAUTOCLAIM: {e:#}"),
@@ -137,51 +150,50 @@ async fn reclaim(worker: &Arc<Worker>, classes: &[ResourceClass]) {
     }
 }
 
-/// Claims one entry in MongoDB and starts it, or drops/hands back the entry.
-async fn start(worker: &Arc<Worker>, class: ResourceClass, entry: &StreamId) {
-    let stream = worker.queue.keys().task_stream(class);
-    let ids = [entry.id.clone()];
-    let ack = || async {
-        if let Err(e) = worker.queue.ack_delete(&stream, WORKERS_GROUP, &ids).await {
-            tracing::warn!(%stream, "acking task entry: {e:#}");
-        }
-    };
+/// Returns an entry this worker read but cannot start now to every other worker.
+async fn hand_back(worker: &Worker, class: ResourceClass, entry: &StreamId) {
     let Some(task) = TaskEntry::from_fields(&entry.map) else {
-        ack().await;
         return;
     };
-    let Some(alloc) = worker.devices.try_take(class) else {
-        // Read more than fits right now: let every other worker see it again.
-        if let Err(e) = worker.queue.hand_back(class, &entry.id, &task).await {
-            tracing::warn!("handing back a task entry: {e:#}");
-        }
-        return;
-    };
-    let claim = match ObjectId::parse_str(&task.task_id) {
-        Ok(id) => {
+    if let Err(e) = worker.queue.hand_back(class, &entry.id, &task).await {
+        tracing::warn!("handing back a task entry: {e:#}");
+    }
+}
+
+/// Claims one entry in MongoDB with the devices already taken for it, and runs it; on a lost
+/// claim the devices go back.
+async fn start(worker: Arc<Worker>, class: ResourceClass, entry: StreamId, alloc: Alloc) {
+    let stream = worker.queue.keys().task_stream(class);
+    let task = TaskEntry::from_fields(&entry.map);
+    let claim = match task
+        .as_ref()
+        .map(|t| (ObjectId::parse_str(&t.task_id), t.attempt))
+    {
+        Some((Ok(id), attempt)) => {
             worker
                 .store
                 .tasks()
                 .claim(
                     id,
-                    task.attempt,
+                    attempt,
                     &worker.id,
                     &alloc.gpu_indices(),
                     worker.options.lease,
                 )
                 .await
         }
-        Err(_) => Ok(None),
+        _ => Ok(None), // unreadable entry: drop it
     };
     // MongoDB now holds the lease (or the entry was stale): the entry has done its job.
-    ack().await;
+    let ids = [entry.id.clone()];
+    if let Err(e) = worker.queue.ack_delete(&stream, WORKERS_GROUP, &ids).await {
+        tracing::warn!(%stream, "acking task entry: {e:#}");
+    }
     match claim {
-        Ok(Some(claim)) => {
-            tokio::spawn(execute(worker.clone(), claim, alloc));
-        }
+        Ok(Some(claim)) => execute(worker, claim, alloc).await,
         Ok(None) => worker.devices.release(alloc),
         Err(e) => {
-            tracing::warn!(task = %task.task_id, "claiming: {e:#}");
+            tracing::warn!(entry = %entry.id, "claiming: {e:#}");
             worker.devices.release(alloc);
         }
     }

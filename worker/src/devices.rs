@@ -25,6 +25,8 @@ impl Alloc {
 struct Free {
     gpus: Vec<Gpu>,
     cpu_slots: u32,
+    /// Allocations not yet released: claims in progress plus attempts running.
+    held: u32,
 }
 
 #[derive(Debug)]
@@ -37,7 +39,11 @@ pub struct Devices {
 impl Devices {
     pub fn new(gpus: Vec<Gpu>, cpu_slots: u32) -> Self {
         Self {
-            free: Mutex::new(Free { gpus, cpu_slots }),
+            free: Mutex::new(Free {
+                gpus,
+                cpu_slots,
+                held: 0,
+            }),
             released: Notify::new(),
         }
     }
@@ -50,24 +56,32 @@ impl Devices {
                 return None;
             }
             free.cpu_slots -= 1;
+            free.held += 1;
             return Some(Alloc::CpuSlot);
         }
         let picked = class.pick(&free.gpus)?;
         let (taken, left): (Vec<Gpu>, Vec<Gpu>) =
             free.gpus.drain(..).partition(|g| picked.contains(&g.index));
         free.gpus = left;
+        free.held += 1;
         Some(Alloc::Gpus(taken))
     }
 
     pub fn release(&self, alloc: Alloc) {
         {
             let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            free.held = free.held.saturating_sub(1);
             match alloc {
                 Alloc::CpuSlot => free.cpu_slots += 1,
                 Alloc::Gpus(gpus) => free.gpus.extend(gpus),
             }
         }
         self.released.notify_waiters();
+    }
+
+    /// Allocations held: claims in progress and attempts running.
+    pub fn held(&self) -> u32 {
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).held
     }
 
     /// Classes from `known` that fit what is free now, and how many CPU slots are free.

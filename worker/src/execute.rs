@@ -18,9 +18,6 @@ use crate::worker::{Inflight, Worker};
 pub async fn execute(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
     let Claim { task, lease_token } = claim;
     let (task_id, run_id, node) = (task.id, task.run_id, task.node_id.clone());
-    if let Err(e) = worker.store.runs().mark_started(run_id).await {
-        tracing::warn!(%run_id, "marking the run started: {e:#}");
-    }
     let cancel = CancellationToken::new();
     let (progress_tx, progress_rx) = tokio::sync::watch::channel(None);
     let attempt = Arc::new(Inflight {
@@ -32,6 +29,11 @@ pub async fn execute(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
     worker
         .inflight()
         .insert(lease_token.clone(), attempt.clone());
+    if worker.first_start_of(run_id)
+        && let Err(e) = worker.store.runs().mark_started(run_id).await
+    {
+        tracing::warn!(%run_id, "marking the run started: {e:#}");
+    }
 
     let ctx = TaskContext::new(task.clone(), alloc.gpu_indices(), cancel, progress_tx);
     tracing::info!(task = %task_id, %node, r#type = %task.task_type, attempt = ctx.attempt,

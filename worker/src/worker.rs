@@ -45,6 +45,8 @@ pub struct Worker {
     pub inflight: Mutex<HashMap<String, std::sync::Arc<Inflight>>>,
     /// No new claims once set (SIGTERM).
     pub draining: AtomicBool,
+    /// Runs this worker already marked started (bounded; forgetting one costs one no-op write).
+    pub started_runs: Mutex<std::collections::VecDeque<mongodb::bson::oid::ObjectId>>,
 }
 
 impl Worker {
@@ -54,6 +56,20 @@ impl Worker {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// True the first time this worker starts a task of `run` (recently): the run's
+    /// `started_at` needs writing only then.
+    pub fn first_start_of(&self, run: mongodb::bson::oid::ObjectId) -> bool {
+        let mut seen = self.started_runs.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(&run) {
+            return false;
+        }
+        if seen.len() >= 256 {
+            seen.pop_front();
+        }
+        seen.push_back(run);
+        true
     }
 
     /// Stops the attempts running the given tasks (a cancel signal).

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 use super::{Queue, QueueError};
 use crate::model::TaskStatus;
 
+/// Entries kept (approximately) on the dead-letter stream.
+pub const DEAD_LETTER_MAXLEN: usize = 100_000;
+
 /// Consumer group of the scheduler replicas on the events stream.
 pub const SCHEDULER_GROUP: &str = "scheduler";
 
@@ -32,9 +35,11 @@ impl Queue {
     /// Records a task that failed for good, with its last error, on the dead-letter stream.
     pub async fn dead_letter(&self, fields: &serde_json::Value) -> Result<(), QueueError> {
         let mut conn = self.conn().await?;
+        // Capped like every Harmonia stream; MongoDB keeps each failed task and its error.
         let _: String = conn
-            .xadd(
+            .xadd_maxlen(
                 self.keys().dead_letter(),
+                redis::streams::StreamMaxlen::Approx(DEAD_LETTER_MAXLEN),
                 "*",
                 &[("payload", fields.to_string())],
             )

@@ -76,6 +76,7 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
         },
         inflight: Mutex::new(HashMap::new()),
         draining: AtomicBool::new(false),
+        started_runs: Mutex::new(std::collections::VecDeque::new()),
     });
 
     let (stop_tx, _) = broadcast::channel(1);
@@ -97,30 +98,31 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Stops claiming, lets in-flight attempts finish within the grace period, hands back the rest.
+/// "In flight" is every device allocation held, so a claim still being written counts too.
 async fn drain(worker: &Worker) {
     worker.draining.store(true, Ordering::Relaxed);
-    let running = worker.inflight().len();
-    tracing::info!(running, grace = ?worker.options.grace, "SIGTERM: draining");
+    tracing::info!(held = worker.devices.held(), grace = ?worker.options.grace, "SIGTERM: draining");
     let deadline = Instant::now() + worker.options.grace;
-    while !worker.inflight().is_empty() && Instant::now() < deadline {
+    let mut warned = false;
+    while worker.devices.held() > 0 {
+        if Instant::now() >= deadline {
+            // Executors are cooperative: stop them and let their fenced hand-back writes land.
+            // Repeated, because a claim in progress may register its attempt late.
+            for attempt in worker.inflight().values() {
+                attempt.handing_back.store(true, Ordering::Relaxed);
+                attempt.cancel.cancel();
+            }
+            if !warned {
+                tracing::warn!(
+                    held = worker.devices.held(),
+                    "grace period over: handing tasks back"
+                );
+                warned = true;
+            }
+        }
         tokio::select! {
             () = worker.devices.released.notified() => {}
-            () = tokio::time::sleep(Duration::from_millis(100)) => {}
-        }
-    }
-    let left: Vec<_> = worker.inflight().values().cloned().collect();
-    if !left.is_empty() {
-        tracing::warn!(count = left.len(), "grace period over: handing tasks back");
-        for attempt in &left {
-            attempt.handing_back.store(true, Ordering::Relaxed);
-            attempt.cancel.cancel();
-        }
-        // Executors are cooperative; wait for their fenced hand-back writes.
-        while !worker.inflight().is_empty() {
-            tokio::select! {
-                () = worker.devices.released.notified() => {}
-                () = tokio::time::sleep(Duration::from_millis(50)) => {}
-            }
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
     }
 }
