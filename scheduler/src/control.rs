@@ -168,9 +168,8 @@ pub async fn retry_run(store: &Store, id: &str) -> anyhow::Result<ObjectId> {
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let new_id = ObjectId::new();
     let sub = Submission {
-        request_id: format!("retry-{}", new_id.to_hex()),
+        request_id: format!("retry-{}", ObjectId::new().to_hex()),
         workspace: run.workspace.clone(),
         project: run.project.clone(),
         name: run.name.clone(),
@@ -178,17 +177,7 @@ pub async fn retry_run(store: &Store, id: &str) -> anyhow::Result<ObjectId> {
         tags: run.tags.clone(),
         tasks: specs,
     };
-    let (mut new_run, new_tasks) = create::documents(&sub, Some(run.id))?;
-    new_run.id = new_id;
-    let new_tasks: Vec<RunTask> = new_tasks
-        .into_iter()
-        .map(|mut t| {
-            t.run_id = new_id;
-            t
-        })
-        .collect();
-    create::insert_run(store, &new_run, &new_tasks).await?;
-    Ok(new_id)
+    Ok(create::create_run(store, &sub, Some(run.id)).await?.run_id)
 }
 
 fn past(status: harmonia_shared::model::RunStatus) -> &'static str {

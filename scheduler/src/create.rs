@@ -1,5 +1,11 @@
-//! Turning a validated submission into a run and its tasks: one MongoDB transaction, and
-//! idempotent on the submission's `request_id`.
+//! Turning a validated submission into a run and its tasks, idempotent on `request_id`.
+//!
+//! A run of 100,000 tasks does not fit in one MongoDB transaction (WiredTiger refuses
+//! transactions larger than its cache), so creation uses a commit marker instead: every id is
+//! derived from the `request_id`, all tasks are inserted first (a retry inserts only the
+//! missing ones), and the run document goes in last. Nothing reads tasks of a run whose
+//! document does not exist, so a run appears whole or not at all. Its ready tasks are queued
+//! only after that; if the scheduler dies in between, the reconcile pass queues them.
 
 use std::collections::HashMap;
 
@@ -11,9 +17,8 @@ use harmonia_shared::store::{Store, StoreError};
 use harmonia_shared::submission::Submission;
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{self, DateTime};
-use mongodb::error::{
-    Error as MongoError, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT,
-};
+use mongodb::error::Error as MongoError;
+use sha2::{Digest, Sha256};
 
 /// The run a submission maps to, and whether this call created it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,43 +27,58 @@ pub struct Created {
     pub new: bool,
 }
 
-/// Creates the run for `sub`, or returns the one an earlier submission with the same
-/// `request_id` created.
-pub async fn create_run(store: &Store, sub: &Submission) -> Result<Created, StoreError> {
+/// The run id of a request: the same on every retry of the same submission.
+pub fn run_id_for(request_id: &str) -> ObjectId {
+    let digest = Sha256::digest(format!("harmonia-run:{request_id}").as_bytes());
+    let mut bytes = [0u8; 12];
+    bytes.copy_from_slice(&digest[..12]);
+    ObjectId::from_bytes(bytes)
+}
+
+/// Task ids share the run's first 8 bytes and end with the task's index in dependency order,
+/// so sorting a run's tasks by `_id` gives that order.
+fn task_id(run_id: ObjectId, index: usize) -> ObjectId {
+    let mut bytes = run_id.bytes();
+    bytes[8..].copy_from_slice(&u32::try_from(index).unwrap_or(u32::MAX).to_be_bytes());
+    ObjectId::from_bytes(bytes)
+}
+
+/// Creates the run for `sub` (linked to `retry_of` when it retries another), or returns the
+/// one an earlier submission with the same `request_id` created.
+pub async fn create_run(
+    store: &Store,
+    sub: &Submission,
+    retry_of: Option<ObjectId>,
+) -> Result<Created, StoreError> {
     if let Some(existing) = store.runs().by_request_id(&sub.request_id).await? {
         return Ok(Created {
             run_id: existing.id,
             new: false,
         });
     }
-    let (run, tasks) = documents(sub, None)?;
-    match insert_run(store, &run, &tasks).await {
-        Ok(()) => Ok(Created {
-            run_id: run.id,
-            new: true,
-        }),
-        Err(e) if is_duplicate_key(&e) => {
-            // Another scheduler replica created it between our look-up and our insert.
-            let existing = store.runs().by_request_id(&sub.request_id).await?;
-            existing
-                .map(|r| Created {
-                    run_id: r.id,
-                    new: false,
-                })
-                .ok_or_else(|| e.into())
-        }
-        Err(e) => Err(e.into()),
-    }
+    let (run, tasks) = documents(sub, retry_of)?;
+    store.tasks().insert_missing(&tasks).await?;
+    let new = match store.runs().insert(&run).await {
+        Ok(()) => true,
+        Err(StoreError::Mongo(e)) if is_duplicate_key(&e) => false, // a replica raced us
+        Err(e) => return Err(e),
+    };
+    // The commit point has passed: queue the ready tasks.
+    store.tasks().queue_ready_in(run.id).await?;
+    Ok(Created {
+        run_id: run.id,
+        new,
+    })
 }
 
-/// Builds the run document and its tasks (in dependency order; roots `queued`, the rest
-/// `pending`).
+/// Builds the run document and its tasks (in dependency order, all `pending`; those waiting on
+/// nothing are queued once the run document exists).
 pub fn documents(
     sub: &Submission,
     retry_of: Option<ObjectId>,
 ) -> Result<(WorkflowRun, Vec<RunTask>), StoreError> {
     let now = DateTime::now();
-    let run_id = ObjectId::new();
+    let run_id = run_id_for(&sub.request_id);
     let mut downstream: HashMap<&str, Vec<String>> = HashMap::new();
     for spec in &sub.tasks {
         for dep in &spec.depends_on {
@@ -71,10 +91,10 @@ pub fn documents(
     let tasks = sub
         .tasks
         .iter()
-        .map(|spec| {
-            let root = spec.depends_on.is_empty();
+        .enumerate()
+        .map(|(index, spec)| {
             Ok(RunTask {
-                id: ObjectId::new(),
+                id: task_id(run_id, index),
                 run_id,
                 node_id: spec.id.clone(),
                 task_type: spec.task_type.clone(),
@@ -87,15 +107,10 @@ pub fn documents(
                 max_attempts: spec.max_attempts,
                 timeout_s: spec.timeout_s,
                 priority: spec.priority,
-                // Roots are ready now: queued, and due for the publisher.
-                status: if root {
-                    TaskStatus::Queued
-                } else {
-                    TaskStatus::Pending
-                },
+                status: TaskStatus::Pending,
                 attempt: 0,
                 attempt_base: 0,
-                publish_due: root.then_some(now),
+                publish_due: None,
                 lease_token: None,
                 lease_expires_at: None,
                 cancel_requested: false,
@@ -108,20 +123,13 @@ pub fn documents(
                 log_tail: Vec::new(),
                 progress: None,
                 created_at: now,
-                queued_at: root.then_some(now),
+                queued_at: None,
                 started_at: None,
                 finished_at: None,
                 duration_ms: None,
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
-    let queued = u32::try_from(
-        tasks
-            .iter()
-            .filter(|t| t.status == TaskStatus::Queued)
-            .count(),
-    )
-    .unwrap_or(u32::MAX);
     let task_count = u32::try_from(tasks.len()).unwrap_or(u32::MAX);
     let run = WorkflowRun {
         id: run_id,
@@ -134,8 +142,7 @@ pub fn documents(
         status: RunStatus::Queued,
         task_count,
         counts: TaskCounts {
-            pending: task_count - queued,
-            queued,
+            pending: task_count,
             ..TaskCounts::default()
         },
         failed_task_ids: Vec::new(),
@@ -150,70 +157,25 @@ pub fn documents(
     Ok((run, tasks))
 }
 
-/// Inserts the run and its tasks atomically, retrying transient transaction errors as the
-/// driver's transaction guidance prescribes.
-pub async fn insert_run(
-    store: &Store,
-    run: &WorkflowRun,
-    tasks: &[RunTask],
-) -> Result<(), MongoError> {
-    let mut session = store.client().start_session().await?;
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        session.start_transaction().await?;
-        let written = async {
-            store
-                .runs()
-                .insert(run, &mut session)
-                .await
-                .map_err(into_mongo)?;
-            store
-                .tasks()
-                .insert_all(tasks, &mut session)
-                .await
-                .map_err(into_mongo)
-        }
-        .await;
-        let result = match written {
-            Ok(()) => commit(&mut session).await,
-            Err(e) => {
-                let _ = session.abort_transaction().await;
-                Err(e)
-            }
-        };
-        match result {
-            Err(e) if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && attempts < 5 => continue,
-            other => return other,
-        }
-    }
-}
-
-async fn commit(session: &mut mongodb::ClientSession) -> Result<(), MongoError> {
-    loop {
-        match session.commit_transaction().await {
-            Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) => continue,
-            other => return other,
-        }
-    }
-}
-
-fn into_mongo(e: StoreError) -> MongoError {
-    match e {
-        StoreError::Mongo(m) => m,
-        other => MongoError::custom(other.to_string()),
-    }
-}
-
 fn is_duplicate_key(e: &MongoError) -> bool {
     use mongodb::error::{ErrorKind, WriteFailure};
     match &*e.kind {
         ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
-        ErrorKind::InsertMany(m) => m
-            .write_errors
-            .as_ref()
-            .is_some_and(|errs| errs.iter().any(|w| w.code == 11000)),
         ErrorKind::Command(c) => c.code == 11000,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_per_request_and_ordered_per_run() {
+        let run = run_id_for("req-1");
+        assert_eq!(run, run_id_for("req-1"));
+        assert_ne!(run, run_id_for("req-2"));
+        let ids: Vec<ObjectId> = (0..300).map(|i| task_id(run, i)).collect();
+        assert!(ids.windows(2).all(|w| w[0].bytes() < w[1].bytes()));
     }
 }

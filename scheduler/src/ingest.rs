@@ -25,6 +25,9 @@ use crate::create::create_run;
 /// Consumer group of all scheduler replicas on the submissions stream.
 pub const GROUP: &str = "scheduler";
 
+/// Attempts to store a valid submission before it is rejected with the storage error.
+const MAX_STORE_TRIES: u32 = 5;
+
 /// Runs until `shutdown` fires. Errors talking to Redis or Mongo are logged and retried; no
 /// submission is lost or acked without its effects.
 pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) -> anyhow::Result<()> {
@@ -33,6 +36,7 @@ pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) -> 
     let stream = queue.keys().submissions();
     // Start with entries this consumer was given before a restart ("0"), then new ones (">").
     let mut backlog = true;
+    let mut failures: HashMap<String, u32> = HashMap::new();
     loop {
         let read = async {
             let mut conn = queue.conn().await?;
@@ -71,12 +75,25 @@ pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) -> 
         }
         for entry in &entries {
             if let Err(e) = handle(&ctx, entry).await {
+                let tries = failures.entry(entry.id.clone()).or_insert(0);
+                *tries += 1;
+                if *tries >= MAX_STORE_TRIES {
+                    // Don't let one submission block the stream forever: answer it.
+                    tracing::error!(entry = %entry.id, "giving up on a submission: {e:#}");
+                    if let Err(e2) = give_up(&ctx, entry, &e).await {
+                        tracing::warn!(entry = %entry.id, "rejecting it failed too: {e2:#}");
+                    } else {
+                        failures.remove(&entry.id);
+                    }
+                    continue;
+                }
                 // Left pending; the backlog pass retries it.
-                tracing::warn!(entry = %entry.id, "submission not processed yet: {e:#}");
+                tracing::warn!(entry = %entry.id, tries = *tries, "submission not processed yet: {e:#}");
                 backoff(&mut shutdown).await;
                 backlog = true;
                 break;
             }
+            failures.remove(&entry.id);
         }
     }
 }
@@ -156,7 +173,7 @@ async fn handle(ctx: &Scheduler, entry: &StreamId) -> anyhow::Result<()> {
     // `None`: the shared rejections stream (no request id to reply to).
     let (to, reply): (Option<String>, Reply) = match parsed {
         Ok(sub) => {
-            let created = create_run(store, &sub).await?;
+            let created = create_run(store, &sub, None).await?;
             // Its root tasks are due: publish them now rather than at the next poll.
             ctx.publish.notify_one();
             tracing::info!(request_id = %sub.request_id, run_id = %created.run_id,
@@ -206,6 +223,33 @@ async fn handle(ctx: &Scheduler, entry: &StreamId) -> anyhow::Result<()> {
     let to = to.as_deref().map_or(ReplyTo::Rejections, ReplyTo::Request);
     queue
         .ack_and_reply(GROUP, &entry.id, to, &reply, options.reply_ttl_s)
+        .await?;
+    Ok(())
+}
+
+/// Rejects a submission that could not be stored after [`MAX_STORE_TRIES`].
+async fn give_up(ctx: &Scheduler, entry: &StreamId, err: &anyhow::Error) -> anyhow::Result<()> {
+    let raw = payload(&entry.map).unwrap_or_default();
+    let request_id = match submission::parse(&raw, ctx.options.max_submission_bytes) {
+        Ok(sub) => Some(sub.request_id),
+        Err(Refusal::Rejected { request_id, .. }) => Some(request_id),
+        Err(Refusal::Anonymous(_)) => None,
+    };
+    let errors = vec![FieldError {
+        path: "$".into(),
+        message: format!("the scheduler could not store this submission: {err:#}"),
+    }];
+    record(&ctx.store, entry, request_id.as_deref(), &errors, &raw).await?;
+    let to = request_id
+        .as_deref()
+        .map_or(ReplyTo::Rejections, ReplyTo::Request);
+    let reply = Reply::Rejected {
+        request_id: request_id.clone(),
+        entry_id: request_id.is_none().then(|| entry.id.clone()),
+        errors,
+    };
+    ctx.queue
+        .ack_and_reply(GROUP, &entry.id, to, &reply, ctx.options.reply_ttl_s)
         .await?;
     Ok(())
 }

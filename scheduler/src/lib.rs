@@ -4,7 +4,7 @@
 pub mod cli; // one file per subcommand
 pub mod context; // what the loops share
 pub mod control; // cancel and retry
-pub mod create; // submission -> run + tasks, one transaction, idempotent on request_id
+pub mod create; // submission -> tasks, then the run document (commit marker); idempotent
 pub mod events; // task events -> promote or skip downstream
 pub mod ingest; // the submissions stream: validate, create, reply exactly once
 pub mod publish; // MongoDB `publish_due` -> Redis task streams

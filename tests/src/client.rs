@@ -30,6 +30,16 @@ impl Client {
         &self,
         submission: &serde_json::Value,
     ) -> anyhow::Result<serde_json::Value> {
+        self.submit_waiting(submission, Duration::from_secs(30))
+            .await
+    }
+
+    /// [`Self::submit`], waiting up to `timeout` for the reply (huge submissions take a while).
+    pub async fn submit_waiting(
+        &self,
+        submission: &serde_json::Value,
+        timeout: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
         let request_id = submission["request_id"]
             .as_str()
             .context("submission without request_id")?;
@@ -43,20 +53,18 @@ impl Client {
             .await?;
         let payload: String = self
             .queue
-            .next_entry(
-                &self.queue.keys().replies(request_id),
-                "0",
-                Duration::from_secs(30),
-            )
+            .next_entry(&self.queue.keys().replies(request_id), "0", timeout)
             .await?
             .and_then(|e| e.get("payload"))
-            .context("no reply within 30 s")?;
+            .with_context(|| format!("no reply within {timeout:?}"))?;
         Ok(serde_json::from_str(&payload)?)
     }
 
-    /// Submits and returns the new run's id; panics on a rejection with its errors.
+    /// Submits and returns the new run's id; an error carries a rejection's errors.
     pub async fn start(&self, submission: &serde_json::Value) -> anyhow::Result<ObjectId> {
-        let reply = self.submit(submission).await?;
+        let reply = self
+            .submit_waiting(submission, Duration::from_secs(600))
+            .await?;
         anyhow::ensure!(
             reply["status"] == "accepted",
             "submission rejected: {reply}"

@@ -109,14 +109,21 @@ async fn accepted_runs_land_in_mongo_and_resubmission_is_idempotent() {
         (run.request_id.as_str(), run.task_count),
         ("req-diamond", 4)
     );
-    // The root is queued at once; the rest wait on their upstream tasks.
-    assert_eq!((run.counts.queued, run.counts.pending), (1, 3));
+
     let tasks = store.tasks().for_run(run_id).await.unwrap();
     let d = tasks.iter().find(|t| t.node_id == "d").unwrap();
     assert_eq!(d.upstream_node_ids, ["b", "c"]);
     assert_eq!(d.waiting_on, ["b", "c"]);
     assert_eq!(d.class, "cpu");
     let a = tasks.iter().find(|t| t.node_id == "a").unwrap();
+    // The root is queued once the run exists; the rest wait on their upstream tasks.
+    assert_eq!(a.status, harmonia_shared::model::TaskStatus::Queued);
+    assert!(
+        tasks
+            .iter()
+            .filter(|t| t.node_id != "a")
+            .all(|t| t.status == harmonia_shared::model::TaskStatus::Pending)
+    );
     assert_eq!(a.downstream_node_ids, ["b", "c"]);
     let c = tasks.iter().find(|t| t.node_id == "c").unwrap();
     assert_eq!((c.resources.gpus, c.resources.gpu_memory_mb), (1, 40000));

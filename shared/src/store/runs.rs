@@ -3,7 +3,7 @@
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{DateTime, doc};
 use mongodb::options::IndexOptions;
-use mongodb::{ClientSession, Collection, Database, IndexModel};
+use mongodb::{Collection, Database, IndexModel};
 
 use super::StoreError;
 use crate::model::{RunStatus, TaskCounts, WorkflowRun};
@@ -54,12 +54,9 @@ impl RunRepo {
             .await?)
     }
 
-    pub async fn insert(
-        &self,
-        run: &WorkflowRun,
-        session: &mut ClientSession,
-    ) -> Result<(), StoreError> {
-        self.coll.insert_one(run).session(session).await?;
+    /// Inserts the run document: the commit point of a run's creation.
+    pub async fn insert(&self, run: &WorkflowRun) -> Result<(), StoreError> {
+        self.coll.insert_one(run).await?;
         Ok(())
     }
 

@@ -165,7 +165,7 @@ async fn throughput(args: &Args) -> anyhow::Result<()> {
         args.tasks, args.workers, args.cpu_slots
     );
     println!(
-        "  submit -> accepted (validate + one transaction): {:.2} s",
+        "  submit -> accepted (validate + store the run): {:.2} s",
         accepted.as_secs_f64()
     );
     println!(

@@ -91,6 +91,11 @@ impl TaskRepo {
         self.queue_ready(scope).await
     }
 
+    /// Queues every pending task of the run that waits on nothing (after creation, repair).
+    pub async fn queue_ready_in(&self, run_id: ObjectId) -> Result<u64, StoreError> {
+        self.queue_ready(doc! { "run_id": run_id }).await
+    }
+
     /// Queues the pending tasks matched by `scope` whose waiting list is empty.
     async fn queue_ready(&self, mut scope: Document) -> Result<u64, StoreError> {
         scope.insert("status", "pending");

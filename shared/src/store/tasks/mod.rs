@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{Document, doc};
 use mongodb::options::IndexOptions;
-use mongodb::{ClientSession, Collection, Database, IndexModel};
+use mongodb::{Collection, Database, IndexModel};
 
 use super::StoreError;
 use crate::model::RunTask;
@@ -77,15 +77,22 @@ impl TaskRepo {
         Ok(())
     }
 
-    /// Inserts a run's tasks inside the caller's transaction, in batches so one batch stays well
-    /// under the 48 MB message limit.
-    pub async fn insert_all(
-        &self,
-        tasks: &[RunTask],
-        session: &mut ClientSession,
-    ) -> Result<(), StoreError> {
-        for chunk in tasks.chunks(10_000) {
-            self.coll.insert_many(chunk).session(&mut *session).await?;
+    /// Inserts the tasks that are not there yet (ids are deterministic, so a retried creation
+    /// skips what an interrupted one inserted), in unordered batches of 1,000.
+    pub async fn insert_missing(&self, tasks: &[RunTask]) -> Result<(), StoreError> {
+        use mongodb::error::ErrorKind;
+        for chunk in tasks.chunks(1000) {
+            match self.coll.insert_many(chunk).ordered(false).await {
+                Ok(_) => {}
+                Err(e) => match &*e.kind {
+                    ErrorKind::InsertMany(m)
+                        if m.write_concern_error.is_none()
+                            && m.write_errors
+                                .as_ref()
+                                .is_some_and(|errs| errs.iter().all(|w| w.code == 11000)) => {}
+                    _ => return Err(e.into()),
+                },
+            }
         }
         Ok(())
     }
