@@ -62,25 +62,35 @@ pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) {
         }
         // Every handler is idempotent and commutes with the others ($pull, then queue what
         // waits on nothing), so events are handled concurrently.
-        let results: Vec<(String, anyhow::Result<()>)> = futures::stream::iter(entries)
-            .map(|entry| {
-                let ctx = ctx.clone();
-                async move {
-                    let event: Option<TaskEvent> = entry
-                        .get::<String>("payload")
-                        .and_then(|p| serde_json::from_str(&p).ok());
-                    let handled = match &event {
-                        Some(event) => handle(&ctx, event).await,
-                        None => Ok(()), // unreadable: nothing to do, drop it
-                    };
-                    (entry.id, handled)
-                }
-            })
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
+        let results: Vec<(String, anyhow::Result<()>, Option<ObjectId>)> =
+            futures::stream::iter(entries)
+                .map(|entry| {
+                    let ctx = ctx.clone();
+                    async move {
+                        let event: Option<TaskEvent> = entry
+                            .get::<String>("payload")
+                            .and_then(|p| serde_json::from_str(&p).ok());
+                        let handled = match &event {
+                            Some(event) => handle(&ctx, event).await,
+                            None => Ok(()), // unreadable: nothing to do, drop it
+                        };
+                        let run = event.and_then(|e| ObjectId::parse_str(&e.run_id).ok());
+                        (entry.id, handled, run)
+                    }
+                })
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+        // A run whose last tasks just ended is settled once per batch, not once per task.
+        let runs: std::collections::HashSet<ObjectId> =
+            results.iter().filter_map(|(_, _, run)| *run).collect();
+        for run_id in runs {
+            if let Err(e) = ctx.store.settle_run(run_id).await {
+                tracing::warn!(%run_id, "settling run: {e:#}");
+            }
+        }
         let mut done = Vec::with_capacity(results.len());
-        for (id, result) in results {
+        for (id, result, _) in results {
             match result {
                 Ok(()) => done.push(id),
                 Err(e) => {
@@ -101,11 +111,8 @@ pub async fn handle(ctx: &Scheduler, event: &TaskEvent) -> anyhow::Result<()> {
     let tasks = ctx.store.tasks();
     match event.status {
         TaskStatus::Succeeded => {
-            let Some(task) = tasks.get(ObjectId::parse_str(&event.task_id)?).await? else {
-                return Ok(());
-            };
             let queued = tasks
-                .release_downstream(run_id, &event.node_id, &task.downstream_node_ids)
+                .release_downstream(run_id, &event.node_id, &event.downstream)
                 .await?;
             if queued > 0 {
                 ctx.publish.notify_one();
@@ -120,7 +127,6 @@ pub async fn handle(ctx: &Scheduler, event: &TaskEvent) -> anyhow::Result<()> {
             tasks
                 .close_downstream(run_id, std::slice::from_ref(&event.node_id), closing)
                 .await?;
-            ctx.store.settle_run(run_id).await?;
         }
         TaskStatus::Pending | TaskStatus::Queued | TaskStatus::Running => {}
     }

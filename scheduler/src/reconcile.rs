@@ -101,15 +101,14 @@ async fn expire_leases(ctx: &Scheduler) -> anyhow::Result<()> {
 
 /// Queued tasks that no live worker could run even when idle get a visible wait reason.
 async fn mark_unfit(ctx: &Scheduler) -> anyhow::Result<()> {
-    let classes = ctx.store.tasks().queued_classes().await?;
+    // Every class with a stream (Redis keeps the set; after a flush the publisher rebuilds it).
+    let classes = ctx.queue.classes().await?;
     if classes.is_empty() {
         return Ok(());
     }
     let workers = ctx.store.workers().live(ctx.options.live_within).await?;
-    for name in classes {
-        let Ok(class) = name.parse::<ResourceClass>() else {
-            continue;
-        };
+    for class in classes {
+        let name = class.to_string();
         let fits = workers.iter().any(|w| {
             if class == ResourceClass::CPU {
                 w.cpu_slots > 0

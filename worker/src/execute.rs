@@ -75,17 +75,12 @@ pub async fn execute(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
             }
         }
     };
-    record(&worker, &lease_token, &outcome, run_id).await;
+    record(&worker, &lease_token, &outcome).await;
     worker.inflight().remove(&lease_token);
     worker.devices.release(alloc);
 }
 
-async fn record(
-    worker: &Worker,
-    lease_token: &str,
-    outcome: &Outcome,
-    run_id: mongodb::bson::oid::ObjectId,
-) {
+async fn record(worker: &Worker, lease_token: &str, outcome: &Outcome) {
     // MongoDB is the truth: keep trying through a brief outage rather than lose an outcome.
     // (If the lease expires meanwhile, the write is refused and the retry wins.)
     let mut delay = Duration::from_millis(50);
@@ -108,11 +103,9 @@ async fn record(
     if !after.status.is_terminal() {
         return; // re-queued for a retry
     }
+    // The scheduler releases the downstream tasks and settles the run when this was its last.
     if let Err(e) = worker.queue.announce(&after).await {
         // The scheduler's repair pass finds what this event would have told it.
         tracing::warn!(task = %after.id, "announcing task outcome: {e:#}");
-    }
-    if let Err(e) = worker.store.settle_run(run_id).await {
-        tracing::warn!(%run_id, "settling the run: {e:#}");
     }
 }

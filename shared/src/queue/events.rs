@@ -20,6 +20,9 @@ pub struct TaskEvent {
     pub run_id: String,
     pub node_id: String,
     pub status: TaskStatus,
+    /// The task's downstream nodes, so the scheduler need not read the task.
+    #[serde(default)]
+    pub downstream: Vec<String>,
 }
 
 impl Queue {
@@ -68,6 +71,7 @@ impl Queue {
             run_id: task.run_id.to_hex(),
             node_id: task.node_id.clone(),
             status: task.status,
+            downstream: task.downstream_node_ids.clone(),
         })
         .await
     }

@@ -54,21 +54,23 @@ impl TaskRepo {
     }
 
     /// Marks tasks as on their stream. Fenced on the attempt each was published with, so a task
-    /// that was claimed and re-queued meanwhile keeps its own `publish_due`.
+    /// that was claimed and re-queued meanwhile keeps its own `publish_due`. One `_id $in`
+    /// update per attempt value (usually one), hinted to the `_id` index: an `$or` of pairs
+    /// made the planner scan every queued task.
     pub async fn mark_published(&self, published: &[Published]) -> Result<(), StoreError> {
-        if published.is_empty() {
-            return Ok(());
+        let mut by_attempt: HashMap<u32, Vec<ObjectId>> = HashMap::new();
+        for p in published {
+            by_attempt.entry(p.attempt).or_default().push(p.id);
         }
-        let or: Vec<Document> = published
-            .iter()
-            .map(|p| doc! { "_id": p.id, "attempt": i64::from(p.attempt) })
-            .collect();
-        self.coll
-            .update_many(
-                doc! { "$or": or, "status": "queued" },
-                doc! { "$set": { "publish_due": null } },
-            )
-            .await?;
+        for (attempt, ids) in by_attempt {
+            self.coll
+                .update_many(
+                    doc! { "_id": { "$in": ids }, "attempt": i64::from(attempt), "status": "queued" },
+                    doc! { "$set": { "publish_due": null } },
+                )
+                .hint(mongodb::options::Hint::Keys(doc! { "_id": 1 }))
+                .await?;
+        }
         Ok(())
     }
 
@@ -359,18 +361,6 @@ impl TaskRepo {
             .update_many(filter, doc! { "$set": { "wait_reason": reason } })
             .await?;
         Ok(())
-    }
-
-    /// Resource classes that have queued tasks.
-    pub async fn queued_classes(&self) -> Result<Vec<String>, StoreError> {
-        let values = self
-            .coll
-            .distinct("class", doc! { "status": "queued" })
-            .await?;
-        Ok(values
-            .into_iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect())
     }
 }
 
