@@ -7,78 +7,14 @@
 use std::time::Duration;
 
 use harmonia_shared::model::{RunStatus, TaskStatus};
-use harmonia_tests::process::ChildGuard;
-use harmonia_tests::{Client, Scope, submission, wait_for};
+use harmonia_tests::cluster::{LONG, SCHEDULER, cluster, ms};
+use harmonia_tests::{submission, wait_for};
 use redis::AsyncCommands;
 use serde_json::json;
 
-const SCHEDULER: &[&str] = &[
-    "run",
-    "--reconcile-ms",
-    "200",
-    "--repair-ms",
-    "1000",
-    "--retry-base-ms",
-    "50",
-    "--worker-timeout-ms",
-    "3000",
-];
-const WORKER: &[&str] = &[
-    "run",
-    "--cpu-slots",
-    "4",
-    "--lease-ms",
-    "1500",
-    "--heartbeat-ms",
-    "300",
-    "--retry-base-ms",
-    "50",
-    "--grace-s",
-    "10",
-];
-
-struct Cluster {
-    scope: Scope,
-    client: Client,
-    _scheduler: ChildGuard,
-    workers: Vec<ChildGuard>,
-}
-
-/// A scheduler and one worker per entry of `gpus` (`none` or an index:name:mb list).
-async fn cluster(name: &str, gpus: &[&str]) -> Cluster {
-    let scope = Scope::new(name);
-    let scheduler = scope
-        .spawn("scheduler", "harmonia-scheduler", SCHEDULER)
-        .unwrap();
-    let workers = gpus
-        .iter()
-        .enumerate()
-        .map(|(i, g)| {
-            let mut args = WORKER.to_vec();
-            args.extend(["--gpus", g]);
-            scope
-                .spawn(&format!("worker-{i}"), "harmonia-worker", &args)
-                .unwrap()
-        })
-        .collect();
-    let client = Client::connect(&scope).await.unwrap();
-    Cluster {
-        scope,
-        client,
-        _scheduler: scheduler,
-        workers,
-    }
-}
-
-fn ms(t: Option<mongodb::bson::DateTime>) -> i64 {
-    t.unwrap().timestamp_millis()
-}
-
-const LONG: Duration = Duration::from_secs(60);
-
 #[tokio::test]
 async fn a_diamond_runs_in_dependency_order_with_exact_aggregates() {
-    let c = cluster("diamond", &["none", "none"]).await;
+    let c = cluster("diamond", &["none", "none"]).await.unwrap();
     let run_id = c
         .client
         .start(&submission(
@@ -112,7 +48,7 @@ async fn a_diamond_runs_in_dependency_order_with_exact_aggregates() {
 
 #[tokio::test]
 async fn a_thousand_task_fan_out_fan_in_completes_in_order() {
-    let c = cluster("fan", &["none", "none"]).await;
+    let c = cluster("fan", &["none", "none"]).await.unwrap();
     let mut tasks = vec![json!({"id": "root", "type": "debug.noop"})];
     let middles: Vec<String> = (0..998).map(|i| format!("m{i}")).collect();
     for m in &middles {
@@ -148,7 +84,7 @@ async fn a_thousand_task_fan_out_fan_in_completes_in_order() {
 
 #[tokio::test]
 async fn a_failing_task_is_retried_with_backoff_then_succeeds() {
-    let c = cluster("retry", &["none"]).await;
+    let c = cluster("retry", &["none"]).await.unwrap();
     let run_id = c
         .client
         .start(&submission(
@@ -174,7 +110,7 @@ async fn a_failing_task_is_retried_with_backoff_then_succeeds() {
 
 #[tokio::test]
 async fn a_poison_task_ends_in_the_dead_letter_stream() {
-    let c = cluster("poison", &["none", "none"]).await;
+    let c = cluster("poison", &["none", "none"]).await.unwrap();
     let run_id = c
         .client
         .start(&submission(
@@ -228,7 +164,7 @@ async fn a_poison_task_ends_in_the_dead_letter_stream() {
 
 #[tokio::test]
 async fn a_killed_workers_task_reruns_elsewhere_and_applies_once() {
-    let mut c = cluster("kill9", &["none", "none"]).await;
+    let mut c = cluster("kill9", &["none", "none"]).await.unwrap();
     let run_id = c
         .client
         .start(&submission(
@@ -264,7 +200,7 @@ async fn a_killed_workers_task_reruns_elsewhere_and_applies_once() {
 
 #[tokio::test]
 async fn gpu_tasks_run_only_on_a_fitting_worker_and_one_at_a_time() {
-    let c = cluster("gpu", &["none", "0:A100:81920"]).await;
+    let c = cluster("gpu", &["none", "0:A100:81920"]).await.unwrap();
     let gpu = json!({"gpus": 1, "gpu_memory_mb": 40000});
     let run_id = c
         .client
@@ -318,7 +254,7 @@ async fn gpu_tasks_run_only_on_a_fitting_worker_and_one_at_a_time() {
 
 #[tokio::test]
 async fn a_run_survives_a_redis_flushall() {
-    let c = cluster("flush", &["none", "none"]).await;
+    let c = cluster("flush", &["none", "none"]).await.unwrap();
     let mut tasks = vec![];
     for (i, dep) in ["", "s0", "s1", "s2"].iter().enumerate() {
         let deps: Vec<&str> = if dep.is_empty() { vec![] } else { vec![dep] };
@@ -347,217 +283,8 @@ async fn a_run_survives_a_redis_flushall() {
 }
 
 #[tokio::test]
-async fn cancelling_a_run_stops_running_tasks_within_seconds() {
-    let c = cluster("cancel", &["none", "none"]).await;
-    let mut tasks: Vec<_> = (0..6)
-        .map(|i| json!({"id": format!("s{i}"), "type": "debug.sleep", "params": {"ms": 60000}}))
-        .collect();
-    tasks.push(json!({"id": "after", "type": "debug.noop", "depends_on": ["s0"]}));
-    let run_id = c
-        .client
-        .start(&submission("cancel", json!(tasks)))
-        .await
-        .unwrap();
-    wait_for("six tasks running", LONG, || async {
-        let run = c.client.store.runs().get(run_id).await?.unwrap();
-        Ok((run.counts.running == 6).then_some(()))
-    })
-    .await
-    .unwrap();
-    let out = c
-        .scope
-        .scheduler_cli(&["cancel", "run", &run_id.to_hex()])
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let started = std::time::Instant::now();
-    let run = c
-        .client
-        .finished(run_id, Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(run.status, RunStatus::Cancelled);
-    assert_eq!(run.counts.cancelled, 7, "{run:?}");
-
-    // The workers are free again.
-    let next = c
-        .client
-        .start(&submission(
-            "after-cancel",
-            json!([{"id": "x", "type": "debug.noop"}]),
-        ))
-        .await
-        .unwrap();
-    let next = c
-        .client
-        .finished(next, Duration::from_secs(10))
-        .await
-        .unwrap();
-    assert_eq!(next.status, RunStatus::Succeeded);
-
-    // Cancelling a finished run is refused with one clear line.
-    let out = c
-        .scope
-        .scheduler_cli(&["cancel", "run", &run_id.to_hex()])
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to cancel"));
-}
-
-#[tokio::test]
-async fn retry_task_reruns_exactly_that_node_and_its_subtree() {
-    let c = cluster("retry-task", &["none"]).await;
-    let run_id = c
-        .client
-        .start(&submission(
-            "retry-task",
-            json!([
-                {"id": "a", "type": "debug.noop"},
-                {"id": "b", "type": "debug.fail", "params": {"times": 1, "permanent": true}, "depends_on": ["a"]},
-                {"id": "c", "type": "debug.noop", "depends_on": ["a"]},
-                {"id": "d", "type": "debug.noop", "depends_on": ["b", "c"]}
-            ]),
-        ))
-        .await
-        .unwrap();
-    let run = c.client.finished(run_id, LONG).await.unwrap();
-    assert_eq!(run.status, RunStatus::Failed);
-    assert_eq!(
-        c.client.task(run_id, "d").await.unwrap().status,
-        TaskStatus::Skipped
-    );
-    let before_a = c.client.task(run_id, "a").await.unwrap();
-    let before_c = c.client.task(run_id, "c").await.unwrap();
-
-    let cli = |args: &[&str]| {
-        c.scope
-            .command("harmonia-scheduler")
-            .unwrap()
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let out = cli(&["retry", "task", &run_id.to_hex(), "b"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reset: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(reset["reset"], json!(["b", "d"]));
-
-    let run = wait_for("the retried run to succeed", LONG, || async {
-        let run = c.client.store.runs().get(run_id).await?.unwrap();
-        Ok((run.status == RunStatus::Succeeded).then_some(run))
-    })
-    .await
-    .unwrap();
-    assert_eq!(run.counts.succeeded, 4);
-    assert!(run.failed_task_ids.is_empty());
-    let b = c.client.task(run_id, "b").await.unwrap();
-    assert_eq!(
-        (b.status, b.attempt),
-        (TaskStatus::Succeeded, 3),
-        "bumped on retry, then claimed"
-    );
-    // Untouched: same attempt and the same finish time as before.
-    for (before, node) in [(before_a, "a"), (before_c, "c")] {
-        let after = c.client.task(run_id, node).await.unwrap();
-        assert_eq!(
-            (after.attempt, after.finished_at),
-            (before.attempt, before.finished_at)
-        );
-    }
-
-    // Illegal transitions and unknown ids: one clear line, non-zero exit.
-    let out = cli(&["retry", "task", &run_id.to_hex(), "nope"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("has no task 'nope'"));
-    let out = cli(&["retry", "run", "0123456789abcdef01234567"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no run with id"));
-}
-
-#[tokio::test]
-async fn retry_run_makes_a_new_linked_run_that_completes() {
-    let c = cluster("retry-run", &["none"]).await;
-    let run_id = c
-        .client
-        .start(&submission("retry-run", json!([
-            {"id": "a", "type": "debug.noop"}, {"id": "b", "type": "debug.noop", "depends_on": ["a"]}
-        ])))
-        .await
-        .unwrap();
-    c.client.finished(run_id, LONG).await.unwrap();
-    let out = c
-        .scope
-        .scheduler_cli(&["retry", "run", &run_id.to_hex()])
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let new_id =
-        mongodb::bson::oid::ObjectId::parse_str(reply["run_id"].as_str().unwrap()).unwrap();
-    assert_ne!(new_id, run_id);
-    let new = c.client.finished(new_id, LONG).await.unwrap();
-    assert_eq!(new.status, RunStatus::Succeeded);
-    assert_eq!(new.retry_of, Some(run_id));
-    assert_eq!(c.client.tasks(new_id).await.unwrap().len(), 2);
-}
-
-#[tokio::test]
-async fn sigterm_drains_in_flight_tasks_and_leaves_the_group() {
-    let mut c = cluster("drain", &["none"]).await;
-    let run_id = c
-        .client
-        .start(&submission(
-            "drain",
-            json!([{"id": "s", "type": "debug.sleep", "params": {"ms": 800}}]),
-        ))
-        .await
-        .unwrap();
-    c.client
-        .task_reaches(run_id, "s", TaskStatus::Running)
-        .await
-        .unwrap();
-    let worker = c.workers.remove(0);
-    worker.terminate();
-    let status = worker.wait().await.unwrap();
-    assert!(status.success(), "{status:?}");
-    // It finished the task instead of abandoning it.
-    let task = c.client.task(run_id, "s").await.unwrap();
-    assert_eq!((task.status, task.attempt), (TaskStatus::Succeeded, 1));
-    let mut conn = c.client.queue.conn().await.unwrap();
-    let consumers: redis::streams::StreamInfoConsumersReply = conn
-        .xinfo_consumers(
-            c.client
-                .queue
-                .keys()
-                .task_stream(harmonia_shared::resources::ResourceClass::CPU),
-            "workers",
-        )
-        .await
-        .unwrap();
-    assert!(
-        consumers.consumers.is_empty(),
-        "{:?}",
-        consumers
-            .consumers
-            .iter()
-            .map(|c| &c.name)
-            .collect::<Vec<_>>()
-    );
-}
-
-#[tokio::test]
 async fn two_scheduler_replicas_share_the_work_without_doing_it_twice() {
-    let mut c = cluster("replicas", &["none", "none"]).await;
+    let mut c = cluster("replicas", &["none", "none"]).await.unwrap();
     let second = c
         .scope
         .spawn("scheduler-2", "harmonia-scheduler", SCHEDULER)

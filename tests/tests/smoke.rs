@@ -203,3 +203,37 @@ async fn bad_config_fails_with_the_setting_named() {
     assert_eq!(report["services"][0]["ok"], false);
     assert_eq!(report["services"][1]["ok"], true, "{report}");
 }
+
+#[tokio::test]
+async fn worker_reports_the_devices_it_would_advertise() {
+    let scope = Scope::new("devices");
+    let out = scope
+        .command("harmonia-worker")
+        .unwrap()
+        .args(["devices", "--gpus", "0:A100:81920,1:L4:24576"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["source"], "--gpus");
+    assert_eq!(report["gpus"][1]["name"], "L4");
+    assert_eq!(report["gpus"][1]["memory_mb"], 24576);
+
+    // A malformed list names the entry and the problem; nothing starts.
+    let out = scope
+        .command("harmonia-worker")
+        .unwrap()
+        .args(["devices", "--gpus", "0:A100:81920,1:L4"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("gpus[1]") && stderr.contains("index:name:memory_mb"),
+        "{stderr}"
+    );
+}

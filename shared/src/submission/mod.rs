@@ -10,15 +10,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::model::task_types;
-
 /// Defaults and bounds for submitted tasks.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const DEFAULT_TIMEOUT_S: u64 = 3600;
 pub const MAX_TASKS: usize = 200_000;
-const MAX_ID_LEN: usize = 128;
-const MAX_TAGS: usize = 64;
-const MAX_GPUS: u32 = 64;
+pub(crate) const MAX_ID_LEN: usize = 128;
+pub(crate) const MAX_TAGS: usize = 64;
+pub(crate) const MAX_GPUS: u32 = 64;
 
 /// One problem with a submission, addressed by its JSON path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,7 +114,7 @@ pub fn parse(raw: &[u8], max_bytes: usize) -> Result<Submission, Refusal> {
     }
 }
 
-const TOP_FIELDS: &[&str] = &[
+pub(crate) const TOP_FIELDS: &[&str] = &[
     "request_id",
     "workspace",
     "project",
@@ -125,7 +123,7 @@ const TOP_FIELDS: &[&str] = &[
     "tags",
     "tasks",
 ];
-const TASK_FIELDS: &[&str] = &[
+pub(crate) const TASK_FIELDS: &[&str] = &[
     "id",
     "type",
     "params",
@@ -165,14 +163,14 @@ fn validate(
     }
 }
 
-fn err(path: impl Into<String>, message: impl Into<String>) -> FieldError {
+pub(crate) fn err(path: impl Into<String>, message: impl Into<String>) -> FieldError {
     FieldError {
         path: path.into(),
         message: message.into(),
     }
 }
 
-fn kind(v: &Value) -> &'static str {
+pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -183,7 +181,7 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-fn join(prefix: &str, field: &str) -> String {
+pub(crate) fn join(prefix: &str, field: &str) -> String {
     if prefix.is_empty() {
         field.to_owned()
     } else {
@@ -204,332 +202,15 @@ fn sniff_request_id(raw: &[u8]) -> Option<String> {
     valid_id(id).then(|| id.to_owned())
 }
 
-fn valid_id(s: &str) -> bool {
+pub(crate) fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_ID_LEN
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-#[derive(Debug, Default)]
-struct Validator {
-    errors: Vec<FieldError>,
-}
-
-impl Validator {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(err(path, message));
-    }
-
-    fn unknown_fields(&mut self, obj: &Map<String, Value>, prefix: &str, known: &[&str]) {
-        for key in obj.keys().filter(|k| !known.contains(&k.as_str())) {
-            self.push(join(prefix, key), format!("unknown field '{key}'"));
-        }
-    }
-
-    /// A required identifier: 1-128 chars of `A-Za-z0-9-_.`.
-    fn id(&mut self, obj: &Map<String, Value>, field: &str, path: &str) -> Option<String> {
-        let s = self.string(obj, field, path, MAX_ID_LEN)?;
-        if valid_id(&s) {
-            Some(s)
-        } else {
-            self.push(path, format!("'{s}' may only contain A-Z a-z 0-9 - _ ."));
-            None
-        }
-    }
-
-    /// A required non-empty string of at most `max` chars.
-    fn string(
-        &mut self,
-        obj: &Map<String, Value>,
-        field: &str,
-        path: &str,
-        max: usize,
-    ) -> Option<String> {
-        match obj.get(field) {
-            None | Some(Value::Null) => {
-                self.push(path, "is required");
-                None
-            }
-            Some(Value::String(s)) if s.is_empty() => {
-                self.push(path, "must not be empty");
-                None
-            }
-            Some(Value::String(s)) if s.chars().count() > max => {
-                self.push(path, format!("is longer than {max} characters"));
-                None
-            }
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(other) => {
-                self.push(path, format!("expected a string, got {}", kind(other)));
-                None
-            }
-        }
-    }
-
-    /// An optional integer in `range`, else `default`.
-    fn int(
-        &mut self,
-        obj: &Map<String, Value>,
-        field: &str,
-        path: &str,
-        range: std::ops::RangeInclusive<i64>,
-        default: i64,
-    ) -> i64 {
-        match obj.get(field) {
-            None | Some(Value::Null) => default,
-            Some(Value::Number(n)) => match n.as_i64() {
-                Some(i) if range.contains(&i) => i,
-                _ => {
-                    self.push(
-                        path,
-                        format!(
-                            "must be an integer from {} to {}, got {n}",
-                            range.start(),
-                            range.end()
-                        ),
-                    );
-                    default
-                }
-            },
-            Some(other) => {
-                self.push(path, format!("expected an integer, got {}", kind(other)));
-                default
-            }
-        }
-    }
-
-    fn tags(&mut self, obj: &Map<String, Value>) -> Vec<String> {
-        let Some(value) = obj.get("tags").filter(|v| !v.is_null()) else {
-            return Vec::new();
-        };
-        let Value::Array(items) = value else {
-            self.push(
-                "tags",
-                format!("expected an array of strings, got {}", kind(value)),
-            );
-            return Vec::new();
-        };
-        if items.len() > MAX_TAGS {
-            self.push("tags", format!("at most {MAX_TAGS} tags"));
-        }
-        let mut tags = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            match item {
-                Value::String(s) if !s.is_empty() && s.len() <= MAX_ID_LEN => tags.push(s.clone()),
-                Value::String(_) => self.push(format!("tags[{i}]"), "must be 1-128 characters"),
-                other => self.push(
-                    format!("tags[{i}]"),
-                    format!("expected a string, got {}", kind(other)),
-                ),
-            }
-        }
-        tags
-    }
-
-    fn tasks(&mut self, obj: &Map<String, Value>) -> Vec<TaskSpec> {
-        let items = match obj.get("tasks") {
-            None | Some(Value::Null) => {
-                self.push("tasks", "is required");
-                return Vec::new();
-            }
-            Some(Value::Array(items)) => items,
-            Some(other) => {
-                self.push("tasks", format!("expected an array, got {}", kind(other)));
-                return Vec::new();
-            }
-        };
-        if items.is_empty() {
-            self.push("tasks", "must contain at least one task");
-            return Vec::new();
-        }
-        if items.len() > MAX_TASKS {
-            self.push("tasks", format!("at most {MAX_TASKS} tasks per run"));
-            return Vec::new();
-        }
-        let mut specs = Vec::with_capacity(items.len());
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        for (i, item) in items.iter().enumerate() {
-            let path = format!("tasks[{i}]");
-            let Value::Object(task) = item else {
-                self.push(path, format!("expected an object, got {}", kind(item)));
-                continue;
-            };
-            if let Some(id) = task.get("id").and_then(Value::as_str) {
-                if let Some(first) = seen.get(id) {
-                    self.push(
-                        format!("{path}.id"),
-                        format!("duplicate task id '{id}' (also tasks[{first}])"),
-                    );
-                } else {
-                    seen.insert(id.to_owned(), i);
-                }
-            }
-            if let Some(spec) = self.task(task, &path) {
-                specs.push((i, spec));
-            }
-        }
-        self.check_dependencies(&specs, &seen);
-        if !self.errors.is_empty() {
-            return Vec::new();
-        }
-        let specs: Vec<TaskSpec> = specs.into_iter().map(|(_, s)| s).collect();
-        match topological_order(&specs) {
-            Ok(order) => order,
-            Err(cycle) => {
-                let first = seen.get(&cycle[0]).copied().unwrap_or(0);
-                self.push(
-                    format!("tasks[{first}].depends_on"),
-                    format!("dependency cycle: {}", cycle.join(" -> ")),
-                );
-                Vec::new()
-            }
-        }
-    }
-
-    fn task(&mut self, task: &Map<String, Value>, path: &str) -> Option<TaskSpec> {
-        let before = self.errors.len();
-        self.unknown_fields(task, path, TASK_FIELDS);
-        let id = self.id(task, "id", &format!("{path}.id"));
-        let type_path = format!("{path}.type");
-        let task_type = self.string(task, "type", &type_path, MAX_ID_LEN);
-        if let Some(t) = task_type.as_ref().filter(|t| !task_types::is_known(t)) {
-            self.push(
-                &type_path,
-                format!(
-                    "unknown task type '{t}' (known: {})",
-                    task_types::ALL.join(", ")
-                ),
-            );
-        }
-        let params = match task.get("params") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(p)) => p.clone(),
-            Some(other) => {
-                self.push(
-                    format!("{path}.params"),
-                    format!("expected an object, got {}", kind(other)),
-                );
-                Map::new()
-            }
-        };
-        if let Some(t) = &task_type {
-            for (field, message) in task_types::check_params(t, &params) {
-                self.push(format!("{path}.params.{field}"), message);
-            }
-        }
-        let depends_on = self.depends_on(task, path);
-        let resources = self.resources(task, path);
-        let max_attempts = self.int(
-            task,
-            "max_attempts",
-            &format!("{path}.max_attempts"),
-            1..=100,
-            DEFAULT_MAX_ATTEMPTS.into(),
-        );
-        let timeout_s = self.int(
-            task,
-            "timeout_s",
-            &format!("{path}.timeout_s"),
-            1..=7 * 24 * 3600,
-            DEFAULT_TIMEOUT_S as i64,
-        );
-        let priority = self.int(
-            task,
-            "priority",
-            &format!("{path}.priority"),
-            -1000..=1000,
-            0,
-        );
-        if self.errors.len() > before {
-            return None;
-        }
-        Some(TaskSpec {
-            id: id?,
-            task_type: task_type?,
-            params,
-            depends_on,
-            resources,
-            max_attempts: u32::try_from(max_attempts).ok()?,
-            timeout_s: u64::try_from(timeout_s).ok()?,
-            priority: i32::try_from(priority).ok()?,
-        })
-    }
-
-    fn depends_on(&mut self, task: &Map<String, Value>, path: &str) -> Vec<String> {
-        let path = format!("{path}.depends_on");
-        let Some(value) = task.get("depends_on").filter(|v| !v.is_null()) else {
-            return Vec::new();
-        };
-        let Value::Array(items) = value else {
-            self.push(
-                path,
-                format!("expected an array of task ids, got {}", kind(value)),
-            );
-            return Vec::new();
-        };
-        let mut deps = Vec::new();
-        for (j, item) in items.iter().enumerate() {
-            match item {
-                Value::String(s) if deps.contains(s) => {
-                    self.push(format!("{path}[{j}]"), format!("'{s}' is listed twice"));
-                }
-                Value::String(s) => deps.push(s.clone()),
-                other => self.push(
-                    format!("{path}[{j}]"),
-                    format!("expected a task id string, got {}", kind(other)),
-                ),
-            }
-        }
-        deps
-    }
-
-    fn resources(&mut self, task: &Map<String, Value>, path: &str) -> Resources {
-        let path = format!("{path}.resources");
-        let Some(value) = task.get("resources").filter(|v| !v.is_null()) else {
-            return Resources::default();
-        };
-        let Value::Object(r) = value else {
-            self.push(path, format!("expected an object, got {}", kind(value)));
-            return Resources::default();
-        };
-        self.unknown_fields(r, &path, &["gpus", "gpu_memory_mb"]);
-        let gpus = self.int(r, "gpus", &format!("{path}.gpus"), 0..=MAX_GPUS.into(), 0);
-        let mem = self.int(
-            r,
-            "gpu_memory_mb",
-            &format!("{path}.gpu_memory_mb"),
-            0..=16 * 1024 * 1024,
-            0,
-        );
-        if gpus == 0 && mem > 0 {
-            self.push(
-                format!("{path}.gpu_memory_mb"),
-                "needs gpus of at least 1 (GPU memory is per GPU)",
-            );
-        }
-        Resources {
-            gpus: u32::try_from(gpus).unwrap_or(0),
-            gpu_memory_mb: u64::try_from(mem).unwrap_or(0),
-        }
-    }
-
-    fn check_dependencies(&mut self, specs: &[(usize, TaskSpec)], ids: &HashMap<String, usize>) {
-        for (i, spec) in specs {
-            for (j, dep) in spec.depends_on.iter().enumerate() {
-                let path = format!("tasks[{i}].depends_on[{j}]");
-                if dep == &spec.id {
-                    self.push(path, format!("task '{dep}' depends on itself"));
-                } else if !ids.contains_key(dep) {
-                    self.push(path, format!("unknown task id '{dep}'"));
-                }
-            }
-        }
-    }
-}
-
 /// Kahn's algorithm; on a cycle, returns the ids along one cycle (first id repeated at the end).
-fn topological_order(specs: &[TaskSpec]) -> Result<Vec<TaskSpec>, Vec<String>> {
+pub(crate) fn topological_order(specs: &[TaskSpec]) -> Result<Vec<TaskSpec>, Vec<String>> {
     let index: HashMap<&str, usize> = specs
         .iter()
         .enumerate()
@@ -582,6 +263,10 @@ fn topological_order(specs: &[TaskSpec]) -> Result<Vec<TaskSpec>, Vec<String>> {
             .unwrap_or(at);
     }
 }
+
+mod validate;
+
+use validate::Validator;
 
 #[cfg(test)]
 mod tests;

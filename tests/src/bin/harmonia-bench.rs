@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use futures::TryStreamExt;
 use harmonia_shared::model::RunStatus;
-use harmonia_tests::process::ChildGuard;
-use harmonia_tests::{Client, Scope, submission};
+use harmonia_tests::cluster::{Cluster, cluster_with};
+use harmonia_tests::submission;
 use mongodb::bson::{Document, doc};
 use redis::AsyncCommands;
 use serde_json::json;
@@ -41,51 +41,20 @@ struct Args {
     phases: Vec<String>,
 }
 
-struct Cluster {
-    scope: Scope,
-    client: Client,
-    scheduler: ChildGuard,
-    _workers: Vec<ChildGuard>,
-}
-
 async fn cluster(name: &str, args: &Args) -> anyhow::Result<Cluster> {
-    let scope = Scope::new(name);
-    let scheduler = scope.spawn(
-        "scheduler",
-        "harmonia-scheduler",
-        &[
-            "run",
-            "--max-submission-bytes",
-            &(64u64 << 20).to_string(),
-            "--log",
-            "warn",
-        ],
-    )?;
+    let max_bytes = (64u64 << 20).to_string();
+    let scheduler = ["run", "--max-submission-bytes", &max_bytes, "--log", "warn"];
     let slots = args.cpu_slots.to_string();
-    let workers = (0..args.workers)
-        .map(|i| {
-            scope.spawn(
-                &format!("worker-{i}"),
-                "harmonia-worker",
-                &[
-                    "run",
-                    "--gpus",
-                    "none",
-                    "--cpu-slots",
-                    &slots,
-                    "--log",
-                    "warn",
-                ],
-            )
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let client = Client::connect(&scope).await?;
-    Ok(Cluster {
-        scope,
-        client,
-        scheduler,
-        _workers: workers,
-    })
+    let worker = vec![
+        "run",
+        "--gpus",
+        "none",
+        "--cpu-slots",
+        &slots,
+        "--log",
+        "warn",
+    ];
+    cluster_with(name, &scheduler, &vec![worker; args.workers]).await
 }
 
 fn percentile(sorted: &[i64], p: f64) -> i64 {

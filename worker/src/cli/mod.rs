@@ -1,5 +1,6 @@
 //! The worker's command line: one file per subcommand.
 
+mod devices;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,8 @@ pub struct Args {
 pub enum Command {
     /// Register, claim and run tasks until SIGTERM.
     Run(run::RunArgs),
+    /// Print the GPUs and CPUs this worker would advertise.
+    Devices(devices::DevicesArgs),
     /// Check that Redis, MongoDB and S3 answer with this configuration.
     Check(CheckArgs),
 }
@@ -30,6 +33,7 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let config = harmonia_shared::Config::load(&args.config)?;
     match args.command {
         Command::Run(a) => run::run(&config, &a).await,
+        Command::Devices(a) => devices::run(&a),
         Command::Check(check) => Ok(health::run_check(&config, &check).await?),
     }
 }

@@ -1,0 +1,85 @@
+//! A scheduler and worker processes on a test scope, with timings short enough for tests.
+
+use std::time::Duration;
+
+use crate::process::ChildGuard;
+use crate::{Client, Scope};
+
+/// Scheduler flags for tests: fast reconcile, repair and retries.
+pub const SCHEDULER: &[&str] = &[
+    "run",
+    "--reconcile-ms",
+    "200",
+    "--repair-ms",
+    "1000",
+    "--retry-base-ms",
+    "50",
+    "--worker-timeout-ms",
+    "3000",
+];
+/// Worker flags for tests: short leases and heartbeats.
+pub const WORKER: &[&str] = &[
+    "run",
+    "--cpu-slots",
+    "4",
+    "--lease-ms",
+    "1500",
+    "--heartbeat-ms",
+    "300",
+    "--retry-base-ms",
+    "50",
+    "--grace-s",
+    "10",
+];
+
+/// A generous deadline for a run in tests.
+pub const LONG: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub scope: Scope,
+    pub client: Client,
+    pub scheduler: ChildGuard,
+    pub workers: Vec<ChildGuard>,
+}
+
+/// A scheduler and one worker per entry of `gpus` (`none` or an `index:name:mb` list), with
+/// the test flags.
+pub async fn cluster(name: &str, gpus: &[&str]) -> anyhow::Result<Cluster> {
+    let workers: Vec<Vec<&str>> = gpus
+        .iter()
+        .map(|g| {
+            let mut args = WORKER.to_vec();
+            args.extend(["--gpus", g]);
+            args
+        })
+        .collect();
+    cluster_with(name, SCHEDULER, &workers).await
+}
+
+/// A scheduler run with `scheduler` args and one worker per entry of `workers`.
+pub async fn cluster_with(
+    name: &str,
+    scheduler: &[&str],
+    workers: &[Vec<&str>],
+) -> anyhow::Result<Cluster> {
+    let scope = Scope::new(name);
+    let scheduler = scope.spawn("scheduler", "harmonia-scheduler", scheduler)?;
+    let workers = workers
+        .iter()
+        .enumerate()
+        .map(|(i, args)| scope.spawn(&format!("worker-{i}"), "harmonia-worker", args))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let client = Client::connect(&scope).await?;
+    Ok(Cluster {
+        scope,
+        client,
+        scheduler,
+        workers,
+    })
+}
+
+/// Milliseconds of a timestamp that must be set.
+pub fn ms(t: Option<mongodb::bson::DateTime>) -> i64 {
+    t.map_or(i64::MIN, |t| t.timestamp_millis())
+}

@@ -1,0 +1,221 @@
+//! Operating runs: cancel, retry and graceful worker shutdown, against a real scheduler and
+//! real worker processes.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::time::Duration;
+
+use harmonia_shared::model::{RunStatus, TaskStatus};
+use harmonia_tests::cluster::{LONG, cluster};
+use harmonia_tests::{submission, wait_for};
+use redis::AsyncCommands;
+use serde_json::json;
+
+#[tokio::test]
+async fn cancelling_a_run_stops_running_tasks_within_seconds() {
+    let c = cluster("cancel", &["none", "none"]).await.unwrap();
+    let mut tasks: Vec<_> = (0..6)
+        .map(|i| json!({"id": format!("s{i}"), "type": "debug.sleep", "params": {"ms": 60000}}))
+        .collect();
+    tasks.push(json!({"id": "after", "type": "debug.noop", "depends_on": ["s0"]}));
+    let run_id = c
+        .client
+        .start(&submission("cancel", json!(tasks)))
+        .await
+        .unwrap();
+    wait_for("six tasks running", LONG, || async {
+        let run = c.client.store.runs().get(run_id).await?.unwrap();
+        Ok((run.counts.running == 6).then_some(()))
+    })
+    .await
+    .unwrap();
+    let out = c
+        .scope
+        .scheduler_cli(&["cancel", "run", &run_id.to_hex()])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let started = std::time::Instant::now();
+    let run = c
+        .client
+        .finished(run_id, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(run.status, RunStatus::Cancelled);
+    assert_eq!(run.counts.cancelled, 7, "{run:?}");
+
+    // The workers are free again.
+    let next = c
+        .client
+        .start(&submission(
+            "after-cancel",
+            json!([{"id": "x", "type": "debug.noop"}]),
+        ))
+        .await
+        .unwrap();
+    let next = c
+        .client
+        .finished(next, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(next.status, RunStatus::Succeeded);
+
+    // Cancelling a finished run is refused with one clear line.
+    let out = c
+        .scope
+        .scheduler_cli(&["cancel", "run", &run_id.to_hex()])
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to cancel"));
+}
+
+#[tokio::test]
+async fn retry_task_reruns_exactly_that_node_and_its_subtree() {
+    let c = cluster("retry-task", &["none"]).await.unwrap();
+    let run_id = c
+        .client
+        .start(&submission(
+            "retry-task",
+            json!([
+                {"id": "a", "type": "debug.noop"},
+                {"id": "b", "type": "debug.fail", "params": {"times": 1, "permanent": true}, "depends_on": ["a"]},
+                {"id": "c", "type": "debug.noop", "depends_on": ["a"]},
+                {"id": "d", "type": "debug.noop", "depends_on": ["b", "c"]}
+            ]),
+        ))
+        .await
+        .unwrap();
+    let run = c.client.finished(run_id, LONG).await.unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(
+        c.client.task(run_id, "d").await.unwrap().status,
+        TaskStatus::Skipped
+    );
+    let before_a = c.client.task(run_id, "a").await.unwrap();
+    let before_c = c.client.task(run_id, "c").await.unwrap();
+
+    let cli = |args: &[&str]| {
+        c.scope
+            .command("harmonia-scheduler")
+            .unwrap()
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["retry", "task", &run_id.to_hex(), "b"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reset: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reset["reset"], json!(["b", "d"]));
+
+    let run = wait_for("the retried run to succeed", LONG, || async {
+        let run = c.client.store.runs().get(run_id).await?.unwrap();
+        Ok((run.status == RunStatus::Succeeded).then_some(run))
+    })
+    .await
+    .unwrap();
+    assert_eq!(run.counts.succeeded, 4);
+    assert!(run.failed_task_ids.is_empty());
+    let b = c.client.task(run_id, "b").await.unwrap();
+    assert_eq!(
+        (b.status, b.attempt),
+        (TaskStatus::Succeeded, 3),
+        "bumped on retry, then claimed"
+    );
+    // Untouched: same attempt and the same finish time as before.
+    for (before, node) in [(before_a, "a"), (before_c, "c")] {
+        let after = c.client.task(run_id, node).await.unwrap();
+        assert_eq!(
+            (after.attempt, after.finished_at),
+            (before.attempt, before.finished_at)
+        );
+    }
+
+    // Illegal transitions and unknown ids: one clear line, non-zero exit.
+    let out = cli(&["retry", "task", &run_id.to_hex(), "nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no task 'nope'"));
+    let out = cli(&["retry", "run", "0123456789abcdef01234567"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no run with id"));
+}
+
+#[tokio::test]
+async fn retry_run_makes_a_new_linked_run_that_completes() {
+    let c = cluster("retry-run", &["none"]).await.unwrap();
+    let run_id = c
+        .client
+        .start(&submission("retry-run", json!([
+            {"id": "a", "type": "debug.noop"}, {"id": "b", "type": "debug.noop", "depends_on": ["a"]}
+        ])))
+        .await
+        .unwrap();
+    c.client.finished(run_id, LONG).await.unwrap();
+    let out = c
+        .scope
+        .scheduler_cli(&["retry", "run", &run_id.to_hex()])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let new_id =
+        mongodb::bson::oid::ObjectId::parse_str(reply["run_id"].as_str().unwrap()).unwrap();
+    assert_ne!(new_id, run_id);
+    let new = c.client.finished(new_id, LONG).await.unwrap();
+    assert_eq!(new.status, RunStatus::Succeeded);
+    assert_eq!(new.retry_of, Some(run_id));
+    assert_eq!(c.client.tasks(new_id).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_tasks_and_leaves_the_group() {
+    let mut c = cluster("drain", &["none"]).await.unwrap();
+    let run_id = c
+        .client
+        .start(&submission(
+            "drain",
+            json!([{"id": "s", "type": "debug.sleep", "params": {"ms": 800}}]),
+        ))
+        .await
+        .unwrap();
+    c.client
+        .task_reaches(run_id, "s", TaskStatus::Running)
+        .await
+        .unwrap();
+    let worker = c.workers.remove(0);
+    worker.terminate();
+    let status = worker.wait().await.unwrap();
+    assert!(status.success(), "{status:?}");
+    // It finished the task instead of abandoning it.
+    let task = c.client.task(run_id, "s").await.unwrap();
+    assert_eq!((task.status, task.attempt), (TaskStatus::Succeeded, 1));
+    let mut conn = c.client.queue.conn().await.unwrap();
+    let consumers: redis::streams::StreamInfoConsumersReply = conn
+        .xinfo_consumers(
+            c.client
+                .queue
+                .keys()
+                .task_stream(harmonia_shared::resources::ResourceClass::CPU),
+            "workers",
+        )
+        .await
+        .unwrap();
+    assert!(
+        consumers.consumers.is_empty(),
+        "{:?}",
+        consumers
+            .consumers
+            .iter()
+            .map(|c| &c.name)
+            .collect::<Vec<_>>()
+    );
+}
