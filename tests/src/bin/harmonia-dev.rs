@@ -27,6 +27,15 @@ enum Cmd {
         /// Directory holding one sub-directory per bucket.
         root: PathBuf,
     },
+    /// Serve a Hugging Face Hub-compatible mirror of `<root>/<org>/<name>/...` (files are hashed
+    /// at start; the sha256 is each file's ETag) until SIGTERM/Ctrl-C.
+    HubMirror {
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, env = "HARMONIA_DEV_HUB_PORT", default_value_t = 9020)]
+        port: u16,
+        root: PathBuf,
+    },
     /// Initiate a one-node replica set `rs0` on a local mongod and wait for a writable primary.
     MongoInit {
         #[arg(long)]
@@ -56,17 +65,35 @@ async fn main() -> anyhow::Result<()> {
             );
             let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
             tracing::info!("s3 listening on http://{}", listener.local_addr()?);
-            let shutdown = async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .expect("installing SIGTERM handler");
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            };
-            harmonia_tests::s3::serve(listener, &root, &access_key, &secret_key, shutdown).await
+            harmonia_tests::s3::serve(listener, &root, &access_key, &secret_key, shutdown_signal())
+                .await
+        }
+        Cmd::HubMirror { host, port, root } => {
+            let mirror = std::sync::Arc::new(harmonia_tests::hub::Mirror::index(&root)?);
+            let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
+            tracing::info!(
+                "hub mirror of {} on http://{}",
+                root.display(),
+                listener.local_addr()?
+            );
+            harmonia_tests::hub::serve(mirror, listener, shutdown_signal()).await
         }
         Cmd::MongoInit { port } => harmonia_tests::servers::init_replica_set(port).await,
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
