@@ -9,7 +9,6 @@ use futures::StreamExt;
 use harmonia_shared::model::TaskStatus;
 use harmonia_shared::queue::{SCHEDULER_GROUP, TaskEvent};
 use mongodb::bson::oid::ObjectId;
-use redis::streams::{StreamReadOptions, StreamReadReply};
 use tokio::sync::broadcast;
 
 use crate::context::Scheduler;
@@ -23,22 +22,12 @@ pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) {
     loop {
         let read = async {
             ctx.queue.ensure_group(&stream, SCHEDULER_GROUP).await?;
-            let mut conn = ctx.queue.conn().await?;
-            let mut opts = StreamReadOptions::default()
-                .group(SCHEDULER_GROUP, &ctx.options.consumer)
-                .count(512);
-            if !backlog {
-                opts = opts.block(harmonia_shared::queue::BLOCK_MS);
-            }
-            let cursor = if backlog { "0" } else { ">" };
-            let reply: Option<StreamReadReply> =
-                redis::AsyncCommands::xread_options(&mut *conn, &[&stream], &[cursor], &opts)
-                    .await?;
-            anyhow::Ok(
-                reply
-                    .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect::<Vec<_>>())
-                    .unwrap_or_default(),
-            )
+            let consumer = &ctx.options.consumer;
+            let entries = ctx
+                .queue
+                .read_group(&stream, SCHEDULER_GROUP, consumer, backlog, 512)
+                .await?;
+            anyhow::Ok(entries)
         };
         let entries = tokio::select! {
             read = read => read,

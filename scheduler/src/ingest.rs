@@ -16,7 +16,7 @@ use harmonia_shared::queue::{Queue, Reply, ReplyTo};
 use harmonia_shared::store::Store;
 use harmonia_shared::submission::{self, FieldError, Refusal};
 use mongodb::bson::DateTime;
-use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
+use redis::streams::StreamId;
 use tokio::sync::broadcast;
 
 use crate::context::{Options, Scheduler};
@@ -32,32 +32,19 @@ const MAX_STORE_TRIES: u32 = 5;
 /// submission is lost or acked without its effects.
 pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) -> anyhow::Result<()> {
     let (queue, options) = (&ctx.queue, &ctx.options);
-    ensure_group(queue).await?;
     let stream = queue.keys().submissions();
+    queue.ensure_group(&stream, GROUP).await?;
     // Start with entries this consumer was given before a restart ("0"), then new ones (">").
     let mut backlog = true;
     let mut failures: HashMap<String, u32> = HashMap::new();
     loop {
-        let read = async {
-            let mut conn = queue.conn().await?;
-            let mut opts = StreamReadOptions::default()
-                .group(GROUP, &options.consumer)
-                .count(256);
-            if !backlog {
-                opts = opts.block(harmonia_shared::queue::BLOCK_MS);
-            }
-            let cursor = if backlog { "0" } else { ">" };
-            let reply: Option<StreamReadReply> =
-                redis::AsyncCommands::xread_options(&mut *conn, &[&stream], &[cursor], &opts)
-                    .await?;
-            anyhow::Ok(reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect::<Vec<_>>()))
-        };
+        let read = queue.read_group(&stream, GROUP, &options.consumer, backlog, 256);
         let entries = tokio::select! {
             read = read => read,
             _ = shutdown.recv() => return Ok(()),
         };
         let entries = match entries {
-            Ok(entries) => entries.unwrap_or_default(),
+            Ok(entries) => entries,
             Err(e) => {
                 tracing::warn!("reading submissions: {e:#}");
                 backoff(&mut shutdown).await;
@@ -102,21 +89,6 @@ async fn backoff(shutdown: &mut broadcast::Receiver<()>) {
     tokio::select! {
         () = tokio::time::sleep(Duration::from_millis(500)) => {}
         _ = shutdown.recv() => {}
-    }
-}
-
-async fn ensure_group(queue: &Queue) -> anyhow::Result<()> {
-    let mut conn = queue.conn().await?;
-    let created: redis::RedisResult<()> = redis::AsyncCommands::xgroup_create_mkstream(
-        &mut *conn,
-        queue.keys().submissions(),
-        GROUP,
-        "0",
-    )
-    .await;
-    match created {
-        Err(e) if e.code() != Some("BUSYGROUP") => Err(e.into()),
-        _ => Ok(()),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod health; // connectivity checks behind `harmonia-* check`
 pub mod model; // domain documents and the task-type catalogue
 pub mod queue; // Redis: key names, pool, (soon) streams, leases, replies
 pub mod resources; // GPU inventory, resource classes, the fit rule
+pub mod signal; // SIGTERM / Ctrl-C
 pub mod storage; // S3: buckets, put/get, multipart, presign
 pub mod store; // MongoDB: handle and (soon) one repository per collection
 pub mod submission; // the submission contract: parse + validate with JSON paths

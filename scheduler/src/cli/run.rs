@@ -83,7 +83,7 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
     });
     tracing::info!(consumer = %ctx.options.consumer, "scheduler running");
     tokio::select! {
-        r = wait_for_signal() => {
+        r = harmonia_shared::signal::terminated() => {
             r?;
             tracing::info!("shutting down");
         }
@@ -105,14 +105,4 @@ fn default_name() -> String {
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "scheduler".into());
     format!("{host}-{}", std::process::id())
-}
-
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        r = tokio::signal::ctrl_c() => r?,
-    }
-    Ok(())
 }

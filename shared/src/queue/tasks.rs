@@ -139,3 +139,32 @@ impl Queue {
         Ok(())
     }
 }
+
+impl Queue {
+    /// One read of `stream` for `consumer` in `group`: its own pending entries when `backlog`
+    /// (what it was given before a restart or a failed pass), else new ones, waiting up to
+    /// [`super::BLOCK_MS`].
+    pub async fn read_group(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        backlog: bool,
+        count: usize,
+    ) -> Result<Vec<redis::streams::StreamId>, QueueError> {
+        use redis::streams::{StreamReadOptions, StreamReadReply};
+        let mut opts = StreamReadOptions::default()
+            .group(group, consumer)
+            .count(count);
+        if !backlog {
+            opts = opts.block(super::BLOCK_MS);
+        }
+        let cursor = if backlog { "0" } else { ">" };
+        let mut conn = self.conn().await?;
+        let reply: Option<StreamReadReply> =
+            conn.xread_options(&[stream], &[cursor], &opts).await?;
+        Ok(reply
+            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+            .unwrap_or_default())
+    }
+}

@@ -65,8 +65,10 @@ async fn main() -> anyhow::Result<()> {
             );
             let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
             tracing::info!("s3 listening on http://{}", listener.local_addr()?);
-            harmonia_tests::s3::serve(listener, &root, &access_key, &secret_key, shutdown_signal())
-                .await
+            harmonia_tests::s3::serve(listener, &root, &access_key, &secret_key, async {
+                let _ = harmonia_shared::signal::terminated().await;
+            })
+            .await
         }
         Cmd::HubMirror { host, port, root } => {
             let mirror = std::sync::Arc::new(harmonia_tests::hub::Mirror::index(&root)?);
@@ -76,24 +78,11 @@ async fn main() -> anyhow::Result<()> {
                 root.display(),
                 listener.local_addr()?
             );
-            harmonia_tests::hub::serve(mirror, listener, shutdown_signal()).await
+            harmonia_tests::hub::serve(mirror, listener, async {
+                let _ = harmonia_shared::signal::terminated().await;
+            })
+            .await
         }
         Cmd::MongoInit { port } => harmonia_tests::servers::init_replica_set(port).await,
-    }
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
     }
 }

@@ -88,7 +88,7 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
     ));
     let claims = tokio::spawn(claim::run(worker.clone()));
 
-    wait_for_signal().await?;
+    harmonia_shared::signal::terminated().await?;
     drain(&worker).await;
     let _ = claims.await;
     let _ = stop_tx.send(());
@@ -168,14 +168,4 @@ async fn leave(worker: &Worker) {
         tracing::warn!("marking worker stopped: {e:#}");
     }
     tracing::info!("worker stopped");
-}
-
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        r = tokio::signal::ctrl_c() => r?,
-    }
-    Ok(())
 }
