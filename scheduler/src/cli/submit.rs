@@ -80,7 +80,7 @@ async fn wait(config: &Config, run_id: &str) -> anyhow::Result<ExitCode> {
     let mut last = String::new();
     loop {
         let run = store
-            .refresh_run(id)
+            .recount_run(id)
             .await?
             .ok_or_else(|| anyhow::anyhow!("run {run_id} vanished"))?;
         let c = &run.counts;

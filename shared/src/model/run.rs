@@ -58,3 +58,35 @@ pub struct WorkflowRun {
     pub duration_ms: Option<i64>,
     pub schema_version: i32,
 }
+
+impl WorkflowRun {
+    /// This run with exact aggregates, and the status and timings they imply (pure: nothing is
+    /// written, so status queries can show exact counts without touching the database).
+    pub fn with_aggregates(&self, counts: TaskCounts, failed_task_ids: Vec<String>) -> Self {
+        let active = counts.pending + counts.queued + counts.running;
+        let status = if active > 0 {
+            if self.started_at.is_some() || counts.running + counts.succeeded + counts.failed > 0 {
+                RunStatus::Running
+            } else {
+                RunStatus::Queued
+            }
+        } else if counts.failed > 0 {
+            RunStatus::Failed
+        } else if counts.cancelled + counts.skipped > 0 || self.cancel_requested {
+            RunStatus::Cancelled
+        } else {
+            RunStatus::Succeeded
+        };
+        let finished_at = status
+            .is_terminal()
+            .then(|| self.finished_at.unwrap_or_else(DateTime::now));
+        let started = self.started_at.unwrap_or(self.created_at);
+        let mut run = self.clone();
+        run.duration_ms = finished_at.map(|f| f.timestamp_millis() - started.timestamp_millis());
+        run.counts = counts;
+        run.failed_task_ids = failed_task_ids;
+        run.status = status;
+        run.finished_at = finished_at;
+        run
+    }
+}

@@ -88,8 +88,22 @@ impl Store {
         Ok(())
     }
 
-    /// Recomputes a run's aggregates from its tasks (the truth) and derives its status.
+    /// Recomputes a run's aggregates from its tasks (the truth), derives its status, and saves
+    /// them.
     pub async fn refresh_run(
+        &self,
+        run_id: mongodb::bson::oid::ObjectId,
+    ) -> Result<Option<crate::model::WorkflowRun>, StoreError> {
+        let Some(run) = self.recount_run(run_id).await? else {
+            return Ok(None);
+        };
+        self.runs().set_aggregates(&run).await?;
+        Ok(Some(run))
+    }
+
+    /// The run with exact aggregates computed from its tasks, without saving them (for status
+    /// queries).
+    pub async fn recount_run(
         &self,
         run_id: mongodb::bson::oid::ObjectId,
     ) -> Result<Option<crate::model::WorkflowRun>, StoreError> {
@@ -97,9 +111,7 @@ impl Store {
             return Ok(None);
         };
         let (counts, failed) = self.tasks().count_by_status(run_id).await?;
-        Ok(Some(
-            self.runs().set_aggregates(&run, counts, failed).await?,
-        ))
+        Ok(Some(run.with_aggregates(counts, failed)))
     }
 
     /// The server's `hello` reply (role, replica set name, wire version).

@@ -6,7 +6,7 @@ use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
 
 use super::StoreError;
-use crate::model::{RunStatus, TaskCounts, WorkflowRun};
+use crate::model::WorkflowRun;
 
 pub const COLLECTION: &str = "workflow_runs";
 
@@ -71,40 +71,12 @@ impl RunRepo {
         Ok(())
     }
 
-    /// Replaces the aggregates with exact values and derives the run's status from them.
-    pub async fn set_aggregates(
-        &self,
-        run: &WorkflowRun,
-        counts: TaskCounts,
-        failed_task_ids: Vec<String>,
-    ) -> Result<WorkflowRun, StoreError> {
-        let active = counts.pending + counts.queued + counts.running;
-        let status = if active > 0 {
-            if run.started_at.is_some() || counts.running + counts.succeeded + counts.failed > 0 {
-                RunStatus::Running
-            } else {
-                RunStatus::Queued
-            }
-        } else if counts.failed > 0 {
-            RunStatus::Failed
-        } else if counts.cancelled + counts.skipped > 0 || run.cancel_requested {
-            RunStatus::Cancelled
-        } else {
-            RunStatus::Succeeded
-        };
-        let now = DateTime::now();
-        let finished_at = status.is_terminal().then(|| run.finished_at.unwrap_or(now));
-        let started = run.started_at.unwrap_or(run.created_at);
-        let duration_ms = finished_at.map(|f| f.timestamp_millis() - started.timestamp_millis());
-        let mut updated = run.clone();
-        updated.counts = counts;
-        updated.failed_task_ids = failed_task_ids;
-        updated.status = status;
-        updated.finished_at = finished_at;
-        updated.duration_ms = duration_ms;
+    /// Persists aggregates derived by [`WorkflowRun::with_aggregates`].
+    pub async fn set_aggregates(&self, updated: &WorkflowRun) -> Result<(), StoreError> {
+        let status = updated.status;
         // A recount taken while tasks were still moving must not reopen a run that a later
         // recount already finished.
-        let mut filter = doc! { "_id": run.id };
+        let mut filter = doc! { "_id": updated.id };
         if !status.is_terminal() {
             filter.insert("status", doc! { "$in": ["queued", "running"] });
         }
@@ -115,12 +87,12 @@ impl RunRepo {
                     "counts": mongodb::bson::to_bson(&updated.counts)?,
                     "failed_task_ids": &updated.failed_task_ids,
                     "status": mongodb::bson::to_bson(&status)?,
-                    "finished_at": finished_at,
-                    "duration_ms": duration_ms,
+                    "finished_at": updated.finished_at,
+                    "duration_ms": updated.duration_ms,
                 } },
             )
             .await?;
-        Ok(updated)
+        Ok(())
     }
 
     /// Runs not finished yet (the reconcile pass's scope).

@@ -198,7 +198,6 @@ async fn latency(args: &Args) -> anyhow::Result<()> {
         percentile(&lat, 0.99),
         lat.last().copied().unwrap_or(0)
     );
-    drop(c.scope);
     Ok(())
 }
 
