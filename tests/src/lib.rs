@@ -6,6 +6,7 @@
 pub mod client; // submit, await replies and runs
 pub mod cluster; // a scheduler + workers with test timings
 pub mod hub; // Hub-compatible model mirror over a directory
+pub mod models; // real models from the local mirror, test repos
 pub mod process; // children that die with the test process
 pub mod s3; // S3 over a directory (s3s-fs), in-process or as `harmonia-dev s3`
 pub mod servers; // redis-server and mongod launchers, replica-set initiation

@@ -35,7 +35,13 @@ pub async fn execute(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
         tracing::warn!(%run_id, "marking the run started: {e:#}");
     }
 
-    let ctx = TaskContext::new(task.clone(), alloc.gpu_indices(), cancel, progress_tx);
+    let ctx = TaskContext::new(
+        worker.env.clone(),
+        task.clone(),
+        alloc.gpu_indices(),
+        cancel,
+        progress_tx,
+    );
     tracing::info!(task = %task_id, %node, r#type = %task.task_type, attempt = ctx.attempt,
         gpus = ?ctx.gpus, "task started");
     let result = match worker.executors.get(&task.task_type) {
@@ -76,6 +82,9 @@ pub async fn execute(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
         }
     };
     record(&worker, &lease_token, &outcome).await;
+    if !task.task_type.starts_with("debug.") {
+        advertise_models(&worker).await;
+    }
     worker.inflight().remove(&lease_token);
     worker.devices.release(alloc);
 }
@@ -107,5 +116,20 @@ async fn record(worker: &Worker, lease_token: &str, outcome: &Outcome) {
     if let Err(e) = worker.queue.announce(&after).await {
         // The scheduler's repair pass finds what this event would have told it.
         tracing::warn!(task = %after.id, "announcing task outcome: {e:#}");
+    }
+}
+
+/// Publishes which models this worker now holds (cache and warm pool).
+async fn advertise_models(worker: &Worker) {
+    let models = &worker.env.models;
+    let cached = models.hub.cached_repos();
+    let loaded = models.pool.loaded();
+    if let Err(e) = worker
+        .store
+        .workers()
+        .set_models(&worker.id, &cached, &loaded)
+        .await
+    {
+        tracing::warn!("advertising models: {e:#}");
     }
 }

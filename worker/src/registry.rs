@@ -42,5 +42,7 @@ pub fn document(id: &str, gpus: Vec<Gpu>, cpu_slots: u32) -> WorkerDoc {
         running_tasks: 0,
         started_at: now,
         heartbeat_at: now,
+        models_cached: Vec::new(),
+        models_loaded: Vec::new(),
     }
 }

@@ -41,6 +41,7 @@ pub struct Worker {
     pub store: Store,
     pub devices: Devices,
     pub executors: Registry,
+    pub env: std::sync::Arc<crate::executor::Env>,
     pub options: Options,
     pub inflight: Mutex<HashMap<String, std::sync::Arc<Inflight>>>,
     /// No new claims once set (SIGTERM).

@@ -1,15 +1,25 @@
 //! Domain documents, one file per collection, and the task-type catalogue.
 
+pub mod artifact; // artifacts
+pub mod checksum; // checksums
+pub mod license; // licenses
+pub mod model_artifact; // model_artifacts
 pub mod rejection; // submission_rejections
 pub mod run; // workflow_runs
 pub mod task; // run_tasks
+pub mod task_params; // typed params of the model task types
 pub mod task_types; // known task types and their submit-time parameter checks
 pub mod worker; // workers
 
+pub use artifact::{Artifact, StorageRef};
+pub use checksum::{Checksum, ExpectedSource};
+pub use license::License;
+pub use model_artifact::{ArtifactFile, Lineage, ModelArtifact};
 pub use rejection::SubmissionRejection;
 pub use run::{RunStatus, TaskCounts, WorkflowRun};
 pub use task::{Progress, RunTask, TaskError, TaskStatus};
 pub use worker::{WorkerDoc, WorkerState};
 
 /// Version of the document shapes; `store::migrate` brings a database up to it.
-pub const SCHEMA_VERSION: i32 = 1;
+/// 2: model_artifacts, checksums, licenses, artifacts.
+pub const SCHEMA_VERSION: i32 = 2;

@@ -3,6 +3,8 @@
 
 use serde_json::{Map, Value};
 
+use super::task_params;
+
 pub const DEBUG_NOOP: &str = "debug.noop";
 pub const DEBUG_SLEEP: &str = "debug.sleep";
 pub const DEBUG_FAIL: &str = "debug.fail";
@@ -43,7 +45,22 @@ pub fn check_params(task_type: &str, params: &Map<String, Value>) -> Vec<(String
         DEBUG_SLEEP => uint("ms", true),
         // `times` absent means "always fail".
         DEBUG_FAIL => uint("times", false),
+        MODEL_DOWNLOAD => typed(params, &mut problems, task_params::check_download),
+        INFERENCE_EMBED => typed(params, &mut problems, task_params::check_embed),
+        INFERENCE_GENERATE => typed(params, &mut problems, task_params::check_generate),
+        MODEL_CONVERT => typed(params, &mut problems, task_params::check_convert),
         _ => {}
     }
     problems
+}
+
+fn typed<T: serde::de::DeserializeOwned>(
+    params: &Map<String, Value>,
+    problems: &mut Vec<(String, String)>,
+    check: fn(&T) -> Vec<(String, String)>,
+) {
+    match task_params::parse::<T>(&Value::Object(params.clone())) {
+        Ok(p) => problems.extend(check(&p)),
+        Err(problem) => problems.push(problem),
+    }
 }

@@ -28,4 +28,10 @@ pub struct WorkerDoc {
     pub running_tasks: u32,
     pub started_at: DateTime,
     pub heartbeat_at: DateTime,
+    /// Models this worker holds, so routing can prefer it: repos in its host's cache, and
+    /// models loaded in its warm pool (`device/manifest-sha256/file`).
+    #[serde(default)]
+    pub models_cached: Vec<String>,
+    #[serde(default)]
+    pub models_loaded: Vec<String>,
 }

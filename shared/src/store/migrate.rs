@@ -27,6 +27,11 @@ pub async fn migrate(store: &Store) -> Result<i32, StoreError> {
     store.tasks().create_indexes().await?;
     store.rejections().create_indexes().await?;
     store.workers().create_indexes().await?;
+    // Version 2: model work.
+    store.model_artifacts().create_indexes().await?;
+    store.checksums().create_indexes().await?;
+    store.licenses().create_indexes().await?;
+    store.artifacts().create_indexes().await?;
     meta.update_one(
         doc! { "_id": "schema", "version": { "$not": { "$gt": SCHEMA_VERSION } } },
         doc! { "$set": { "version": SCHEMA_VERSION } },

@@ -1,12 +1,20 @@
 //! MongoDB: the source of truth. One repository per collection; only they know collection
 //! names and document shapes.
 
+pub mod artifacts;
+pub mod checksums;
+pub mod licenses;
 pub mod migrate;
+pub mod model_artifacts;
 pub mod rejections;
 pub mod runs;
 pub mod tasks;
 pub mod workers;
 
+pub use artifacts::ArtifactRepo;
+pub use checksums::ChecksumRepo;
+pub use licenses::LicenseRepo;
+pub use model_artifacts::ModelArtifactRepo;
 pub use rejections::RejectionRepo;
 pub use runs::RunRepo;
 pub use tasks::TaskRepo;
@@ -77,6 +85,22 @@ impl Store {
 
     pub fn workers(&self) -> WorkerRepo {
         WorkerRepo::new(&self.db)
+    }
+
+    pub fn model_artifacts(&self) -> ModelArtifactRepo {
+        ModelArtifactRepo::new(&self.db)
+    }
+
+    pub fn checksums(&self) -> ChecksumRepo {
+        ChecksumRepo::new(&self.db)
+    }
+
+    pub fn licenses(&self) -> LicenseRepo {
+        LicenseRepo::new(&self.db)
+    }
+
+    pub fn artifacts(&self) -> ArtifactRepo {
+        ArtifactRepo::new(&self.db)
     }
 
     /// Called after a task of the run reached a final state: when none is left to run, the

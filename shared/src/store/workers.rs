@@ -71,6 +71,22 @@ impl WorkerRepo {
         Ok(())
     }
 
+    /// Records the models a worker holds (after each model task).
+    pub async fn set_models(
+        &self,
+        id: &str,
+        cached: &[String],
+        loaded: &[String],
+    ) -> Result<(), StoreError> {
+        self.coll
+            .update_one(
+                doc! { "_id": id },
+                doc! { "$set": { "models_cached": cached, "models_loaded": loaded } },
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Workers that heartbeated within `within` and still take work.
     pub async fn live(&self, within: Duration) -> Result<Vec<WorkerDoc>, StoreError> {
         let since =

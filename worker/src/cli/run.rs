@@ -15,9 +15,11 @@ use harmonia_shared::store::migrate::migrate;
 use tokio::sync::broadcast;
 
 use crate::devices::Devices;
-use crate::executor::Registry;
+use crate::executor::{Env, Registry};
+use crate::models::{Hub, Models, Pool};
 use crate::worker::{Options, Worker};
 use crate::{claim, lease, registry};
+use harmonia_shared::storage::Storage;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
@@ -40,6 +42,13 @@ pub struct RunArgs {
     /// After SIGTERM, how long in-flight tasks may finish before they are handed back, in s.
     #[arg(long, env = "HARMONIA_GRACE_S", default_value_t = 30)]
     pub grace_s: u64,
+    /// Memory the warm model pool may hold on the host, in MiB (least recently used models are
+    /// evicted beyond it).
+    #[arg(long, env = "HARMONIA_MODEL_POOL_RAM_MB", default_value_t = 4096)]
+    pub model_pool_ram_mb: u64,
+    /// GPU memory the warm model pool may hold per GPU, in MiB.
+    #[arg(long, env = "HARMONIA_MODEL_POOL_VRAM_MB", default_value_t = 16384)]
+    pub model_pool_vram_mb: u64,
     /// First retry delay after a retryable failure, in ms; doubles per attempt.
     #[arg(long, env = "HARMONIA_RETRY_BASE_MS", default_value_t = 1000)]
     pub retry_base_ms: u64,
@@ -59,12 +68,26 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
         .register(&registry::document(&id, gpus.clone(), cpu_slots))
         .await?;
     tracing::info!(worker = %id, ?gpus, cpu_slots, "worker registered");
+    let storage = Storage::new(&config.s3);
+    // Outputs need the bucket; where this worker may not create one, it must already exist.
+    if let Err(e) = storage.ensure_bucket().await {
+        tracing::warn!("checking the bucket: {e:#}");
+    }
+    let hub = Hub::new(&config.models)?;
+    let pool = Pool::new(args.model_pool_ram_mb << 20, args.model_pool_vram_mb << 20);
+    let env = Arc::new(Env {
+        worker_id: id.clone(),
+        store: store.clone(),
+        storage: storage.clone(),
+        models: Models::new(hub, pool, storage),
+    });
     let worker = Arc::new(Worker {
         id,
         queue,
         store,
         devices: Devices::new(gpus, cpu_slots),
         executors: Registry::builtin(),
+        env,
         options: Options {
             lease: Duration::from_millis(args.lease_ms),
             heartbeat: Duration::from_millis(

@@ -1,7 +1,13 @@
 //! Executors: one per task `type`, behind one trait. Adding a task type is one file here and
 //! one line in [`Registry::builtin`].
 
+mod convert;
 mod debug;
+mod download;
+mod embed;
+mod generate;
+mod output;
+mod params;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,9 +19,19 @@ use harmonia_shared::model::{Progress, RunTask};
 use mongodb::bson::Document;
 use tokio_util::sync::CancellationToken;
 
+/// What executors share on a worker: the store, the bucket and the models.
+#[derive(Debug)]
+pub struct Env {
+    pub worker_id: String,
+    pub store: harmonia_shared::store::Store,
+    pub storage: harmonia_shared::storage::Storage,
+    pub models: crate::models::Models,
+}
+
 /// What an executor gets for one attempt.
 #[derive(Debug, Clone)]
 pub struct TaskContext {
+    pub env: Arc<Env>,
     pub task: RunTask,
     /// The attempt number within the current round (1 for the first try).
     pub attempt: u32,
@@ -28,6 +44,7 @@ pub struct TaskContext {
 
 impl TaskContext {
     pub fn new(
+        env: Arc<Env>,
         task: RunTask,
         gpus: Vec<u32>,
         cancel: CancellationToken,
@@ -35,6 +52,7 @@ impl TaskContext {
     ) -> Self {
         let attempt = task.attempt.saturating_sub(task.attempt_base).max(1);
         Self {
+            env,
             task,
             attempt,
             gpus,
@@ -54,6 +72,22 @@ impl TaskContext {
 
     pub fn params(&self) -> &Document {
         &self.task.params
+    }
+
+    /// The succeeded upstream tasks of this one (their outputs feed it).
+    pub async fn upstream(&self) -> Result<Vec<RunTask>, ExecError> {
+        let mut out = Vec::with_capacity(self.task.upstream_node_ids.len());
+        for node in &self.task.upstream_node_ids {
+            let task = self
+                .env
+                .store
+                .tasks()
+                .by_node(self.task.run_id, node)
+                .await
+                .map_err(|e| ExecError::Retryable(e.to_string()))?;
+            out.extend(task);
+        }
+        Ok(out)
     }
 }
 
@@ -84,6 +118,10 @@ impl Registry {
         r.add(task_types::DEBUG_SLEEP, debug::Sleep);
         r.add(task_types::DEBUG_FAIL, debug::Fail);
         r.add(task_types::DEBUG_CRASH, debug::Crash);
+        r.add(task_types::MODEL_DOWNLOAD, download::Download);
+        r.add(task_types::INFERENCE_EMBED, embed::Embed);
+        r.add(task_types::INFERENCE_GENERATE, generate::Generate);
+        r.add(task_types::MODEL_CONVERT, convert::Convert);
         r
     }
 

@@ -131,6 +131,10 @@ impl TaskRepo {
             Outcome::Succeeded { outputs } => {
                 let mut set = finished(TaskStatus::Succeeded);
                 set.insert("outputs", doc! { "$literal": outputs });
+                // Executors that store outputs list their `artifacts` pointers here.
+                if let Ok(ids) = outputs.get_array("artifact_ids") {
+                    set.insert("output_artifact_ids", doc! { "$literal": ids.clone() });
+                }
                 set.insert("error", null_bson());
                 set
             }

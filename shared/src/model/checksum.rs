@@ -1,0 +1,43 @@
+//! `checksums`: one document per verification of one file, kept as an audit trail.
+
+use mongodb::bson::DateTime;
+use mongodb::bson::oid::ObjectId;
+use serde::{Deserialize, Serialize};
+
+/// Where the expected value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpectedSource {
+    /// The submitter's `sha256` parameter.
+    Task,
+    /// The Hub's LFS sha256 (its `X-Linked-Etag`).
+    HubLfs,
+    /// The git blob id of a small (non-LFS) file: verified as git's sha1, sha256 recorded.
+    GitBlob,
+    /// A registered `model_artifacts` file (re-verified before use).
+    Registry,
+    /// Computed while writing a file this system produced (conversions, outputs).
+    Produced,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checksum {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    /// The model artifact the file belongs to; absent when verification failed before any
+    /// artifact was registered.
+    pub artifact_id: Option<ObjectId>,
+    pub repo: String,
+    pub revision: String,
+    pub file: String,
+    pub algorithm: String,
+    /// The value computed from the bytes.
+    pub value: String,
+    pub expected: Option<String>,
+    pub expected_source: ExpectedSource,
+    pub ok: bool,
+    pub size_bytes: u64,
+    pub verified_by: String,
+    pub task_id: Option<ObjectId>,
+    pub verified_at: DateTime,
+}

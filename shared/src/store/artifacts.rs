@@ -1,0 +1,97 @@
+//! Repository for `artifacts`: pointers to outputs in the bucket.
+
+use mongodb::bson::oid::ObjectId;
+use mongodb::bson::{self, doc};
+use mongodb::options::{IndexOptions, ReturnDocument};
+use mongodb::{Collection, Database, IndexModel};
+
+use super::StoreError;
+use crate::model::Artifact;
+
+pub const COLLECTION: &str = "artifacts";
+
+#[derive(Debug, Clone)]
+pub struct ArtifactRepo {
+    coll: Collection<Artifact>,
+}
+
+impl ArtifactRepo {
+    pub fn new(db: &Database) -> Self {
+        Self {
+            coll: db.collection(COLLECTION),
+        }
+    }
+
+    pub async fn create_indexes(&self) -> Result<(), StoreError> {
+        self.coll
+            .create_indexes([
+                // One pointer per output name of a producer: retries replace, never add.
+                IndexModel::builder()
+                    .keys(doc! { "producer_type": 1, "producer_id": 1, "name": 1 })
+                    .options(IndexOptions::builder().unique(true).build())
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "run_id": 1, "created_at": 1 })
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "workspace": 1, "project": 1, "created_at": -1 })
+                    .build(),
+            ])
+            .await?;
+        Ok(())
+    }
+
+    /// Saves the pointer for `(producer, name)`, replacing one an earlier attempt left. Returns
+    /// the stored document (its id is stable across attempts).
+    pub async fn put(&self, artifact: &Artifact) -> Result<Artifact, StoreError> {
+        let mut set = bson::to_document(artifact)?;
+        set.remove("_id");
+        set.remove("created_at");
+        let update = || {
+            self.coll
+                .find_one_and_update(
+                    doc! {
+                        "producer_type": &artifact.producer_type,
+                        "producer_id": artifact.producer_id,
+                        "name": &artifact.name,
+                    },
+                    doc! {
+                        "$set": set.clone(),
+                        "$setOnInsert": { "_id": artifact.id, "created_at": artifact.created_at },
+                    },
+                )
+                .upsert(true)
+                .return_document(ReturnDocument::After)
+        };
+        let stored = match update().await {
+            Err(e) if super::model_artifacts::is_duplicate_key(&e) => update().await?,
+            other => other?,
+        };
+        stored.ok_or_else(|| {
+            StoreError::Mongo(mongodb::error::Error::custom(
+                "upserted artifact not returned",
+            ))
+        })
+    }
+
+    pub async fn for_run(&self, run_id: ObjectId) -> Result<Vec<Artifact>, StoreError> {
+        use futures::TryStreamExt;
+        Ok(self
+            .coll
+            .find(doc! { "run_id": run_id })
+            .sort(doc! { "created_at": 1 })
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    pub async fn for_producer(&self, producer_id: ObjectId) -> Result<Vec<Artifact>, StoreError> {
+        use futures::TryStreamExt;
+        Ok(self
+            .coll
+            .find(doc! { "producer_id": producer_id })
+            .await?
+            .try_collect()
+            .await?)
+    }
+}

@@ -1,0 +1,79 @@
+//! Repository for `checksums` (append-only).
+
+use mongodb::bson::doc;
+use mongodb::bson::oid::ObjectId;
+use mongodb::{Collection, Database, IndexModel};
+
+use super::StoreError;
+use crate::model::Checksum;
+
+pub const COLLECTION: &str = "checksums";
+
+#[derive(Debug, Clone)]
+pub struct ChecksumRepo {
+    coll: Collection<Checksum>,
+}
+
+impl ChecksumRepo {
+    pub fn new(db: &Database) -> Self {
+        Self {
+            coll: db.collection(COLLECTION),
+        }
+    }
+
+    pub async fn create_indexes(&self) -> Result<(), StoreError> {
+        self.coll
+            .create_indexes([
+                IndexModel::builder()
+                    .keys(doc! { "artifact_id": 1, "verified_at": -1 })
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "repo": 1, "file": 1, "verified_at": -1 })
+                    .build(),
+                IndexModel::builder().keys(doc! { "task_id": 1 }).build(),
+            ])
+            .await?;
+        Ok(())
+    }
+
+    pub async fn record_many(&self, records: &[Checksum]) -> Result<(), StoreError> {
+        if !records.is_empty() {
+            self.coll.insert_many(records).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn for_task(&self, task_id: ObjectId) -> Result<Vec<Checksum>, StoreError> {
+        use futures::TryStreamExt;
+        Ok(self
+            .coll
+            .find(doc! { "task_id": task_id })
+            .sort(doc! { "verified_at": 1 })
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    pub async fn for_artifact(&self, artifact_id: ObjectId) -> Result<Vec<Checksum>, StoreError> {
+        use futures::TryStreamExt;
+        Ok(self
+            .coll
+            .find(doc! { "artifact_id": artifact_id })
+            .sort(doc! { "verified_at": 1 })
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    /// Files of a failed verification are recorded before any artifact exists; once one is
+    /// registered, its successful checks point at it.
+    pub async fn attach(&self, ids: &[ObjectId], artifact_id: ObjectId) -> Result<(), StoreError> {
+        self.coll
+            .update_many(
+                doc! { "_id": { "$in": ids } },
+                doc! { "$set": { "artifact_id": artifact_id } },
+            )
+            .await?;
+        Ok(())
+    }
+}

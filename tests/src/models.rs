@@ -1,0 +1,83 @@
+//! Real models for tests: the local Hub mirror's files (installed by `scripts/install-deps`)
+//! and a mirror server on a free port.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::hub::Mirror;
+
+pub const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
+pub const SMOLLM: &str = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF";
+
+/// The directory of real model repos (`<org>/<name>/<files>`): `HARMONIA_HUB_ROOT`, else the
+/// project's `.harmonia/hub`.
+pub fn hub_root() -> anyhow::Result<PathBuf> {
+    let root = std::env::var_os("HARMONIA_HUB_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::servers::workspace_root().join(".harmonia/hub"));
+    anyhow::ensure!(
+        root.join(MINILM).join("model.safetensors").is_file(),
+        "no models under {} (run scripts/install-deps, or scripts/test which calls it)",
+        root.display()
+    );
+    Ok(root)
+}
+
+/// A mirror serving on loopback.
+#[derive(Debug)]
+pub struct RunningMirror {
+    pub mirror: Arc<Mirror>,
+    pub url: String,
+}
+
+/// Indexes `root` and serves it until the test process ends.
+pub async fn serve_mirror(root: &Path) -> anyhow::Result<RunningMirror> {
+    let mirror = Arc::new(Mirror::index(root)?);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(crate::hub::serve(
+        mirror.clone(),
+        listener,
+        std::future::pending(),
+    ));
+    Ok(RunningMirror { mirror, url })
+}
+
+/// Copies repo `repo` from the real hub root into `root` (to tamper with it or serve it alone).
+pub fn copy_repo(repo: &str, root: &Path, only: Option<&[&str]>) -> anyhow::Result<()> {
+    let from = hub_root()?.join(repo);
+    let to = root.join(repo);
+    copy_dir(&from, &to, &from, only).with_context(|| format!("copying {repo}"))
+}
+
+fn copy_dir(dir: &Path, to_root: &Path, base: &Path, only: Option<&[&str]>) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let rel = path.strip_prefix(base)?;
+        if path.is_dir() {
+            copy_dir(&path, to_root, base, only)?;
+        } else if only.is_none_or(|o| o.iter().any(|n| Path::new(n) == rel)) {
+            let dst = to_root.join(rel);
+            std::fs::create_dir_all(dst.parent().context("no parent")?)?;
+            std::fs::copy(&path, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+/// A synthetic repo `org/name` with one weights file of `size` bytes and a model card.
+pub fn synthetic_repo(root: &Path, repo: &str, size: usize) -> anyhow::Result<Vec<u8>> {
+    let dir = root.join(repo);
+    std::fs::create_dir_all(&dir)?;
+    let bytes: Vec<u8> = (0..size as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(dir.join("model.safetensors"), &bytes)?;
+    std::fs::write(
+        dir.join("README.md"),
+        "---\nlicense: mit\n---\n# A synthetic test model\n",
+    )?;
+    Ok(bytes)
+}

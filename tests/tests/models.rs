@@ -1,0 +1,601 @@
+//! Model work against real servers, the local Hub mirror and the real models: verified
+//! downloads, embeddings checked against sentence-transformers, conversions, generation, the
+//! warm pool, cancellation mid-download and tampering.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use harmonia_shared::model::{RunStatus, TaskStatus};
+use harmonia_tests::cluster::{Cluster, SCHEDULER, WORKER, cluster_in};
+use harmonia_tests::models::{self, MINILM, RunningMirror, SMOLLM};
+use harmonia_tests::{Scope, submission, wait_for};
+use mongodb::bson::Document;
+use serde_json::json;
+
+const RUN: Duration = Duration::from_secs(300);
+
+/// A cluster whose workers download from `mirror` (one worker per entry of `slots`: its CPU
+/// slots).
+async fn cluster(name: &str, mirror: &RunningMirror, slots: &[&str]) -> Cluster {
+    let mut scope = Scope::new(name);
+    scope.config.models.hub_endpoint = mirror.url.clone();
+    let workers: Vec<Vec<&str>> = slots
+        .iter()
+        .map(|s| {
+            let mut args = WORKER.to_vec();
+            let at = args.iter().position(|a| *a == "--cpu-slots").unwrap();
+            args[at + 1] = s;
+            args.extend(["--gpus", "none"]);
+            args
+        })
+        .collect();
+    cluster_in(scope, SCHEDULER, &workers).await.unwrap()
+}
+
+fn outputs(task: &harmonia_shared::model::RunTask) -> Document {
+    task.outputs.clone().unwrap_or_default()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let n = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (n(a) * n(b))
+}
+
+struct Reference {
+    sentences: Vec<String>,
+    embeddings: Vec<Vec<f32>>,
+}
+
+fn reference() -> Reference {
+    let path =
+        harmonia_tests::servers::workspace_root().join("tests/fixtures/minilm-reference.json");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    Reference {
+        sentences: serde_json::from_value(v["sentences"].clone()).unwrap(),
+        embeddings: serde_json::from_value(v["embeddings"].clone()).unwrap(),
+    }
+}
+
+/// The demo workflow: download MiniLM -> embed 100 sentences -> convert to f16 and q8_0. The
+/// embeddings match sentence-transformers' (fixture), and every output has its pointer and
+/// checksums.
+#[tokio::test(flavor = "multi_thread")]
+async fn download_embed_convert_matches_the_reference() {
+    let mirror = models::serve_mirror(&models::hub_root().unwrap())
+        .await
+        .unwrap();
+    let c = cluster("demo-workflow", &mirror, &["2"]).await;
+    let reference = reference();
+    let run_id = c
+        .client
+        .start(&submission(
+            "demo",
+            json!([
+                { "id": "download", "type": "model.download",
+                  "params": { "repo": MINILM, "tags": ["demo"] } },
+                { "id": "embed", "type": "inference.embed", "depends_on": ["download"],
+                  "params": { "texts": reference.sentences, "batch_size": 32 } },
+                { "id": "convert", "type": "model.convert", "depends_on": ["download"],
+                  "params": { "to": ["f16", "q8_0"] } },
+            ]),
+        ))
+        .await
+        .unwrap();
+    let run = c.client.finished(run_id, RUN).await.unwrap();
+    let tasks = c.client.tasks(run_id).await.unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded, "{tasks:#?}");
+    let store = &c.client.store;
+    let storage = harmonia_shared::storage::Storage::new(&c.scope.config.s3);
+
+    // The download: every file verified against the mirror's sha256, license from the card.
+    let download = outputs(&c.client.task(run_id, "download").await.unwrap());
+    let source_id = download.get_object_id("model_artifact_id").unwrap();
+    let source = store
+        .model_artifacts()
+        .get(source_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(source.name, MINILM);
+    assert_eq!(source.files.len(), 13, "{:?}", source.files);
+    for f in &source.files {
+        assert_eq!(
+            Some(f.sha256.as_str()),
+            mirror.mirror.sha256(MINILM, &f.name),
+            "{}",
+            f.name
+        );
+    }
+    let checks = store.checksums().for_artifact(source_id).await.unwrap();
+    assert_eq!(checks.len(), 13);
+    assert!(checks.iter().all(|c| c.ok && c.algorithm == "sha256"));
+    let license = store
+        .licenses()
+        .get(source.license_id.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (license.spdx_id.as_str(), license.commercial_use),
+        ("Apache-2.0", Some(true))
+    );
+
+    // The embeddings: in the bucket, pointed to, equal to sentence-transformers' vectors.
+    let embed_task = c.client.task(run_id, "embed").await.unwrap();
+    let embed = outputs(&embed_task);
+    let artifact_id = embed.get_object_id("artifact_id").unwrap();
+    assert_eq!(embed_task.output_artifact_ids, vec![artifact_id]);
+    let pointers = store.artifacts().for_producer(embed_task.id).await.unwrap();
+    assert_eq!(pointers.len(), 1);
+    let key = &pointers[0].storage_ref.key;
+    assert_eq!(
+        key,
+        &format!(
+            "artifacts/ml/{}/{}/embeddings.jsonl",
+            run_id.to_hex(),
+            embed_task.id.to_hex()
+        )
+    );
+    let body = storage.get_bytes(key).await.unwrap();
+    assert_eq!(
+        pointers[0].storage_ref.sha256,
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body))
+    );
+    assert_eq!(
+        pointers[0]
+            .lineage
+            .get_object_id("model_artifact_id")
+            .unwrap(),
+        source_id
+    );
+    let rows: Vec<serde_json::Value> = std::str::from_utf8(&body)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 100);
+    let mut least = f32::INFINITY;
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["index"], i);
+        let v: Vec<f32> = serde_json::from_value(row["embedding"].clone()).unwrap();
+        assert_eq!(v.len(), 384);
+        least = least.min(cosine(&v, &reference.embeddings[i]));
+    }
+    assert!(least >= 0.9999, "least cosine to the reference: {least}");
+    eprintln!("least cosine to sentence-transformers over 100 sentences: {least:.7}");
+
+    // The conversions: new versions with lineage, validated, in the bucket with checksums.
+    let convert = outputs(&c.client.task(run_id, "convert").await.unwrap());
+    let conversions = convert.get_array("conversions").unwrap();
+    assert_eq!(conversions.len(), 2);
+    for conv in conversions {
+        let conv = conv.as_document().unwrap();
+        let to = conv.get_str("to").unwrap();
+        let id = conv.get_object_id("model_artifact_id").unwrap();
+        let a = store.model_artifacts().get(id).await.unwrap().unwrap();
+        assert_eq!(a.version, format!("{}-{to}", source.version));
+        let lineage = a.lineage.as_ref().unwrap();
+        assert_eq!(
+            (lineage.source_artifact_id, lineage.conversion.as_str()),
+            (source_id, to)
+        );
+        let min = lineage
+            .validation
+            .as_ref()
+            .unwrap()
+            .get_f64("min_cosine")
+            .unwrap();
+        assert!(min >= 0.999, "{to}: {min}");
+        let weights = a
+            .files
+            .iter()
+            .find(|f| f.name.starts_with("model."))
+            .unwrap();
+        let bytes = storage
+            .get_bytes(weights.s3_key.as_ref().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            weights.sha256,
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))
+        );
+        assert!(
+            a.file("tokenizer.json").is_some(),
+            "converted artifacts are self-contained"
+        );
+        assert_eq!(
+            store.checksums().for_artifact(id).await.unwrap().len(),
+            a.files.len()
+        );
+        eprintln!(
+            "{to}: {} bytes, {} ms, least cosine {min:.6}",
+            weights.size_bytes,
+            conv.get_i64("convert_ms").unwrap()
+        );
+    }
+    let f16 = &conversions[0].as_document().unwrap();
+    assert!(
+        f16.get_i64("size_bytes").unwrap() < 46_000_000,
+        "f16 halves the weights"
+    );
+}
+
+/// A file changed on the mirror after it was indexed: the download fails for good with both
+/// hashes, and nothing of it stays in the cache.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tampered_file_fails_with_expected_and_actual_hashes() {
+    let scope_dir = Scope::new("tamper-files").dir;
+    let root = scope_dir.join("mirror");
+    models::synthetic_repo(&root, "org/tampered", 3_000_000).unwrap();
+    let mirror = models::serve_mirror(&root).await.unwrap();
+    let weights = root.join("org/tampered/model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    bytes[1_234_567] ^= 0xff;
+    std::fs::write(&weights, &bytes).unwrap();
+    let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    let advertised = mirror
+        .mirror
+        .sha256("org/tampered", "model.safetensors")
+        .unwrap()
+        .to_owned();
+
+    let c = cluster("tamper", &mirror, &["1"]).await;
+    let run_id = c
+        .client
+        .start(&submission(
+            "tamper",
+            json!([{ "id": "get", "type": "model.download", "max_attempts": 3,
+                     "params": { "repo": "org/tampered" } }]),
+        ))
+        .await
+        .unwrap();
+    let run = c.client.finished(run_id, RUN).await.unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    let task = c.client.task(run_id, "get").await.unwrap();
+    let error = task.error.unwrap();
+    assert!(
+        !error.retryable && task.attempt == 1,
+        "a mismatch is permanent: {error:?}"
+    );
+    assert!(
+        error
+            .message
+            .contains(&format!("expected sha256 {advertised}"))
+            && error.message.contains(&format!("got {actual}")),
+        "{}",
+        error.message
+    );
+    // Nothing cached under any name, no artifact registered, the failure audited.
+    let cache = c
+        .scope
+        .config
+        .models
+        .cache_dir
+        .join("models--org--tampered");
+    let leftovers: Vec<_> = walk(&cache)
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n != "README.md") && !p.ends_with(".lock"))
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() >= 3_000_000))
+        .collect();
+    assert!(leftovers.is_empty(), "cached: {leftovers:?}");
+    assert!(
+        c.client
+            .store
+            .model_artifacts()
+            .by_name_version("org/tampered", "x")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let checks = c.client.store.checksums().for_task(task.id).await.unwrap();
+    let bad: Vec<_> = checks.iter().filter(|c| !c.ok).collect();
+    assert_eq!(bad.len(), 1);
+    assert_eq!(
+        (bad[0].value.as_str(), bad[0].expected.as_deref()),
+        (actual.as_str(), Some(advertised.as_str()))
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Two workers on one host asked for the same model at once: the bytes cross the wire once.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_workers_fetch_the_same_model_once() {
+    let root = Scope::new("once-files").dir.join("mirror");
+    let size = 20_000_000;
+    models::synthetic_repo(&root, "org/shared", size).unwrap();
+    let mirror = models::serve_mirror(&root).await.unwrap();
+    // Slow enough that both tasks are surely downloading at the same time.
+    mirror
+        .mirror
+        .throttle_bytes_per_s
+        .store(10_000_000, Ordering::Relaxed);
+    let c = cluster("once", &mirror, &["1", "1"]).await;
+    let task = |id: &str| json!({ "id": id, "type": "model.download", "params": { "repo": "org/shared" } });
+    let run_id = c
+        .client
+        .start(&submission("once", json!([task("a"), task("b")])))
+        .await
+        .unwrap();
+    let run = c.client.finished(run_id, RUN).await.unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded);
+    let (a, b) = (
+        c.client.task(run_id, "a").await.unwrap(),
+        c.client.task(run_id, "b").await.unwrap(),
+    );
+    assert_ne!(a.worker_id, b.worker_id, "one task per worker");
+    let served = mirror.mirror.bytes_served.load(Ordering::Relaxed);
+    let card = std::fs::metadata(root.join("org/shared/README.md"))
+        .unwrap()
+        .len();
+    assert_eq!(served, size as u64 + card, "every byte sent once");
+    let downloaded =
+        |t: &harmonia_shared::model::RunTask| outputs(t).get_i64("bytes_downloaded").unwrap();
+    assert_eq!(downloaded(&a) + downloaded(&b), size as i64 + card as i64);
+    // Both describe one artifact.
+    assert_eq!(
+        outputs(&a).get_object_id("model_artifact_id").unwrap(),
+        outputs(&b).get_object_id("model_artifact_id").unwrap()
+    );
+}
+
+/// Cancelling a task in the middle of a slow download stops the transfer within 2 s; a later
+/// download resumes from the partial file.
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_stops_a_slow_download_and_a_retry_resumes() {
+    let root = Scope::new("cancel-files").dir.join("mirror");
+    let size = 30_000_000u64;
+    models::synthetic_repo(&root, "org/slow", size as usize).unwrap();
+    let mirror = models::serve_mirror(&root).await.unwrap();
+    mirror
+        .mirror
+        .throttle_bytes_per_s
+        .store(2_000_000, Ordering::Relaxed);
+    let c = cluster("cancel-download", &mirror, &["1"]).await;
+    let run_id = c
+        .client
+        .start(&submission(
+            "slow",
+            json!([{ "id": "get", "type": "model.download",
+                     "params": { "repo": "org/slow", "files": ["model.safetensors"] } }]),
+        ))
+        .await
+        .unwrap();
+    wait_for(
+        "the download to be under way",
+        Duration::from_secs(60),
+        || async {
+            let t = c.client.task(run_id, "get").await?;
+            let p = t
+                .progress
+                .filter(|p| p.stage == "downloading" && p.percent > 5.0);
+            Ok(p.map(|_| ()))
+        },
+    )
+    .await
+    .unwrap();
+    let asked = Instant::now();
+    let out = c
+        .scope
+        .scheduler_cli(&["cancel", "task", &run_id.to_hex(), "get"])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.client
+        .task_reaches(run_id, "get", TaskStatus::Cancelled)
+        .await
+        .unwrap();
+    // The transfer stops: the mirror's count settles within 2 s of the request.
+    let settled = wait_for("the transfer to stop", Duration::from_secs(10), || async {
+        let before = mirror.mirror.bytes_served.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = mirror.mirror.bytes_served.load(Ordering::Relaxed);
+        Ok((before == after).then_some(after))
+    })
+    .await
+    .unwrap();
+    let stopped_in = asked.elapsed().saturating_sub(Duration::from_millis(300));
+    assert!(
+        stopped_in < Duration::from_secs(2),
+        "stopped after {stopped_in:?}"
+    );
+    assert!(settled < size, "cancelled before the end ({settled} bytes)");
+    eprintln!(
+        "cancel: transfer stopped {stopped_in:?} after the request, {settled} of {size} bytes sent"
+    );
+
+    // A new download picks up where the cancelled one stopped.
+    mirror
+        .mirror
+        .throttle_bytes_per_s
+        .store(0, Ordering::Relaxed);
+    let run2 = c
+        .client
+        .start(&submission(
+            "slow-again",
+            json!([{ "id": "get", "type": "model.download",
+                     "params": { "repo": "org/slow", "files": ["model.safetensors"] } }]),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.client.finished(run2, RUN).await.unwrap().status,
+        RunStatus::Succeeded
+    );
+    let out = outputs(&c.client.task(run2, "get").await.unwrap());
+    let again = out.get_i64("bytes_downloaded").unwrap() as u64;
+    assert!(again < size, "resumed: fetched {again} of {size} bytes");
+    let total = mirror.mirror.bytes_served.load(Ordering::Relaxed);
+    assert!(
+        total <= size + 4 * 1024 * 1024,
+        "overall {total} bytes for a {size}-byte file"
+    );
+}
+
+/// The second embedding task on a worker takes the model from the warm pool.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_embedding_task_does_not_reload_the_model() {
+    let mirror = models::serve_mirror(&models::hub_root().unwrap())
+        .await
+        .unwrap();
+    let c = cluster("warm-pool", &mirror, &["1"]).await;
+    let embed = |id: &str, after: &str| {
+        json!({ "id": id, "type": "inference.embed", "depends_on": [after],
+                "params": { "texts": ["a first sentence", "and a second one"] } })
+    };
+    let run_id = c
+        .client
+        .start(&submission(
+            "warm",
+            json!([
+                { "id": "download", "type": "model.download",
+                  "params": { "repo": MINILM, "files": ["config.json", "tokenizer.json", "model.safetensors"] } },
+                embed("first", "download"),
+                embed("second", "first"),
+            ]),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.client.finished(run_id, RUN).await.unwrap().status,
+        RunStatus::Succeeded
+    );
+    let first = outputs(&c.client.task(run_id, "first").await.unwrap());
+    let second = outputs(&c.client.task(run_id, "second").await.unwrap());
+    let load = |o: &Document| o.get_i64("model_load_ms").unwrap();
+    eprintln!(
+        "model load: first task {} ms, second task {} ms",
+        load(&first),
+        load(&second)
+    );
+    assert!(!first.get_bool("pool_hit").unwrap());
+    assert!(second.get_bool("pool_hit").unwrap());
+    assert!(
+        load(&second) * 10 <= load(&first).max(10),
+        "{first} / {second}"
+    );
+    // The worker advertises what it holds.
+    let worker_id = c
+        .client
+        .task(run_id, "second")
+        .await
+        .unwrap()
+        .worker_id
+        .unwrap();
+    let w = c
+        .client
+        .store
+        .workers()
+        .get(&worker_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(w.models_cached, vec![MINILM.to_owned()]);
+    assert_eq!(w.models_loaded.len(), 1, "{:?}", w.models_loaded);
+}
+
+/// Greedy generation with the quantized SmolLM2 is deterministic and counts its tokens.
+#[tokio::test(flavor = "multi_thread")]
+async fn generation_is_deterministic_at_temperature_zero() {
+    let mirror = models::serve_mirror(&models::hub_root().unwrap())
+        .await
+        .unwrap();
+    let c = cluster("generate", &mirror, &["2"]).await;
+    let generate = |id: &str| {
+        json!({ "id": id, "type": "inference.generate", "depends_on": ["download"],
+                "params": { "prompts": ["What is the capital of France?"], "max_tokens": 12 } })
+    };
+    let run_id = c
+        .client
+        .start(&submission(
+            "generate",
+            json!([
+                { "id": "download", "type": "model.download", "params": { "repo": SMOLLM } },
+                generate("one"),
+                generate("two"),
+            ]),
+        ))
+        .await
+        .unwrap();
+    let run = c.client.finished(run_id, RUN).await.unwrap();
+    assert_eq!(
+        run.status,
+        RunStatus::Succeeded,
+        "{:#?}",
+        c.client.tasks(run_id).await.unwrap()
+    );
+    let one = outputs(&c.client.task(run_id, "one").await.unwrap());
+    let two = outputs(&c.client.task(run_id, "two").await.unwrap());
+    let text = |o: &Document| {
+        o.get_array("texts").unwrap()[0]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    eprintln!("SmolLM2 says: {:?}", text(&one));
+    assert_eq!(text(&one), text(&two));
+    assert!(!text(&one).trim().is_empty());
+    let tokens = one.get_i64("completion_tokens").unwrap();
+    assert!((1..=12).contains(&tokens), "{tokens}");
+    assert!(one.get_i64("prompt_tokens").unwrap() > 5);
+}
+
+/// Bad model parameters are rejected at submission, each naming its field.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_model_params_are_rejected_with_their_fields() {
+    let mirror = models::serve_mirror(&models::hub_root().unwrap())
+        .await
+        .unwrap();
+    let c = cluster("bad-params", &mirror, &[]).await;
+    let reply = c
+        .client
+        .submit(&submission(
+            "bad",
+            json!([
+                { "id": "a", "type": "model.download",
+                  "params": { "repo": "no-slash", "files": ["../../etc/passwd"], "sha256": { "x": "12" } } },
+                { "id": "b", "type": "model.convert", "params": { "to": ["q5_k"] } },
+                { "id": "c", "type": "inference.embed", "params": { "batch_size": 0, "texts": ["x"] } },
+                { "id": "d", "type": "inference.generate", "params": { "prompt": "typo" } },
+            ]),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(reply["status"], "rejected", "{reply}");
+    let paths: Vec<&str> = reply["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    for want in [
+        "tasks[0].params.repo",
+        "tasks[0].params.files[0]",
+        "tasks[0].params.sha256.x",
+        "tasks[1].params.to[0]",
+        "tasks[2].params.batch_size",
+        "tasks[3].params.prompt",
+    ] {
+        assert!(
+            paths.iter().any(|p| p.starts_with(want)),
+            "{want} not in {paths:?}"
+        );
+    }
+}

@@ -1,0 +1,312 @@
+//! `model.convert`: from a verified source model, write converted weights (f16, bf16,
+//! safetensors from pickle, GGUF q8_0 / q4_0), validate them by a forward pass against the
+//! source, upload them, and register each as a new `model_artifacts` version with lineage.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use harmonia_shared::error::ExecError;
+use harmonia_shared::model::task_params::ConvertParams;
+use harmonia_shared::model::{ArtifactFile, Checksum, ExpectedSource, Lineage, ModelArtifact};
+use harmonia_shared::store::model_artifacts::Registration;
+use mongodb::bson::oid::ObjectId;
+use mongodb::bson::{DateTime, Document, doc};
+
+use super::params::{self, parse, storage_err, store_err};
+use super::{Executor, TaskContext};
+use crate::models::ModelError;
+use crate::models::bert::{Embedder, cosine, read_json};
+use crate::models::convert::{self, Conversion};
+use crate::models::verify::{Expected, hash_file};
+
+pub struct Convert;
+
+impl Executor for Convert {
+    fn run<'a>(&'a self, ctx: &'a TaskContext) -> BoxFuture<'a, Result<Document, ExecError>> {
+        run(ctx).boxed()
+    }
+}
+
+/// Sentences the converted model must embed like the source.
+const VALIDATION: &[&str] = &[
+    "The quick brown fox jumps over the lazy dog.",
+    "A worker downloads a model, verifies it and runs inference.",
+    "Quantization trades a little accuracy for a smaller, faster model.",
+    "Where is the nearest train station?",
+    "MongoDB is the source of truth; Redis is the transport.",
+    "Le chat dort sur le canapé.",
+    "1234 5678 90",
+    "Short.",
+];
+
+async fn run(ctx: &TaskContext) -> Result<Document, ExecError> {
+    let p: ConvertParams = parse(ctx)?;
+    let source = params::model(ctx, p.model_artifact_id.as_deref()).await?;
+    let weights = match &p.weights {
+        Some(w) => params::weights_file(&source, Some(w), &[])?,
+        None => ["model.safetensors", "pytorch_model.bin"]
+            .into_iter()
+            .find(|n| source.file(n).is_some())
+            .map_or_else(
+                || params::weights_file(&source, None, &[".safetensors", ".bin"]),
+                Ok,
+            )?,
+    }
+    .to_owned();
+    ctx.progress("verifying source", 0.0, None);
+    let dir = ctx
+        .env
+        .models
+        .ensure_local(&source, &ctx.cancel, &|_| {})
+        .await?;
+    let is_bert = read_json::<serde_json::Value>(&dir.join("config.json"))
+        .ok()
+        .and_then(|c| c.get("model_type")?.as_str().map(str::to_owned))
+        .is_some_and(|t| t == "bert");
+
+    let reference = if p.validate && is_bert {
+        let (d, w) = (dir.clone(), dir.join(&weights));
+        Some(
+            blocking(move || embed_validation(&Embedder::load(&d, &w, &candle_core::Device::Cpu)?))
+                .await?,
+        )
+    } else {
+        None
+    };
+
+    let work = ctx
+        .env
+        .models
+        .hub
+        .cache_dir()
+        .join("harmonia-converted")
+        .join(ctx.task.id.to_hex());
+    let mut results = Vec::new();
+    let mut ids = Vec::new();
+    for (i, to) in p.to.iter().enumerate() {
+        if ctx.cancel.is_cancelled() {
+            return Err(ExecError::Cancelled);
+        }
+        let conversion = Conversion::parse(to).ok_or_else(|| {
+            ExecError::Permanent(format!("params.to[{i}]: unknown conversion '{to}'"))
+        })?;
+        let pct = i as f32 * 100.0 / p.to.len() as f32;
+        ctx.progress("converting", pct, Some(to.clone()));
+        let out_dir = work.join(conversion.name());
+        std::fs::create_dir_all(&out_dir).map_err(io)?;
+        let out = out_dir.join(conversion.file_name());
+        let started = Instant::now();
+        let meta = vec![
+            (
+                "general.architecture",
+                if is_bert { "bert" } else { "unknown" }.to_owned(),
+            ),
+            ("general.name", source.name.clone()),
+            ("harmonia.source_version", source.version.clone()),
+        ];
+        let (src, dst) = (dir.join(&weights), out.clone());
+        let converted = blocking(move || convert::convert(&src, conversion, &dst, &meta)).await?;
+        let convert_ms = started.elapsed().as_millis() as i64;
+
+        let validation = match &reference {
+            Some(reference) => {
+                ctx.progress("validating", pct, Some(to.clone()));
+                let (d, o, r) = (dir.clone(), out.clone(), reference.clone());
+                let min = blocking(move || validate(&d, &o, &r)).await?;
+                if min < conversion.min_cosine() {
+                    return Err(ExecError::Permanent(format!(
+                        "validation of {to} failed: least cosine similarity to the source {min:.6} \
+                         < {}",
+                        conversion.min_cosine()
+                    )));
+                }
+                Some(
+                    doc! { "min_cosine": f64::from(min), "threshold": f64::from(conversion.min_cosine()),
+                    "sentences": VALIDATION.len() as i64 },
+                )
+            }
+            None => None,
+        };
+        let artifact = register(
+            ctx,
+            &source,
+            &dir,
+            &weights,
+            conversion,
+            &out,
+            validation.clone(),
+        )
+        .await?;
+        ids.push(artifact.id);
+        let file = artifact.file(&conversion.file_name()).cloned();
+        results.push(doc! {
+            "to": to,
+            "model_artifact_id": artifact.id,
+            "version": &artifact.version,
+            "file": conversion.file_name(),
+            "size_bytes": file.as_ref().map_or(0, |f| f.size_bytes as i64),
+            "sha256": file.map(|f| f.sha256),
+            "convert_ms": convert_ms,
+            "tensors": converted.tensors as i64,
+            "kept_f32": converted.kept_f32 as i64,
+            "validation": validation,
+        });
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    ctx.progress("done", 100.0, None);
+    let mut out = doc! { "source_artifact_id": source.id, "conversions": results };
+    if let [only] = ids.as_slice() {
+        out.insert("model_artifact_id", *only);
+    }
+    Ok(out)
+}
+
+/// Uploads the converted weights with the source's other files (config, tokenizer) so the new
+/// artifact is self-contained, and registers it.
+async fn register(
+    ctx: &TaskContext,
+    source: &ModelArtifact,
+    dir: &Path,
+    weights: &str,
+    conversion: Conversion,
+    out: &Path,
+    validation: Option<Document>,
+) -> Result<ModelArtifact, ExecError> {
+    let version = format!("{}-{}", source.version, conversion.name());
+    let prefix = format!("models/{}/{version}", source.name);
+    let storage = &ctx.env.storage;
+    let mut uploads: Vec<(String, PathBuf)> = source
+        .files
+        .iter()
+        .filter(|f| f.name != weights && !is_weights(&f.name))
+        .map(|f| (f.name.clone(), dir.join(&f.name)))
+        .collect();
+    uploads.push((conversion.file_name(), out.to_owned()));
+    let mut files = Vec::new();
+    let mut checks = Vec::new();
+    for (name, path) in uploads {
+        let p = path.clone();
+        let expected = Expected::Sha256(String::new());
+        let digests = blocking(move || {
+            hash_file(&p, &expected, &|| false)
+                .map_err(|e| ModelError::Format(e.to_string()))?
+                .ok_or_else(|| ModelError::Format("hashing stopped".into()))
+        })
+        .await?;
+        let key = format!("{prefix}/{name}");
+        storage
+            .put_file(&key, &path, "application/octet-stream")
+            .await
+            .map_err(storage_err)?;
+        checks.push(Checksum {
+            id: ObjectId::new(),
+            artifact_id: None,
+            repo: source.name.clone(),
+            revision: version.clone(),
+            file: name.clone(),
+            algorithm: "sha256".into(),
+            value: digests.sha256.clone(),
+            expected: None,
+            expected_source: ExpectedSource::Produced,
+            ok: true,
+            size_bytes: digests.size,
+            verified_by: ctx.env.worker_id.clone(),
+            task_id: Some(ctx.task.id),
+            verified_at: DateTime::now(),
+        });
+        files.push(ArtifactFile {
+            name,
+            size_bytes: digests.size,
+            sha256: digests.sha256,
+            s3_key: Some(key),
+        });
+    }
+    let mut tags = source.tags.clone();
+    tags.push(conversion.name().to_owned());
+    let lineage = Lineage {
+        source_artifact_id: source.id,
+        conversion: conversion.name().to_owned(),
+        task_id: ctx.task.id,
+        validation,
+    };
+    let path = format!("s3://{}/{prefix}", storage.bucket());
+    let artifact = ctx
+        .env
+        .store
+        .model_artifacts()
+        .register(&Registration {
+            name: &source.name,
+            version: &version,
+            revision: &source.revision,
+            path: &path,
+            files: &files,
+            source_url: &source.source_url,
+            license_id: source.license_id,
+            tags: &tags,
+            format: conversion.format(),
+            lineage: Some(&lineage),
+            worker: &ctx.env.worker_id,
+        })
+        .await
+        .map_err(store_err)?;
+    for c in &mut checks {
+        c.artifact_id = Some(artifact.id);
+    }
+    ctx.env
+        .store
+        .checksums()
+        .record_many(&checks)
+        .await
+        .map_err(store_err)?;
+    Ok(artifact)
+}
+
+fn is_weights(name: &str) -> bool {
+    [
+        ".safetensors",
+        ".bin",
+        ".gguf",
+        ".pt",
+        ".pth",
+        ".onnx",
+        ".h5",
+        ".msgpack",
+        ".ot",
+    ]
+    .iter()
+    .any(|e| name.ends_with(e))
+}
+
+fn embed_validation(model: &Embedder) -> Result<Vec<Vec<f32>>, ModelError> {
+    let texts: Vec<String> = VALIDATION.iter().map(|s| (*s).to_owned()).collect();
+    Ok(model
+        .embed(&texts, 8, true, &|| false, &|_| {})?
+        .unwrap_or_default())
+}
+
+/// The least cosine similarity between the converted model's embeddings and the source's.
+fn validate(dir: &Path, converted: &Path, reference: &[Vec<f32>]) -> Result<f32, ModelError> {
+    let config = read_json(&dir.join("config.json"))?;
+    let tensors = convert::reload(converted)?;
+    let model = Embedder::from_tensors(dir, &config, tensors, &candle_core::Device::Cpu)?;
+    let got = embed_validation(&model)?;
+    Ok(got
+        .iter()
+        .zip(reference)
+        .map(|(a, b)| cosine(a, b))
+        .fold(f32::INFINITY, f32::min))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ModelError> + Send + 'static,
+) -> Result<T, ExecError> {
+    Ok(tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ExecError::Retryable(format!("conversion thread: {e}")))??)
+}
+
+fn io(e: std::io::Error) -> ExecError {
+    ExecError::Retryable(format!("conversion scratch space: {e}"))
+}

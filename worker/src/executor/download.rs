@@ -1,0 +1,313 @@
+//! `model.download`: fetch a Hub repo's files into the host cache, verify every file, and
+//! register the snapshot (`model_artifacts`, `checksums`, `licenses`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use harmonia_shared::error::ExecError;
+use harmonia_shared::model::task_params::{DownloadParams, check_file_name};
+use harmonia_shared::model::{ArtifactFile, Checksum, ExpectedSource, license};
+use harmonia_shared::store::model_artifacts::Registration;
+use mongodb::bson::oid::ObjectId;
+use mongodb::bson::{DateTime, Document, doc};
+
+use super::params::{parse, storage_err, store_err};
+use super::{Executor, TaskContext};
+use crate::models::hub::{HubError, Listing, RemoteFile, Stage};
+use crate::models::verify::Expected;
+
+pub struct Download;
+
+impl Executor for Download {
+    fn run<'a>(&'a self, ctx: &'a TaskContext) -> BoxFuture<'a, Result<Document, ExecError>> {
+        run(ctx).boxed()
+    }
+}
+
+async fn run(ctx: &TaskContext) -> Result<Document, ExecError> {
+    let p: DownloadParams = parse(ctx)?;
+    let hub = &ctx.env.models.hub;
+    ctx.progress("listing", 0.0, Some(format!("{}@{}", p.repo, p.revision)));
+    let listing = tokio::select! {
+        () = ctx.cancel.cancelled() => return Err(ExecError::Cancelled),
+        l = hub.listing(&p.repo, &p.revision) => l?,
+    };
+    let files = select_files(&p, &listing)?;
+    let total: u64 = files.iter().filter_map(|f| f.size_bytes()).sum();
+    let done_before = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let (mut verified, mut checks) = (Vec::new(), Vec::new());
+    let (mut transferred, mut hits) = (0u64, 0u32);
+    for file in &files {
+        let name = file.rfilename.as_str();
+        let (expected, source) = match p.sha256.get(name) {
+            Some(sha) => (
+                Expected::Sha256(sha.to_ascii_lowercase()),
+                ExpectedSource::Task,
+            ),
+            None => match file.hub_expected() {
+                Some(e @ Expected::Sha256(_)) => (e, ExpectedSource::HubLfs),
+                Some(e @ Expected::GitSha1(_)) => (e, ExpectedSource::GitBlob),
+                None => {
+                    return Err(ExecError::Permanent(format!(
+                        "the Hub gives no checksum for {name}; pass params.sha256.{name}"
+                    )));
+                }
+            },
+        };
+        let base = done_before.load(Ordering::Relaxed);
+        let report = |stage: Stage| {
+            let (label, done) = match stage {
+                Stage::WaitingForLock => ("waiting for another download", base),
+                Stage::Verifying => ("verifying", base),
+                Stage::Downloading { done, .. } => ("downloading", base + done),
+            };
+            let pct = if total == 0 {
+                0.0
+            } else {
+                done as f32 * 100.0 / total as f32
+            };
+            ctx.progress(label, pct.min(100.0), Some(name.to_owned()));
+        };
+        let fetched = hub
+            .fetch(
+                &p.repo,
+                &p.revision,
+                &listing.sha,
+                name,
+                file.size_bytes(),
+                &expected,
+                &ctx.cancel,
+                &report,
+            )
+            .await;
+        let fetched = match fetched {
+            Ok(f) => f,
+            Err(HubError::Mismatch {
+                file: f,
+                algorithm,
+                expected: want,
+                got,
+                size,
+            }) => {
+                let failed = checksum(ctx, &p, &f, &want, got.clone(), source, size, false);
+                ctx.env
+                    .store
+                    .checksums()
+                    .record_many(&[failed])
+                    .await
+                    .map_err(store_err)?;
+                return Err(ExecError::Permanent(format!(
+                    "checksum mismatch for {f}: expected {algorithm} {want}, got {got}; \
+                     the file was discarded"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        done_before.fetch_add(fetched.digests.size, Ordering::Relaxed);
+        transferred += fetched.transferred;
+        hits += u32::from(fetched.cache_hit);
+        let value = match &expected {
+            Expected::Sha256(_) => fetched.digests.sha256.clone(),
+            Expected::GitSha1(_) => fetched.digests.git_sha1.clone().unwrap_or_default(),
+        };
+        checks.push(checksum(
+            ctx,
+            &p,
+            name,
+            expected.value(),
+            value,
+            source,
+            fetched.digests.size,
+            true,
+        ));
+        verified.push((name.to_owned(), fetched));
+    }
+    let elapsed = started.elapsed();
+
+    let snapshot = hub
+        .repo_cache(&p.repo, &p.revision)
+        .snapshot_dir(&listing.sha);
+    let mut artifact_files: Vec<ArtifactFile> = verified
+        .iter()
+        .map(|(name, f)| ArtifactFile {
+            name: name.clone(),
+            size_bytes: f.digests.size,
+            sha256: f.digests.sha256.clone(),
+            s3_key: None,
+        })
+        .collect();
+    let mut path = snapshot.display().to_string();
+    if p.upload {
+        ctx.progress("uploading", 100.0, None);
+        let storage = &ctx.env.storage;
+        let prefix = format!("models/{}/{}", p.repo, listing.sha);
+        for (f, (_, fetched)) in artifact_files.iter_mut().zip(&verified) {
+            let key = format!("{prefix}/{}", f.name);
+            // Keys are content-addressed by commit: an object of the right size is this file.
+            if storage.head(&key).await.map_err(storage_err)? != Some(f.size_bytes) {
+                storage
+                    .put_file(&key, &fetched.path, "application/octet-stream")
+                    .await
+                    .map_err(storage_err)?;
+            }
+            f.s3_key = Some(key);
+        }
+        path = format!("s3://{}/{prefix}", storage.bucket());
+    }
+
+    let license = record_license(ctx, &p.repo, &verified).await?;
+    let source_url = format!("{}/{}", hub.endpoint(), p.repo);
+    let artifact = ctx
+        .env
+        .store
+        .model_artifacts()
+        .register(&Registration {
+            name: &p.repo,
+            version: &listing.sha,
+            revision: &p.revision,
+            path: &path,
+            files: &artifact_files,
+            source_url: &source_url,
+            license_id: license.as_ref().map(|l| l.id),
+            tags: &p.tags,
+            format: format_of(&artifact_files),
+            lineage: None,
+            worker: &ctx.env.worker_id,
+        })
+        .await
+        .map_err(store_err)?;
+    for c in &mut checks {
+        c.artifact_id = Some(artifact.id);
+    }
+    ctx.env
+        .store
+        .checksums()
+        .record_many(&checks)
+        .await
+        .map_err(store_err)?;
+    ctx.progress("done", 100.0, None);
+    let secs = elapsed.as_secs_f64().max(1e-6);
+    Ok(doc! {
+        "model_artifact_id": artifact.id,
+        "repo": &p.repo,
+        "commit": &listing.sha,
+        "files": verified.len() as i64,
+        "size_bytes": artifact_files.iter().map(|f| f.size_bytes).sum::<u64>() as i64,
+        "bytes_downloaded": transferred as i64,
+        "cache_hits": i64::from(hits),
+        "download_ms": elapsed.as_millis() as i64,
+        "mb_per_s": transferred as f64 / 1e6 / secs,
+        "snapshot_dir": snapshot.display().to_string(),
+        "license": license.map(|l| l.spdx_id),
+    })
+}
+
+/// The files to fetch: those asked for (each must exist), or the whole repo. Every name is
+/// checked, including the Hub's own.
+fn select_files(p: &DownloadParams, listing: &Listing) -> Result<Vec<RemoteFile>, ExecError> {
+    let by_name = |n: &str| listing.siblings.iter().find(|s| s.rfilename == n);
+    let mut out: Vec<RemoteFile> = match &p.files {
+        Some(names) => names
+            .iter()
+            .map(|n| {
+                by_name(n).cloned().ok_or_else(|| {
+                    ExecError::Permanent(format!(
+                        "params.files: {n} is not in {}@{}",
+                        p.repo, p.revision
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        None => listing.siblings.clone(),
+    };
+    // The model card names the license; it is small, so it comes along.
+    if let Some(card) = by_name("README.md")
+        && !out.iter().any(|f| f.rfilename == "README.md")
+    {
+        out.push(card.clone());
+    }
+    for f in &out {
+        check_file_name(&f.rfilename)
+            .map_err(|m| ExecError::Permanent(format!("refusing a file from the Hub: {m}")))?;
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn checksum(
+    ctx: &TaskContext,
+    p: &DownloadParams,
+    file: &str,
+    expected: &str,
+    value: String,
+    source: ExpectedSource,
+    size: u64,
+    ok: bool,
+) -> Checksum {
+    Checksum {
+        id: ObjectId::new(),
+        artifact_id: None,
+        repo: p.repo.clone(),
+        revision: p.revision.clone(),
+        file: file.to_owned(),
+        algorithm: if source == ExpectedSource::GitBlob {
+            "git-sha1"
+        } else {
+            "sha256"
+        }
+        .into(),
+        value,
+        expected: Some(expected.to_owned()),
+        expected_source: source,
+        ok,
+        size_bytes: size,
+        verified_by: ctx.env.worker_id.clone(),
+        task_id: Some(ctx.task.id),
+        verified_at: DateTime::now(),
+    }
+}
+
+/// Reads the license from the model card's front matter, when there is one.
+async fn record_license(
+    ctx: &TaskContext,
+    repo: &str,
+    files: &[(String, crate::models::hub::Fetched)],
+) -> Result<Option<harmonia_shared::model::License>, ExecError> {
+    let Some((_, card)) = files.iter().find(|(n, _)| n == "README.md") else {
+        return Ok(None);
+    };
+    let text = tokio::fs::read_to_string(&card.path)
+        .await
+        .unwrap_or_default();
+    let Some(card_id) = license::card_license(&text) else {
+        return Ok(None);
+    };
+    let (spdx, commercial) = license::from_card_id(&card_id);
+    let text_path = files
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("LICENSE") || n.eq_ignore_ascii_case("LICENSE.txt"))
+        .map(|(_, f)| f.path.display().to_string());
+    let l = ctx
+        .env
+        .store
+        .licenses()
+        .upsert(&spdx, commercial, text_path.as_deref(), repo)
+        .await
+        .map_err(store_err)?;
+    Ok(Some(l))
+}
+
+fn format_of(files: &[ArtifactFile]) -> &'static str {
+    let has = |ext: &str| files.iter().any(|f| f.name.ends_with(ext));
+    match (has(".safetensors"), has(".gguf"), has(".bin")) {
+        (true, false, _) => "safetensors",
+        (false, true, false) => "gguf",
+        (false, false, true) => "pytorch",
+        (false, false, false) => "other",
+        _ => "mixed",
+    }
+}

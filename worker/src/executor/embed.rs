@@ -1,0 +1,137 @@
+//! `inference.embed`: sentence embeddings with a BERT-family model from the warm pool, written
+//! to the bucket as JSONL (`{"index": i, "embedding": [...]}` per line).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use harmonia_shared::error::ExecError;
+use harmonia_shared::model::task_params::EmbedParams;
+use mongodb::bson::{Document, doc};
+
+use super::output::{self, Output};
+use super::params::{self, parse, storage_err};
+use super::{Executor, TaskContext};
+use crate::models::bert::Embedder;
+
+pub struct Embed;
+
+impl Executor for Embed {
+    fn run<'a>(&'a self, ctx: &'a TaskContext) -> BoxFuture<'a, Result<Document, ExecError>> {
+        run(ctx).boxed()
+    }
+}
+
+async fn run(ctx: &TaskContext) -> Result<Document, ExecError> {
+    let p: EmbedParams = parse(ctx)?;
+    let texts = match (&p.texts, &p.input_key) {
+        (Some(t), _) => t.clone(),
+        (None, Some(key)) => read_jsonl(ctx, key).await?,
+        (None, None) => {
+            return Err(ExecError::Permanent(
+                "params.texts: give texts or input_key".into(),
+            ));
+        }
+    };
+    let artifact = params::model(ctx, p.model_artifact_id.as_deref()).await?;
+    let weights = params::weights_file(&artifact, p.weights.as_deref(), &[".safetensors", ".bin"])?
+        .to_owned();
+    let pooled = params::pooled(ctx, &artifact, &weights, |dir, weights, device| {
+        let e = Embedder::load(dir, weights, device)?;
+        let bytes = e.weight_bytes;
+        Ok((e, bytes))
+    })
+    .await?;
+    let embedder: Arc<Embedder> = pooled.model;
+
+    let n = texts.len();
+    let started = Instant::now();
+    let (cancel, progress) = (ctx.cancel.clone(), ctx.clone());
+    let batch = p.batch_size as usize;
+    let normalize = p.normalize;
+    let model = embedder.clone();
+    let vectors = tokio::task::spawn_blocking(move || {
+        model.embed(
+            &texts,
+            batch,
+            normalize,
+            &|| cancel.is_cancelled(),
+            &|done| {
+                progress.progress("embedding", done as f32 * 100.0 / n.max(1) as f32, None);
+            },
+        )
+    })
+    .await
+    .map_err(|e| ExecError::Retryable(format!("embedding: {e}")))??
+    .ok_or(ExecError::Cancelled)?;
+    let embed_ms = started.elapsed().as_secs_f64() * 1e3;
+
+    let mut body = Vec::with_capacity(n * embedder.dim * 12);
+    for (i, v) in vectors.iter().enumerate() {
+        serde_json::to_writer(
+            &mut body,
+            &serde_json::json!({ "index": i, "embedding": v }),
+        )
+        .map_err(|e| ExecError::Permanent(e.to_string()))?;
+        body.push(b'\n');
+    }
+    ctx.progress("uploading", 100.0, None);
+    let stored = output::put(
+        ctx,
+        Output {
+            name: "embeddings.jsonl",
+            artifact_type: "embeddings",
+            content_type: "application/x-ndjson",
+            bytes: Bytes::from(body),
+            summary: doc! { "count": n as i64, "dim": embedder.dim as i64, "normalized": normalize },
+            lineage: doc! {
+                "model_artifact_id": artifact.id,
+                "model": &artifact.name,
+                "model_version": &artifact.version,
+                "inputs": match &p.input_key { Some(k) => doc! { "key": k }, None => doc! { "texts": n as i64 } },
+            },
+        },
+    )
+    .await?;
+    Ok(doc! {
+        "artifact_id": stored.id,
+        "artifact_ids": [stored.id],
+        "key": &stored.storage_ref.key,
+        "sha256": &stored.storage_ref.sha256,
+        "count": n as i64,
+        "dim": embedder.dim as i64,
+        "model_artifact_id": artifact.id,
+        "device": &pooled.device,
+        "pool_hit": pooled.hit,
+        "model_load_ms": pooled.load_ms,
+        "embed_ms": embed_ms,
+        "sentences_per_s": n as f64 / (embed_ms / 1e3).max(1e-9),
+    })
+}
+
+/// Texts from a JSONL object: one `{"text": "..."}` per line.
+async fn read_jsonl(ctx: &TaskContext, key: &str) -> Result<Vec<String>, ExecError> {
+    let bytes = ctx.env.storage.get_bytes(key).await.map_err(storage_err)?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|e| ExecError::Permanent(format!("params.input_key: {key} is not UTF-8: {e}")))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+                ExecError::Permanent(format!("params.input_key: {key} line {}: {e}", i + 1))
+            })?;
+            v.get("text")
+                .and_then(|t| t.as_str())
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    ExecError::Permanent(format!(
+                        "params.input_key: {key} line {}: expected {{\"text\": string}}",
+                        i + 1
+                    ))
+                })
+        })
+        .collect()
+}

@@ -1,0 +1,159 @@
+//! The model cache on a host: the Hugging Face cache layout (`models--org--name/{blobs,
+//! snapshots,refs}`), shared by every worker process there, plus per-blob file locks so two
+//! processes never fetch the same bytes at once.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hf_hub::{Cache, Repo, RepoType};
+use tokio_util::sync::CancellationToken;
+
+/// A repo's place in the cache.
+#[derive(Debug, Clone)]
+pub struct RepoCache {
+    root: PathBuf,
+    repo: Repo,
+    dir: PathBuf,
+}
+
+impl RepoCache {
+    pub fn new(cache_dir: &Path, repo_id: &str, revision: &str) -> Self {
+        let repo = Repo::with_revision(repo_id.to_owned(), RepoType::Model, revision.to_owned());
+        let dir = cache_dir.join(repo.folder_name());
+        Self {
+            root: cache_dir.to_owned(),
+            repo,
+            dir,
+        }
+    }
+
+    pub fn blob(&self, blob_id: &str) -> PathBuf {
+        self.dir.join("blobs").join(blob_id)
+    }
+
+    pub fn snapshot_dir(&self, commit: &str) -> PathBuf {
+        self.dir.join("snapshots").join(commit)
+    }
+
+    /// The commit the revision pointed to when it was last fetched, and the file's place in
+    /// that snapshot, if cached (the lookup `hf-hub` itself does, no network).
+    pub fn cached(&self, file: &str) -> Option<PathBuf> {
+        Cache::new(self.root.clone())
+            .repo(self.repo.clone())
+            .get(file)
+    }
+
+    /// Links `snapshots/<commit>/<file>` to its verified blob and points the revision at the
+    /// commit.
+    pub fn publish(&self, commit: &str, file: &str, blob_id: &str) -> std::io::Result<PathBuf> {
+        let pointer = self.snapshot_dir(commit).join(file);
+        if let Some(parent) = pointer.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        // Relative, like huggingface_hub's, so the cache can be moved or mounted elsewhere.
+        let depth = Path::new(file).components().count();
+        let mut target = PathBuf::new();
+        for _ in 0..depth + 1 {
+            target.push("..");
+        }
+        target.push("blobs");
+        target.push(blob_id);
+        match std::fs::remove_file(&pointer) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        std::os::unix::fs::symlink(&target, &pointer)?;
+        if self.repo.revision() != commit {
+            Cache::new(self.root.clone())
+                .repo(self.repo.clone())
+                .create_ref(commit)?;
+        }
+        Ok(pointer)
+    }
+
+    /// Removes a file from the snapshot (a blob that failed verification must never be found).
+    pub fn forget(&self, commit: &str, file: &str, blob_id: &str) {
+        let _ = std::fs::remove_file(self.snapshot_dir(commit).join(file));
+        let _ = std::fs::remove_file(self.blob(blob_id));
+    }
+
+    fn lock_path(&self, blob_id: &str) -> PathBuf {
+        self.root
+            .join(".locks")
+            .join(self.repo.folder_name())
+            .join(format!("{blob_id}.lock"))
+    }
+
+    /// Takes the host-wide lock on one blob. Polls, so a cancelled task stops waiting at once;
+    /// `waiting` is called once if another process holds it.
+    pub async fn lock(
+        &self,
+        blob_id: &str,
+        cancel: &CancellationToken,
+        waiting: impl FnOnce(),
+    ) -> Result<BlobLock, LockError> {
+        let path = self.lock_path(blob_id);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(LockError::Io)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(LockError::Io)?;
+        let mut waiting = Some(waiting);
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(BlobLock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if let Some(f) = waiting.take() {
+                        f();
+                    }
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(LockError::Io(e)),
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return Err(LockError::Cancelled),
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    }
+}
+
+/// Held while a blob is fetched or checked; the OS releases it when the file closes, even if
+/// the process dies.
+#[derive(Debug)]
+pub struct BlobLock {
+    _file: std::fs::File,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("cache lock: {0}")]
+    Io(std::io::Error),
+    #[error("cancelled while waiting for the cache lock")]
+    Cancelled,
+}
+
+pub use harmonia_shared::model::task_params::check_file_name;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn snapshot_links_resolve_to_blobs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = RepoCache::new(dir.path(), "org/name", "main");
+        std::fs::create_dir_all(repo.blob("x").parent().expect("parent")).expect("mkdir");
+        std::fs::write(repo.blob("abc"), b"bytes").expect("write");
+        let path = repo
+            .publish("c0ffee", "sub/dir/f.bin", "abc")
+            .expect("publish");
+        assert_eq!(std::fs::read(&path).expect("read"), b"bytes");
+        assert_eq!(repo.cached("sub/dir/f.bin"), Some(path));
+        repo.forget("c0ffee", "sub/dir/f.bin", "abc");
+        assert_eq!(repo.cached("sub/dir/f.bin"), None);
+    }
+}

@@ -1,0 +1,428 @@
+//! Fetching model files from the Hugging Face Hub (or a Hub-compatible mirror) into the host's
+//! cache, verified.
+//!
+//! `hf-hub` provides the API client (endpoint, token, user agent), the repo listing and the
+//! cache layout. The bytes are streamed here rather than through `ApiRepo::download`: that
+//! path spawns detached chunk tasks that keep downloading after the caller is dropped (so a
+//! cancelled task would not stop its transfer), never exposes the bytes (so hashing would be a
+//! second pass), and re-downloads files already cached.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use futures::StreamExt;
+use harmonia_shared::error::ExecError;
+use hf_hub::api::tokio::{Api, ApiBuilder};
+use hf_hub::{Cache, Repo, RepoType};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+use super::cache::{LockError, RepoCache};
+use super::verify::{Digests, Expected, Hasher, hash_file, hash_prefix};
+
+/// A repo at one revision, as the Hub lists it (`/api/models/{repo}/revision/{rev}?blobs=true`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Listing {
+    /// The commit the revision resolved to.
+    pub sha: String,
+    pub siblings: Vec<RemoteFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RemoteFile {
+    pub rfilename: String,
+    pub size: Option<u64>,
+    #[serde(rename = "blobId")]
+    pub blob_id: Option<String>,
+    pub lfs: Option<Lfs>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Lfs {
+    pub sha256: String,
+    pub size: u64,
+}
+
+impl RemoteFile {
+    /// The Hub's own checksum of the file: the LFS sha256, else the git blob id.
+    pub fn hub_expected(&self) -> Option<Expected> {
+        match (&self.lfs, &self.blob_id) {
+            (Some(lfs), _) => Expected::from_etag(&lfs.sha256),
+            (None, Some(blob)) => Expected::from_etag(blob),
+            (None, None) => None,
+        }
+    }
+
+    pub fn size_bytes(&self) -> Option<u64> {
+        self.lfs.as_ref().map(|l| l.size).or(self.size)
+    }
+}
+
+/// One file fetched (or found) and verified.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// `snapshots/<commit>/<file>` in the cache.
+    pub path: PathBuf,
+    pub digests: Digests,
+    /// Body bytes received for this file (0 for a cache hit).
+    pub transferred: u64,
+    pub cache_hit: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("{what}: {status} from the Hub")]
+    Status {
+        what: String,
+        status: reqwest::StatusCode,
+    },
+    #[error("{what}: {source}")]
+    Network {
+        what: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("checksum mismatch for {file}: expected {algorithm} {expected}, got {got}")]
+    Mismatch {
+        file: String,
+        algorithm: &'static str,
+        expected: String,
+        got: String,
+        size: u64,
+    },
+    #[error("{file}: received {got} bytes, expected {expected}")]
+    Truncated {
+        file: String,
+        expected: u64,
+        got: u64,
+    },
+    #[error("model cache: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Lock(#[from] LockError),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("hub client: {0}")]
+    Client(String),
+}
+
+impl From<HubError> for ExecError {
+    fn from(e: HubError) -> Self {
+        match &e {
+            HubError::Cancelled | HubError::Lock(LockError::Cancelled) => ExecError::Cancelled,
+            // Not found, unauthorised, forbidden: the same request will fail the same way.
+            HubError::Status { status, .. } if status.is_client_error() => {
+                ExecError::Permanent(e.to_string())
+            }
+            HubError::Mismatch { .. } | HubError::Client(_) => ExecError::Permanent(e.to_string()),
+            _ => ExecError::Retryable(e.to_string()),
+        }
+    }
+}
+
+/// The Hub client and the host's cache.
+#[derive(Clone)]
+pub struct Hub {
+    api: Api,
+    endpoint: String,
+    cache_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Hub {
+    // The API client carries the token in its default headers: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("endpoint", &self.endpoint)
+            .field("cache_dir", &self.cache_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    pub fn new(config: &harmonia_shared::config::ModelsConfig) -> Result<Self, HubError> {
+        let endpoint = config.hub_endpoint.trim_end_matches('/').to_owned();
+        let api = ApiBuilder::from_cache(Cache::new(config.cache_dir.clone()))
+            .with_endpoint(endpoint.clone())
+            .with_progress(false)
+            .with_token(
+                config
+                    .hub_token
+                    .as_ref()
+                    .map(|t| t.expose_secret().to_owned()),
+            )
+            .with_user_agent("harmonia", env!("CARGO_PKG_VERSION"))
+            .build()
+            .map_err(|e| HubError::Client(e.to_string()))?;
+        Ok(Self {
+            api,
+            endpoint,
+            cache_dir: config.cache_dir.clone(),
+        })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    pub fn cache_dir(&self) -> &std::path::Path {
+        &self.cache_dir
+    }
+
+    /// Repos with something in this host's cache (`org/name`).
+    pub fn cached_repos(&self) -> Vec<String> {
+        let mut repos: Vec<String> = std::fs::read_dir(&self.cache_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                Some(name.strip_prefix("models--")?.replacen("--", "/", 1))
+            })
+            .collect();
+        repos.sort();
+        repos
+    }
+
+    pub fn repo_cache(&self, repo: &str, revision: &str) -> RepoCache {
+        RepoCache::new(&self.cache_dir, repo, revision)
+    }
+
+    fn api_repo(&self, repo: &str, revision: &str) -> hf_hub::api::tokio::ApiRepo {
+        self.api.repo(Repo::with_revision(
+            repo.to_owned(),
+            RepoType::Model,
+            revision.to_owned(),
+        ))
+    }
+
+    /// The files of `repo` at `revision` and the commit it resolves to.
+    pub async fn listing(&self, repo: &str, revision: &str) -> Result<Listing, HubError> {
+        let what = format!("listing {repo}@{revision}");
+        let net = |source| HubError::Network {
+            what: what.clone(),
+            source,
+        };
+        let response = self
+            .api_repo(repo, revision)
+            .info_request()
+            .query(&[("blobs", "true")])
+            .send()
+            .await
+            .map_err(net)?;
+        if !response.status().is_success() {
+            return Err(HubError::Status {
+                what,
+                status: response.status(),
+            });
+        }
+        response.json().await.map_err(net)
+    }
+
+    /// Makes `file` of `repo@commit` present and verified in the cache. Under a host-wide lock
+    /// per blob: a second process asking for the same file waits, then finds it cached.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn fetch(
+        &self,
+        repo: &str,
+        revision: &str,
+        commit: &str,
+        file: &str,
+        size: Option<u64>,
+        expected: &Expected,
+        cancel: &CancellationToken,
+        progress: &(dyn Fn(Stage) + Send + Sync),
+    ) -> Result<Fetched, HubError> {
+        let cache = self.repo_cache(repo, revision);
+        // The blob's name is what the Hub calls it (sha256 for LFS files), as in the
+        // huggingface_hub layout; the expected value doubles as that name.
+        let blob_id = expected.value().to_owned();
+        let _lock = cache
+            .lock(&blob_id, cancel, || progress(Stage::WaitingForLock))
+            .await?;
+        let blob = cache.blob(&blob_id);
+        if blob.exists() {
+            progress(Stage::Verifying);
+            let digests = hash_cancellable(blob.clone(), expected, cancel).await?;
+            match digests.check(expected) {
+                Ok(()) => {
+                    let path = cache.publish(commit, file, &blob_id)?;
+                    return Ok(Fetched {
+                        path,
+                        digests,
+                        transferred: 0,
+                        cache_hit: true,
+                    });
+                }
+                Err(_) => {
+                    // Corrupted on disk since it was verified: fetch it again.
+                    tracing::warn!(%repo, %file, "cached blob fails verification; re-fetching");
+                    cache.forget(commit, file, &blob_id);
+                }
+            }
+        }
+        let url = self.api_repo(repo, commit).url(file);
+        let part = blob.with_extension("incomplete");
+        let (digests, transferred) = self
+            .stream_to(&url, file, &part, size, expected, cancel, progress)
+            .await?;
+        if let Err((want, got)) = digests.check(expected) {
+            // Never cached, never used.
+            let _ = std::fs::remove_file(&part);
+            cache.forget(commit, file, &blob_id);
+            return Err(HubError::Mismatch {
+                file: file.to_owned(),
+                algorithm: expected.algorithm(),
+                expected: want,
+                got,
+                size: digests.size,
+            });
+        }
+        std::fs::rename(&part, &blob)?;
+        let path = cache.publish(commit, file, &blob_id)?;
+        Ok(Fetched {
+            path,
+            digests,
+            transferred,
+            cache_hit: false,
+        })
+    }
+
+    /// Streams `url` into `part`, resuming a partial file, hashing as the bytes arrive.
+    #[allow(clippy::too_many_arguments)]
+    async fn stream_to(
+        &self,
+        url: &str,
+        file: &str,
+        part: &std::path::Path,
+        size: Option<u64>,
+        expected: &Expected,
+        cancel: &CancellationToken,
+        progress: &(dyn Fn(Stage) + Send + Sync),
+    ) -> Result<(Digests, u64), HubError> {
+        if let Some(parent) = part.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let have = match (size, std::fs::metadata(part)) {
+            (Some(total), Ok(m)) if m.len() <= total => m.len(),
+            _ => 0,
+        };
+        let mut request = self.api.client().get(url);
+        if have > 0 {
+            request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
+        }
+        let what = format!("downloading {file}");
+        let net = |source| HubError::Network {
+            what: what.clone(),
+            source,
+        };
+        let response = tokio::select! {
+            () = cancel.cancelled() => return Err(HubError::Cancelled),
+            r = request.send() => r.map_err(net)?,
+        };
+        let status = response.status();
+        if !status.is_success() {
+            return Err(HubError::Status { what, status });
+        }
+        // A server that ignores the range sends the whole file: start over.
+        let resumed = have > 0 && status == reqwest::StatusCode::PARTIAL_CONTENT;
+        let start = if resumed { have } else { 0 };
+        let total = size
+            .or_else(|| response.content_length().map(|n| n + start))
+            .ok_or_else(|| HubError::Client(format!("{file}: the Hub sent no length")))?;
+        let hasher = if resumed {
+            let (p, t, e) = (part.to_owned(), total, expected.clone());
+            tokio::task::spawn_blocking(move || hash_prefix(&p, t, have, &e))
+                .await
+                .map_err(|e| HubError::Io(std::io::Error::other(e)))??
+        } else {
+            Hasher::new(total, expected)
+        };
+        let mut out = tokio::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(!resumed)
+            .append(resumed)
+            .open(part)
+            .await?;
+        let mut hasher = hasher;
+        let mut body = response.bytes_stream();
+        let started = Instant::now();
+        let mut transferred = 0u64;
+        let mut buffered: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
+        loop {
+            let chunk = tokio::select! {
+                () = cancel.cancelled() => {
+                    // What arrived so far stays for the next attempt to resume from.
+                    out.write_all(&buffered).await?;
+                    out.flush().await?;
+                    return Err(HubError::Cancelled);
+                }
+                c = body.next() => c,
+            };
+            let Some(chunk) = chunk else { break };
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(source) => {
+                    out.write_all(&buffered).await?;
+                    out.flush().await?;
+                    return Err(net(source));
+                }
+            };
+            hasher.update(&chunk);
+            transferred += chunk.len() as u64;
+            buffered.extend_from_slice(&chunk);
+            if buffered.len() >= WRITE_BATCH {
+                out.write_all(&buffered).await?;
+                buffered.clear();
+            }
+            progress(Stage::Downloading {
+                done: start + transferred,
+                total,
+                elapsed: started.elapsed(),
+            });
+        }
+        out.write_all(&buffered).await?;
+        out.flush().await?;
+        out.sync_all().await?;
+        if hasher.bytes() != total {
+            // A short body: keep it, the next attempt resumes.
+            return Err(HubError::Truncated {
+                file: file.to_owned(),
+                expected: total,
+                got: hasher.bytes(),
+            });
+        }
+        Ok((hasher.finish(), transferred))
+    }
+}
+
+/// Writes go to disk in batches of this size (fewer blocking-pool hops than per chunk).
+const WRITE_BATCH: usize = 4 << 20;
+
+/// What a fetch is doing, for progress reports.
+#[derive(Debug, Clone, Copy)]
+pub enum Stage {
+    WaitingForLock,
+    Verifying,
+    Downloading {
+        done: u64,
+        total: u64,
+        elapsed: std::time::Duration,
+    },
+}
+
+/// Hashes a cached file off the async threads; stops early on cancellation.
+pub async fn hash_cancellable(
+    path: PathBuf,
+    expected: &Expected,
+    cancel: &CancellationToken,
+) -> Result<Digests, HubError> {
+    let (token, expected) = (cancel.clone(), expected.clone());
+    let digests =
+        tokio::task::spawn_blocking(move || hash_file(&path, &expected, &|| token.is_cancelled()))
+            .await
+            .map_err(|e| HubError::Io(std::io::Error::other(e)))??;
+    digests.ok_or(HubError::Cancelled)
+}
