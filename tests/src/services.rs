@@ -154,7 +154,10 @@ extern "C" fn stop_at_exit() {
             }
         }
     }
-    let _ = std::fs::remove_dir_all(suite_root().join(std::process::id().to_string()));
+    // HARMONIA_KEEP_TEST_DIRS=1 keeps the logs and data of a failed run for a post-mortem.
+    if std::env::var_os("HARMONIA_KEEP_TEST_DIRS").is_none() {
+        let _ = std::fs::remove_dir_all(suite_root().join(std::process::id().to_string()));
+    }
 }
 
 /// One test's slice of the suite's services.

@@ -11,7 +11,7 @@ use harmonia_tests::hub::Mirror;
 use sha2::{Digest, Sha256};
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(b)
 }
 
 /// A fake repo `org/model` with a 25 MB weights file (hf-hub fetches in 10 MB ranges).
@@ -77,9 +77,11 @@ async fn hf_hub_downloads_through_the_mirror_and_hits_its_cache() {
         mirror.sha256("org/model", "model.safetensors"),
         Some(hex(&Sha256::digest(&got)).as_str())
     );
-    // The body bytes once, plus the 1-byte probe.
+    // The body bytes once, plus at most the 1-byte probe (hf-hub may drop that response before
+    // its byte leaves: the mirror counts bytes as they are sent).
     let served = mirror.bytes_served.load(Ordering::Relaxed);
-    assert_eq!(served, weights.len() as u64 + 1);
+    let once = weights.len() as u64;
+    assert!((once..=once + 1).contains(&served), "{served} bytes served");
 
     // A second get is a cache hit: no bytes move.
     repo.get("model.safetensors").await.unwrap();

@@ -237,3 +237,24 @@ async fn worker_reports_the_devices_it_would_advertise() {
         "{stderr}"
     );
 }
+
+/// Every process migrates at start-up: many at once on a fresh database all succeed (they race
+/// to create the same collections and indexes).
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_migrations_on_a_fresh_database_all_succeed() {
+    for round in 0..3 {
+        let scope = Scope::new(&format!("migrate-race-{round}"));
+        let store = Store::connect(&scope.config.mongo).await.unwrap();
+        let runs = (0..8).map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { harmonia_shared::store::migrate::migrate(&store).await })
+        });
+        for r in futures::future::join_all(runs).await {
+            r.unwrap().unwrap();
+        }
+        let names = store.db().list_collection_names().await.unwrap();
+        for c in ["run_tasks", "model_artifacts", "checksums", "licenses", "artifacts"] {
+            assert!(names.iter().any(|n| n == c), "{c} missing from {names:?}");
+        }
+    }
+}

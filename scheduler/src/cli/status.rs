@@ -56,7 +56,34 @@ pub async fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<ExitCode>
                 took,
                 gpus,
             )?;
+            if let Some(outputs) = t.outputs.as_ref().filter(|o| !o.is_empty()) {
+                writeln!(out, "      {}", summary(outputs))?;
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A task's outputs on one line: scalars as `key=value`, lists by their length (their first
+/// text when they hold text), nested documents left to `--json`.
+fn summary(outputs: &mongodb::bson::Document) -> String {
+    use mongodb::bson::Bson;
+    let mut parts = Vec::new();
+    for (k, v) in outputs {
+        let shown = match v {
+            Bson::String(s) if s.chars().count() > 60 => {
+                format!("{}…", s.chars().take(60).collect::<String>())
+            }
+            Bson::String(s) => s.clone(),
+            Bson::Double(f) => format!("{f:.1}"),
+            Bson::Array(items) => match items.first() {
+                Some(Bson::String(s)) => format!("[{} items] {s:?}", items.len()),
+                _ => format!("[{} items]", items.len()),
+            },
+            Bson::Document(_) | Bson::Null => continue,
+            other => other.to_string(),
+        };
+        parts.push(format!("{k}={shown}"));
+    }
+    parts.join(" ")
 }
