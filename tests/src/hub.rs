@@ -35,6 +35,8 @@ pub struct Mirror {
     repos: BTreeMap<String, RepoIndex>,
     /// Body bytes sent, for tests that count downloads.
     pub bytes_served: AtomicU64,
+    /// The `Authorization` headers seen, for tests that check a token reaches the Hub.
+    pub authorizations: std::sync::Mutex<Vec<String>>,
     /// When non-zero, each response body is paced to this many bytes per second (tests of
     /// slow downloads).
     pub throttle_bytes_per_s: AtomicU64,
@@ -66,6 +68,7 @@ impl Mirror {
             repos,
             bytes_served: AtomicU64::new(0),
             throttle_bytes_per_s: AtomicU64::new(0),
+            authorizations: Default::default(),
         })
     }
 
@@ -74,6 +77,16 @@ impl Mirror {
             .route("/api/models/{org}/{name}/revision/{rev}", get(info))
             .route("/{org}/{name}/resolve/{rev}/{*file}", get(resolve))
             .with_state(self)
+    }
+
+    fn saw(&self, headers: &HeaderMap) {
+        if let Some(auth) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            && let Ok(mut seen) = self.authorizations.lock()
+        {
+            seen.push(auth.to_owned());
+        }
     }
 
     /// The sha256 the mirror advertises for a file, if it has it.
@@ -127,7 +140,9 @@ fn not_found(what: &str) -> Response {
 async fn info(
     State(m): State<Arc<Mirror>>,
     UrlPath((org, name, rev)): UrlPath<(String, String, String)>,
+    headers: HeaderMap,
 ) -> Response {
+    m.saw(&headers);
     let id = format!("{org}/{name}");
     match m.repos.get(&id) {
         Some(repo) if rev == "main" || rev == repo.commit => axum::Json(serde_json::json!({
@@ -173,6 +188,7 @@ async fn resolve(
     UrlPath((org, name, rev, file)): UrlPath<(String, String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
+    m.saw(&headers);
     let id = format!("{org}/{name}");
     let Some(repo) = m.repos.get(&id) else {
         return not_found("Repository not found");

@@ -449,26 +449,38 @@ async fn cancel_stops_a_slow_download_and_a_retry_resumes() {
     );
 }
 
-/// The second embedding task on a worker takes the model from the warm pool.
+/// The second embedding task on a worker takes the model from the warm pool; inputs can come
+/// from a JSONL object in the bucket; a verified snapshot can be copied to the bucket; and a
+/// retried task replaces its output pointer instead of adding one.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_embedding_task_does_not_reload_the_model() {
     let mirror = models::serve_mirror(&models::hub_root().unwrap())
         .await
         .unwrap();
     let c = cluster("warm-pool", &mirror, &["1"]).await;
-    let embed = |id: &str, after: &str| {
-        json!({ "id": id, "type": "inference.embed", "depends_on": [after],
-                "params": { "texts": ["a first sentence", "and a second one"] } })
-    };
+    let storage = harmonia_shared::storage::Storage::new(&c.scope.config.s3);
+    storage.ensure_bucket().await.unwrap();
+    let texts = ["a first sentence", "and a second one"];
+    let jsonl: String = texts
+        .iter()
+        .map(|t| format!("{}\n", json!({ "text": t })))
+        .collect();
+    storage
+        .put_bytes("inputs/texts.jsonl", jsonl.into(), "application/x-ndjson")
+        .await
+        .unwrap();
+    let files = ["config.json", "tokenizer.json", "model.safetensors"];
     let run_id = c
         .client
         .start(&submission(
             "warm",
             json!([
                 { "id": "download", "type": "model.download",
-                  "params": { "repo": MINILM, "files": ["config.json", "tokenizer.json", "model.safetensors"] } },
-                embed("first", "download"),
-                embed("second", "first"),
+                  "params": { "repo": MINILM, "files": files, "upload": true } },
+                { "id": "first", "type": "inference.embed", "depends_on": ["download"],
+                  "params": { "texts": texts } },
+                { "id": "second", "type": "inference.embed", "depends_on": ["first"],
+                  "params": { "input_key": "inputs/texts.jsonl" } },
             ]),
         ))
         .await
@@ -491,24 +503,128 @@ async fn a_second_embedding_task_does_not_reload_the_model() {
         load(&second) * 10 <= load(&first).max(10),
         "{first} / {second}"
     );
-    // The worker advertises what it holds.
-    let worker_id = c
+    // Same model, same texts (inline, then from the bucket): the same bytes.
+    let body = |o: &Document| {
+        let key = o.get_str("key").unwrap().to_owned();
+        let storage = storage.clone();
+        async move { storage.get_bytes(&key).await.unwrap() }
+    };
+    assert_eq!(body(&first).await, body(&second).await);
+
+    // The snapshot was copied to the bucket, file by file.
+    let download = outputs(&c.client.task(run_id, "download").await.unwrap());
+    let artifact = c
         .client
-        .task(run_id, "second")
+        .store
+        .model_artifacts()
+        .get(download.get_object_id("model_artifact_id").unwrap())
         .await
         .unwrap()
-        .worker_id
         .unwrap();
+    assert!(artifact.path.starts_with("s3://"), "{}", artifact.path);
+    for f in &artifact.files {
+        let key = f.s3_key.as_ref().unwrap();
+        assert!(key.starts_with(&format!("models/{MINILM}/{}/", artifact.version)));
+        assert_eq!(storage.head(key).await.unwrap(), Some(f.size_bytes));
+    }
+
+    // The worker advertises what it holds.
+    let second_task = c.client.task(run_id, "second").await.unwrap();
     let w = c
         .client
         .store
         .workers()
-        .get(&worker_id)
+        .get(second_task.worker_id.as_deref().unwrap())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(w.models_cached, vec![MINILM.to_owned()]);
     assert_eq!(w.models_loaded.len(), 1, "{:?}", w.models_loaded);
+
+    // A retried task overwrites its output and its pointer: still one, from the new attempt.
+    let out = c
+        .scope
+        .scheduler_cli(&["retry", "task", &run_id.to_hex(), "second"])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the retried task to succeed", RUN, || async {
+        let t = c.client.task(run_id, "second").await?;
+        let again = t.status == TaskStatus::Succeeded && t.attempt > second_task.attempt;
+        Ok(again.then_some(()))
+    })
+    .await
+    .unwrap();
+    let retried = c.client.task(run_id, "second").await.unwrap();
+    let pointers = c
+        .client
+        .store
+        .artifacts()
+        .for_producer(second_task.id)
+        .await
+        .unwrap();
+    assert_eq!(pointers.len(), 1, "{pointers:#?}");
+    assert_eq!(pointers[0].attempt, retried.attempt);
+    assert_eq!(retried.output_artifact_ids, vec![pointers[0].id]);
+}
+
+/// The Hub token goes to the Hub, and nowhere else: not to the logs, not to MongoDB.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_hub_token_reaches_the_hub_and_nowhere_else() {
+    const TOKEN: &str = "hf_test_token_8c1f0e42d7";
+    let root = Scope::new("token-files").dir.join("mirror");
+    models::synthetic_repo(&root, "org/private", 1000).unwrap();
+    let mirror = models::serve_mirror(&root).await.unwrap();
+    let mut scope = Scope::new("hub-token");
+    scope.config.models.hub_endpoint = mirror.url.clone();
+    let c = cluster_in(scope, SCHEDULER, &[]).await.unwrap();
+    let mut cmd = c.scope.command("harmonia-worker").unwrap();
+    cmd.env("HARMONIA_HUB_TOKEN", TOKEN)
+        .env("HARMONIA_LOG", "debug")
+        .args(WORKER)
+        .args(["--gpus", "none"]);
+    let log = c.scope.dir.join("token-worker.log");
+    let _worker =
+        harmonia_tests::process::ChildGuard::spawn("token-worker", &mut cmd, &log).unwrap();
+    let run_id = c
+        .client
+        .start(&submission(
+            "token",
+            json!([{ "id": "get", "type": "model.download", "params": { "repo": "org/private" } }]),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.client.finished(run_id, RUN).await.unwrap().status,
+        RunStatus::Succeeded
+    );
+    let seen = mirror.mirror.authorizations.lock().unwrap().clone();
+    assert!(
+        !seen.is_empty() && seen.iter().all(|a| a == &format!("Bearer {TOKEN}")),
+        "{seen:?}"
+    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("task started"),
+        "the worker logged at debug level"
+    );
+    assert!(!logged.contains(TOKEN), "the token is in the worker log");
+    let db = c.client.store.db();
+    for name in db.list_collection_names().await.unwrap() {
+        let docs: Vec<Document> = futures::TryStreamExt::try_collect(
+            db.collection::<Document>(&name)
+                .find(Document::new())
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        let text = format!("{docs:?}");
+        assert!(!text.contains(TOKEN), "the token is in {name}");
+    }
 }
 
 /// Greedy generation with the quantized SmolLM2 is deterministic and counts its tokens.

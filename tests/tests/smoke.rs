@@ -253,7 +253,13 @@ async fn concurrent_migrations_on_a_fresh_database_all_succeed() {
             r.unwrap().unwrap();
         }
         let names = store.db().list_collection_names().await.unwrap();
-        for c in ["run_tasks", "model_artifacts", "checksums", "licenses", "artifacts"] {
+        for c in [
+            "run_tasks",
+            "model_artifacts",
+            "checksums",
+            "licenses",
+            "artifacts",
+        ] {
             assert!(names.iter().any(|n| n == c), "{c} missing from {names:?}");
         }
     }

@@ -130,6 +130,30 @@ fn conversions(dir: &Path) {
     }
 }
 
+fn generation(root: &Path) {
+    let path = root.join(SMOLLM).join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let started = Instant::now();
+    let g = harmonia_worker::models::llama::Generator::load(&path, &Device::Cpu).unwrap();
+    println!(
+        "load SmolLM2-135M Q4_1 GGUF: {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    let started = Instant::now();
+    let out = g
+        .generate("Write a haiku about job queues.", true, 64, 0.0, 0, &|| {
+            false
+        })
+        .unwrap()
+        .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "generate (greedy, prompt {} tokens): {:.1} tokens/s ({} tokens in {secs:.2} s)",
+        out.prompt_tokens,
+        out.completion_tokens as f64 / secs,
+        out.completion_tokens
+    );
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let root = env_path("HARMONIA_HUB_ROOT");
@@ -152,4 +176,5 @@ fn main() {
     rt.block_on(downloads(&std::env::var("HARMONIA_HUB_ENDPOINT").unwrap()));
     embeddings(&minilm, &sentences, Duration::from_secs(secs));
     conversions(&minilm);
+    generation(&root);
 }

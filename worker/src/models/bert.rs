@@ -21,6 +21,9 @@ pub struct Embedder {
     pub max_len: usize,
     /// Bytes of weights held, for the pool's budget.
     pub weight_bytes: u64,
+    /// One single-threaded pool per core, for small batches (see [`Embedder::embed`]);
+    /// candle's matmuls run inside them without fanning out to other cores.
+    lanes: Vec<rayon::ThreadPool>,
 }
 
 impl std::fmt::Debug for Embedder {
@@ -88,7 +91,13 @@ impl Embedder {
             }))
             .map_err(|e| ModelError::Format(format!("tokenizer truncation: {e}")))?;
         tokenizer.with_padding(None);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let lanes = (0..cores)
+            .map(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build())
+            .collect::<Result<_, _>>()
+            .map_err(|e| ModelError::Format(format!("thread pool: {e}")))?;
         Ok(Self {
+            lanes,
             model,
             tokenizer,
             device: device.clone(),
@@ -106,8 +115,8 @@ impl Embedder {
         texts: &[String],
         batch_size: usize,
         normalize: bool,
-        cancelled: &dyn Fn() -> bool,
-        progress: &dyn Fn(usize),
+        cancelled: &(dyn Fn() -> bool + Sync),
+        progress: &(dyn Fn(usize) + Sync),
     ) -> Result<Option<Vec<Vec<f32>>>, ModelError> {
         let encodings = self
             .tokenizer
@@ -115,48 +124,107 @@ impl Embedder {
             .map_err(|e| ModelError::Format(format!("tokenizing: {e}")))?;
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| encodings[i].get_ids().len());
+        let batches: Vec<&[usize]> = order.chunks(batch_size.max(1)).collect();
+        // Small batches are latency-bound: they run side by side, one single-threaded lane
+        // per core. Large ones are compute-bound: one at a time, with candle's matmuls using
+        // every core. Measured on 2 cores (MiniLM, 100 sentences): batch 1, 74 -> 121
+        // sentences/s with lanes; batch 32, 157 in turn but 109 split over lanes.
+        if batch_size >= LANE_MAX_BATCH || self.lanes.len() < 2 {
+            let mut out = vec![Vec::new(); texts.len()];
+            let mut done = 0;
+            for batch in batches {
+                if cancelled() {
+                    return Ok(None);
+                }
+                let rows = self.forward(batch.iter().map(|&i| &encodings[i]), normalize)?;
+                for (&i, row) in batch.iter().zip(rows) {
+                    out[i] = row;
+                }
+                done += batch.len();
+                progress(done);
+            }
+            return Ok(Some(out));
+        }
+        let items = batches;
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let results: Vec<std::sync::Mutex<Option<Vec<Vec<f32>>>>> =
+            items.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        let failed: std::sync::Mutex<Option<ModelError>> = std::sync::Mutex::new(None);
+        std::thread::scope(|scope| {
+            for lane in &self.lanes {
+                scope.spawn(|| {
+                    lane.install(|| {
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if i >= items.len() || cancelled() || lock(&failed).is_some() {
+                                return;
+                            }
+                            match self.forward(items[i].iter().map(|&j| &encodings[j]), normalize) {
+                                Ok(rows) => {
+                                    *lock(&results[i]) = Some(rows);
+                                    let n = done.fetch_add(
+                                        items[i].len(),
+                                        std::sync::atomic::Ordering::Relaxed,
+                                    );
+                                    progress(n + items[i].len());
+                                }
+                                Err(e) => {
+                                    *lock(&failed) = Some(e);
+                                    return;
+                                }
+                            }
+                        }
+                    });
+                });
+            }
+        });
+        if let Some(e) = lock(&failed).take() {
+            return Err(e);
+        }
         let mut out = vec![Vec::new(); texts.len()];
-        let mut done = 0;
-        for batch in order.chunks(batch_size.max(1)) {
-            if cancelled() {
-                return Ok(None);
-            }
-            let width = batch
-                .iter()
-                .map(|&i| encodings[i].get_ids().len())
-                .max()
-                .unwrap_or(0);
-            let (mut ids, mut mask) = (
-                Vec::with_capacity(batch.len() * width),
-                Vec::with_capacity(batch.len() * width),
-            );
-            for &i in batch {
-                let e = &encodings[i];
-                let n = e.get_ids().len();
-                ids.extend_from_slice(e.get_ids());
-                ids.extend(std::iter::repeat_n(0, width - n));
-                mask.extend(std::iter::repeat_n(1u32, n));
-                mask.extend(std::iter::repeat_n(0u32, width - n));
-            }
-            let shape = (batch.len(), width);
-            let ids = Tensor::from_vec(ids, shape, &self.device)?;
-            let mask = Tensor::from_vec(mask, shape, &self.device)?;
-            let types = ids.zeros_like()?;
-            let hidden = self.model.forward(&ids, &types, Some(&mask))?;
-            let pooled = mean_pool(&hidden, &mask)?;
-            let pooled = if normalize {
-                l2_normalize(&pooled)?
-            } else {
-                pooled
+        for (item, rows) in items.iter().zip(results) {
+            let Some(rows) = rows.into_inner().unwrap_or_else(|e| e.into_inner()) else {
+                return Ok(None); // cancelled
             };
-            let rows: Vec<Vec<f32>> = pooled.to_dtype(DType::F32)?.to_vec2()?;
-            for (&i, row) in batch.iter().zip(rows) {
+            for (&i, row) in item.iter().zip(rows) {
                 out[i] = row;
             }
-            done += batch.len();
-            progress(done);
         }
         Ok(Some(out))
+    }
+
+    /// One padded batch through the model: pooled (and normalised) rows in batch order.
+    fn forward<'e>(
+        &self,
+        batch: impl ExactSizeIterator<Item = &'e tokenizers::Encoding> + Clone,
+        normalize: bool,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let rows = batch.len();
+        let width = batch.clone().map(|e| e.get_ids().len()).max().unwrap_or(0);
+        let (mut ids, mut mask) = (
+            Vec::with_capacity(rows * width),
+            Vec::with_capacity(rows * width),
+        );
+        for e in batch {
+            let n = e.get_ids().len();
+            ids.extend_from_slice(e.get_ids());
+            ids.extend(std::iter::repeat_n(0, width - n));
+            mask.extend(std::iter::repeat_n(1u32, n));
+            mask.extend(std::iter::repeat_n(0u32, width - n));
+        }
+        let shape = (rows, width);
+        let ids = Tensor::from_vec(ids, shape, &self.device)?;
+        let mask = Tensor::from_vec(mask, shape, &self.device)?;
+        let types = ids.zeros_like()?;
+        let hidden = self.model.forward(&ids, &types, Some(&mask))?;
+        let pooled = mean_pool(&hidden, &mask)?;
+        let pooled = if normalize {
+            l2_normalize(&pooled)?
+        } else {
+            pooled
+        };
+        Ok(pooled.to_dtype(DType::F32)?.to_vec2()?)
     }
 }
 
@@ -186,4 +254,11 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
     let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
     dot / (na * nb).max(f32::MIN_POSITIVE)
+}
+
+/// Batches of at most this many texts run on the per-core lanes.
+const LANE_MAX_BATCH: usize = 8;
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

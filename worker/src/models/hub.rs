@@ -16,7 +16,7 @@ use hf_hub::api::tokio::{Api, ApiBuilder};
 use hf_hub::{Cache, Repo, RepoType};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
-use tokio::io::AsyncWriteExt;
+use std::io::Write;
 use tokio_util::sync::CancellationToken;
 
 use super::cache::{LockError, RepoCache};
@@ -339,53 +339,57 @@ impl Hub {
         } else {
             Hasher::new(total, expected)
         };
-        let mut out = tokio::fs::OpenOptions::new()
+        // Writing and hashing run on their own thread, fed through a bounded channel, so
+        // they overlap with receiving; the async side only moves buffers.
+        let out_file = std::fs::OpenOptions::new()
             .create(true)
             .write(true)
             .truncate(!resumed)
             .append(resumed)
-            .open(part)
-            .await?;
-        let mut hasher = hasher;
+            .open(part)?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+        let sink = tokio::task::spawn_blocking(move || {
+            let mut hasher = hasher;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, out_file);
+            while let Some(chunk) = rx.blocking_recv() {
+                hasher.update(&chunk);
+                out.write_all(&chunk)?;
+            }
+            out.flush()?;
+            Ok::<_, std::io::Error>(hasher)
+        });
         let mut body = response.bytes_stream();
         let started = Instant::now();
         let mut transferred = 0u64;
-        let mut buffered: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
-        loop {
+        let ended = loop {
             let chunk = tokio::select! {
-                () = cancel.cancelled() => {
-                    // What arrived so far stays for the next attempt to resume from.
-                    out.write_all(&buffered).await?;
-                    out.flush().await?;
-                    return Err(HubError::Cancelled);
-                }
+                () = cancel.cancelled() => break Err(HubError::Cancelled),
                 c = body.next() => c,
             };
-            let Some(chunk) = chunk else { break };
             let chunk = match chunk {
-                Ok(c) => c,
-                Err(source) => {
-                    out.write_all(&buffered).await?;
-                    out.flush().await?;
-                    return Err(net(source));
-                }
+                None => break Ok(()),
+                Some(Err(source)) => break Err(net(source)),
+                Some(Ok(c)) => c,
             };
-            hasher.update(&chunk);
             transferred += chunk.len() as u64;
-            buffered.extend_from_slice(&chunk);
-            if buffered.len() >= WRITE_BATCH {
-                out.write_all(&buffered).await?;
-                buffered.clear();
+            if tx.send(chunk).await.is_err() {
+                break Ok(()); // the writer failed; its error is reported below
             }
             progress(Stage::Downloading {
                 done: start + transferred,
                 total,
                 elapsed: started.elapsed(),
             });
-        }
-        out.write_all(&buffered).await?;
-        out.flush().await?;
-        out.sync_all().await?;
+        };
+        drop(body); // closes the connection at once on cancel
+        drop(tx);
+        // What arrived so far is on disk either way: the next attempt resumes from it. The
+        // file is not fsynced: a blob is re-hashed on every cache hit, so a torn write after a
+        // crash is caught there rather than paid for here.
+        let hasher = sink
+            .await
+            .map_err(|e| HubError::Io(std::io::Error::other(e)))??;
+        ended?;
         if hasher.bytes() != total {
             // A short body: keep it, the next attempt resumes.
             return Err(HubError::Truncated {
@@ -397,9 +401,6 @@ impl Hub {
         Ok((hasher.finish(), transferred))
     }
 }
-
-/// Writes go to disk in batches of this size (fewer blocking-pool hops than per chunk).
-const WRITE_BATCH: usize = 4 << 20;
 
 /// What a fetch is doing, for progress reports.
 #[derive(Debug, Clone, Copy)]
