@@ -402,7 +402,9 @@ async fn cancel_stops_a_slow_download_and_a_retry_resumes() {
         .task_reaches(run_id, "get", TaskStatus::Cancelled)
         .await
         .unwrap();
-    // The transfer stops: the mirror's count settles within 2 s of the request.
+    // The transfer stops: the mirror's count settles within 2 s of the request. "Stopped" can
+    // only be observed as no bytes over a window (300 ms; the throttled mirror sends a 64 KiB
+    // chunk every ~33 ms while a transfer runs), so this wait samples rather than sleeps.
     let settled = wait_for("the transfer to stop", Duration::from_secs(10), || async {
         let before = mirror.mirror.bytes_served.load(Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(300)).await;
