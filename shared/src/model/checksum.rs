@@ -20,6 +20,15 @@ pub enum ExpectedSource {
     Produced,
 }
 
+/// What was checked, by whom: the fields every record needs.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckOf<'a> {
+    pub repo: &'a str,
+    pub revision: &'a str,
+    pub verified_by: &'a str,
+    pub task_id: ObjectId,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Checksum {
     #[serde(rename = "_id")]
@@ -40,4 +49,39 @@ pub struct Checksum {
     pub verified_by: String,
     pub task_id: Option<ObjectId>,
     pub verified_at: DateTime,
+}
+
+impl Checksum {
+    /// A successful check of `file` that computed `value`; `expected` is what it was compared
+    /// with (none for files this system wrote).
+    pub fn new(
+        of: CheckOf<'_>,
+        file: &str,
+        value: String,
+        expected: Option<&str>,
+        source: ExpectedSource,
+        size_bytes: u64,
+    ) -> Self {
+        Self {
+            id: ObjectId::new(),
+            artifact_id: None,
+            repo: of.repo.to_owned(),
+            revision: of.revision.to_owned(),
+            file: file.to_owned(),
+            algorithm: if source == ExpectedSource::GitBlob {
+                "git-sha1"
+            } else {
+                "sha256"
+            }
+            .into(),
+            value,
+            expected: expected.map(str::to_owned),
+            expected_source: source,
+            ok: true,
+            size_bytes,
+            verified_by: of.verified_by.to_owned(),
+            task_id: Some(of.task_id),
+            verified_at: DateTime::now(),
+        }
+    }
 }

@@ -12,7 +12,7 @@ pub mod task_types; // known task types and their submit-time parameter checks
 pub mod worker; // workers
 
 pub use artifact::{Artifact, StorageRef};
-pub use checksum::{Checksum, ExpectedSource};
+pub use checksum::{CheckOf, Checksum, ExpectedSource};
 pub use license::License;
 pub use model_artifact::{ArtifactFile, Lineage, ModelArtifact};
 pub use rejection::SubmissionRejection;

@@ -75,23 +75,16 @@ impl ArtifactRepo {
     }
 
     pub async fn for_run(&self, run_id: ObjectId) -> Result<Vec<Artifact>, StoreError> {
-        use futures::TryStreamExt;
-        Ok(self
-            .coll
-            .find(doc! { "run_id": run_id })
-            .sort(doc! { "created_at": 1 })
-            .await?
-            .try_collect()
-            .await?)
+        super::find_all(
+            &self.coll,
+            doc! { "run_id": run_id },
+            doc! { "created_at": 1 },
+        )
+        .await
     }
 
     pub async fn for_producer(&self, producer_id: ObjectId) -> Result<Vec<Artifact>, StoreError> {
-        use futures::TryStreamExt;
-        Ok(self
-            .coll
-            .find(doc! { "producer_id": producer_id })
-            .await?
-            .try_collect()
-            .await?)
+        let filter = doc! { "producer_id": producer_id };
+        super::find_all(&self.coll, filter, doc! { "name": 1 }).await
     }
 }

@@ -44,25 +44,17 @@ impl ChecksumRepo {
     }
 
     pub async fn for_task(&self, task_id: ObjectId) -> Result<Vec<Checksum>, StoreError> {
-        use futures::TryStreamExt;
-        Ok(self
-            .coll
-            .find(doc! { "task_id": task_id })
-            .sort(doc! { "verified_at": 1 })
-            .await?
-            .try_collect()
-            .await?)
+        super::find_all(
+            &self.coll,
+            doc! { "task_id": task_id },
+            doc! { "verified_at": 1 },
+        )
+        .await
     }
 
     pub async fn for_artifact(&self, artifact_id: ObjectId) -> Result<Vec<Checksum>, StoreError> {
-        use futures::TryStreamExt;
-        Ok(self
-            .coll
-            .find(doc! { "artifact_id": artifact_id })
-            .sort(doc! { "verified_at": 1 })
-            .await?
-            .try_collect()
-            .await?)
+        let filter = doc! { "artifact_id": artifact_id };
+        super::find_all(&self.coll, filter, doc! { "verified_at": 1 }).await
     }
 
     /// Files of a failed verification are recorded before any artifact exists; once one is

@@ -149,6 +149,19 @@ impl Store {
     }
 }
 
+/// Every document matching `filter`, in `sort` order.
+pub(crate) async fn find_all<T>(
+    coll: &mongodb::Collection<T>,
+    filter: Document,
+    sort: Document,
+) -> Result<Vec<T>, StoreError>
+where
+    T: serde::de::DeserializeOwned + Send + Sync,
+{
+    use futures::TryStreamExt;
+    Ok(coll.find(filter).sort(sort).await?.try_collect().await?)
+}
+
 /// Drops `user:password@` from a URI so it can be logged.
 pub fn redact_uri(uri: &str) -> String {
     match (uri.find("://"), uri.rfind('@')) {

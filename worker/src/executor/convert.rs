@@ -9,10 +9,11 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use harmonia_shared::error::ExecError;
 use harmonia_shared::model::task_params::ConvertParams;
-use harmonia_shared::model::{ArtifactFile, Checksum, ExpectedSource, Lineage, ModelArtifact};
+use harmonia_shared::model::{
+    ArtifactFile, CheckOf, Checksum, ExpectedSource, Lineage, ModelArtifact,
+};
 use harmonia_shared::store::model_artifacts::Registration;
-use mongodb::bson::oid::ObjectId;
-use mongodb::bson::{DateTime, Document, doc};
+use mongodb::bson::{Document, doc};
 
 use super::params::{self, parse, storage_err, store_err};
 use super::{Executor, TaskContext};
@@ -200,22 +201,21 @@ async fn register(
             .put_file(&key, &path, "application/octet-stream")
             .await
             .map_err(storage_err)?;
-        checks.push(Checksum {
-            id: ObjectId::new(),
-            artifact_id: None,
-            repo: source.name.clone(),
-            revision: version.clone(),
-            file: name.clone(),
-            algorithm: "sha256".into(),
-            value: digests.sha256.clone(),
-            expected: None,
-            expected_source: ExpectedSource::Produced,
-            ok: true,
-            size_bytes: digests.size,
-            verified_by: ctx.env.worker_id.clone(),
-            task_id: Some(ctx.task.id),
-            verified_at: DateTime::now(),
-        });
+        let of = CheckOf {
+            repo: &source.name,
+            revision: &version,
+            verified_by: &ctx.env.worker_id,
+            task_id: ctx.task.id,
+        };
+        let size = digests.size;
+        checks.push(Checksum::new(
+            of,
+            &name,
+            digests.sha256.clone(),
+            None,
+            ExpectedSource::Produced,
+            size,
+        ));
         files.push(ArtifactFile {
             name,
             size_bytes: digests.size,

@@ -9,10 +9,9 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use harmonia_shared::error::ExecError;
 use harmonia_shared::model::task_params::{DownloadParams, check_file_name};
-use harmonia_shared::model::{ArtifactFile, Checksum, ExpectedSource, license};
+use harmonia_shared::model::{ArtifactFile, CheckOf, Checksum, ExpectedSource, license};
 use harmonia_shared::store::model_artifacts::Registration;
-use mongodb::bson::oid::ObjectId;
-use mongodb::bson::{DateTime, Document, doc};
+use mongodb::bson::{Document, doc};
 
 use super::params::{parse, storage_err, store_err};
 use super::{Executor, TaskContext};
@@ -93,7 +92,17 @@ async fn run(ctx: &TaskContext) -> Result<Document, ExecError> {
                 got,
                 size,
             }) => {
-                let failed = checksum(ctx, &p, &f, &want, got.clone(), source, size, false);
+                let failed = Checksum {
+                    ok: false,
+                    ..Checksum::new(
+                        check_of(ctx, &p),
+                        &f,
+                        got.clone(),
+                        Some(&want),
+                        source,
+                        size,
+                    )
+                };
                 ctx.env
                     .store
                     .checksums()
@@ -114,15 +123,13 @@ async fn run(ctx: &TaskContext) -> Result<Document, ExecError> {
             Expected::Sha256(_) => fetched.digests.sha256.clone(),
             Expected::GitSha1(_) => fetched.digests.git_sha1.clone().unwrap_or_default(),
         };
-        checks.push(checksum(
-            ctx,
-            &p,
+        checks.push(Checksum::new(
+            check_of(ctx, &p),
             name,
-            expected.value(),
             value,
+            Some(expected.value()),
             source,
             fetched.digests.size,
-            true,
         ));
         verified.push((name.to_owned(), fetched));
     }
@@ -237,37 +244,12 @@ fn select_files(p: &DownloadParams, listing: &Listing) -> Result<Vec<RemoteFile>
     Ok(out)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn checksum(
-    ctx: &TaskContext,
-    p: &DownloadParams,
-    file: &str,
-    expected: &str,
-    value: String,
-    source: ExpectedSource,
-    size: u64,
-    ok: bool,
-) -> Checksum {
-    Checksum {
-        id: ObjectId::new(),
-        artifact_id: None,
-        repo: p.repo.clone(),
-        revision: p.revision.clone(),
-        file: file.to_owned(),
-        algorithm: if source == ExpectedSource::GitBlob {
-            "git-sha1"
-        } else {
-            "sha256"
-        }
-        .into(),
-        value,
-        expected: Some(expected.to_owned()),
-        expected_source: source,
-        ok,
-        size_bytes: size,
-        verified_by: ctx.env.worker_id.clone(),
-        task_id: Some(ctx.task.id),
-        verified_at: DateTime::now(),
+fn check_of<'a>(ctx: &'a TaskContext, p: &'a DownloadParams) -> CheckOf<'a> {
+    CheckOf {
+        repo: &p.repo,
+        revision: &p.revision,
+        verified_by: &ctx.env.worker_id,
+        task_id: ctx.task.id,
     }
 }
 
