@@ -81,3 +81,34 @@ pub fn synthetic_repo(root: &Path, repo: &str, size: usize) -> anyhow::Result<Ve
     )?;
     Ok(bytes)
 }
+
+/// How long a model run may take in tests.
+pub const RUN: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A cluster whose workers download from `mirror`: one worker per entry of `slots` (its CPU
+/// slots), with the test timings.
+pub async fn cluster(
+    name: &str,
+    mirror: &RunningMirror,
+    slots: &[&str],
+) -> anyhow::Result<crate::cluster::Cluster> {
+    let mut scope = crate::Scope::new(name);
+    scope.config.models.hub_endpoint = mirror.url.clone();
+    let workers: Vec<Vec<&str>> = slots
+        .iter()
+        .map(|s| {
+            let mut args = crate::cluster::WORKER.to_vec();
+            if let Some(at) = args.iter().position(|a| *a == "--cpu-slots") {
+                args[at + 1] = s;
+            }
+            args.extend(["--gpus", "none"]);
+            args
+        })
+        .collect();
+    crate::cluster::cluster_in(scope, crate::cluster::SCHEDULER, &workers).await
+}
+
+/// A task's outputs (empty when it has none).
+pub fn outputs(task: &harmonia_shared::model::RunTask) -> mongodb::bson::Document {
+    task.outputs.clone().unwrap_or_default()
+}
