@@ -7,8 +7,9 @@
 use std::time::Duration;
 
 use harmonia_shared::model::{RunStatus, TaskStatus};
-use harmonia_tests::cluster::{LONG, SCHEDULER, cluster, ms};
-use harmonia_tests::{submission, wait_for};
+use harmonia_tests::cluster::{LONG, SCHEDULER, WORKER, cluster, cluster_in, ms};
+use harmonia_tests::servers::RedisServer;
+use harmonia_tests::{Scope, submission, wait_for};
 use redis::AsyncCommands;
 use serde_json::json;
 
@@ -254,7 +255,16 @@ async fn gpu_tasks_run_only_on_a_fitting_worker_and_one_at_a_time() {
 
 #[tokio::test]
 async fn a_run_survives_a_redis_flushall() {
-    let c = cluster("flush", &["none", "none"]).await.unwrap();
+    // FLUSHALL would also wipe the other tests of this suite (their submissions not yet read
+    // by their scheduler live only in Redis), so this test gets a Redis of its own.
+    let mut scope = Scope::new("flush");
+    let redis = RedisServer::start(&scope.dir.join("redis")).await.unwrap();
+    scope.config.redis.url = redis.url.clone();
+    let mut worker = WORKER.to_vec();
+    worker.extend(["--gpus", "none"]);
+    let c = cluster_in(scope, SCHEDULER, &[worker.clone(), worker])
+        .await
+        .unwrap();
     let mut tasks = vec![];
     for (i, dep) in ["", "s0", "s1", "s2"].iter().enumerate() {
         let deps: Vec<&str> = if dep.is_empty() { vec![] } else { vec![dep] };
