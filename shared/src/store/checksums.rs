@@ -43,6 +43,18 @@ impl ChecksumRepo {
         Ok(())
     }
 
+    /// Records successful checks of the files of one artifact.
+    pub async fn record_for(
+        &self,
+        artifact_id: ObjectId,
+        mut records: Vec<Checksum>,
+    ) -> Result<(), StoreError> {
+        for r in &mut records {
+            r.artifact_id = Some(artifact_id);
+        }
+        self.record_many(&records).await
+    }
+
     pub async fn for_task(&self, task_id: ObjectId) -> Result<Vec<Checksum>, StoreError> {
         super::find_all(
             &self.coll,
@@ -55,17 +67,5 @@ impl ChecksumRepo {
     pub async fn for_artifact(&self, artifact_id: ObjectId) -> Result<Vec<Checksum>, StoreError> {
         let filter = doc! { "artifact_id": artifact_id };
         super::find_all(&self.coll, filter, doc! { "verified_at": 1 }).await
-    }
-
-    /// Files of a failed verification are recorded before any artifact exists; once one is
-    /// registered, its successful checks point at it.
-    pub async fn attach(&self, ids: &[ObjectId], artifact_id: ObjectId) -> Result<(), StoreError> {
-        self.coll
-            .update_many(
-                doc! { "_id": { "$in": ids } },
-                doc! { "$set": { "artifact_id": artifact_id } },
-            )
-            .await?;
-        Ok(())
     }
 }

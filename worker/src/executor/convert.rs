@@ -251,13 +251,10 @@ async fn register(
         })
         .await
         .map_err(store_err)?;
-    for c in &mut checks {
-        c.artifact_id = Some(artifact.id);
-    }
     ctx.env
         .store
         .checksums()
-        .record_many(&checks)
+        .record_for(artifact.id, checks)
         .await
         .map_err(store_err)?;
     Ok(artifact)

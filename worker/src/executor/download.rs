@@ -187,13 +187,10 @@ async fn run(ctx: &TaskContext) -> Result<Document, ExecError> {
         })
         .await
         .map_err(store_err)?;
-    for c in &mut checks {
-        c.artifact_id = Some(artifact.id);
-    }
     ctx.env
         .store
         .checksums()
-        .record_many(&checks)
+        .record_for(artifact.id, checks)
         .await
         .map_err(store_err)?;
     ctx.progress("done", 100.0, None);
