@@ -219,3 +219,70 @@ async fn sigterm_drains_in_flight_tasks_and_leaves_the_group() {
             .collect::<Vec<_>>()
     );
 }
+
+/// `submit` sends a submission again when Redis loses it before any scheduler read it (here a
+/// FLUSHALL on a private Redis), and gets its reply.
+#[tokio::test(flavor = "multi_thread")]
+async fn submit_resends_a_submission_redis_lost() {
+    let mut scope = harmonia_tests::Scope::new("resubmit");
+    let redis = harmonia_tests::servers::RedisServer::start(&scope.dir.join("redis"))
+        .await
+        .unwrap();
+    scope.config.redis.url = redis.url.clone();
+    let file = scope.dir.join("submission.json");
+    let body = submission("lost-once", json!([{ "id": "a", "type": "debug.noop" }]));
+    std::fs::write(&file, body.to_string()).unwrap();
+    let mut cli = scope.command("harmonia-scheduler").unwrap();
+    cli.args(["submit", file.to_str().unwrap(), "--timeout-s", "60"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let cli = tokio::process::Command::from(cli).spawn().unwrap();
+
+    // No scheduler yet: the entry waits in the stream, then Redis loses it.
+    let queue = harmonia_shared::queue::Queue::connect(&scope.config.redis)
+        .await
+        .unwrap();
+    let stream = queue.keys().submissions();
+    wait_for("the submission to be in Redis", LONG, || async {
+        let mut conn = queue.conn().await?;
+        let n: usize = conn.xlen(&stream).await?;
+        Ok((n == 1).then_some(()))
+    })
+    .await
+    .unwrap();
+    let mut conn = queue.conn().await.unwrap();
+    let () = redis::cmd("FLUSHALL")
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+
+    let _scheduler = scope
+        .spawn(
+            "scheduler",
+            "harmonia-scheduler",
+            harmonia_tests::cluster::SCHEDULER,
+        )
+        .unwrap();
+    let out = tokio::time::timeout(LONG, cli.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("\"accepted\""), "{stdout}");
+    assert!(stderr.contains("sending it again"), "{stderr}");
+    let store = harmonia_shared::store::Store::connect(&scope.config.mongo)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .runs()
+            .by_request_id("lost-once")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
