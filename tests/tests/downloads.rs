@@ -298,3 +298,66 @@ async fn the_hub_token_reaches_the_hub_and_nowhere_else() {
         assert!(!text.contains(TOKEN), "the token is in {name}");
     }
 }
+
+/// With the Hub unreachable, a model this host already holds is still served, verified again
+/// from the cache; one it does not hold fails retryably.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cached_model_is_served_when_the_hub_is_down() {
+    let root = Scope::new("offline-files").dir.join("mirror");
+    models::synthetic_repo(&root, "org/cached", 2_000_000).unwrap();
+    let mirror = models::serve_mirror(&root).await.unwrap();
+    let first = models::cluster("online", &mirror, &["1"]).await.unwrap();
+    let get = |repo: &str| {
+        json!([{ "id": "get", "type": "model.download", "max_attempts": 1,
+                                    "params": { "repo": repo } }])
+    };
+    let run = first
+        .client
+        .start(&submission("online", get("org/cached")))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.client.finished(run, RUN).await.unwrap().status,
+        RunStatus::Succeeded
+    );
+    let online = outputs(&first.client.task(run, "get").await.unwrap());
+
+    // Same host cache, and a Hub endpoint where nothing listens.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let mut scope = Scope::new("offline");
+    scope.config.models.cache_dir = first.scope.config.models.cache_dir.clone();
+    scope.config.models.hub_endpoint = dead_url;
+    let mut worker = WORKER.to_vec();
+    worker.extend(["--gpus", "none"]);
+    let c = cluster_in(scope, SCHEDULER, &[worker]).await.unwrap();
+    let run = c
+        .client
+        .start(&submission("offline", get("org/cached")))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.client.finished(run, RUN).await.unwrap().status,
+        RunStatus::Succeeded
+    );
+    let offline = outputs(&c.client.task(run, "get").await.unwrap());
+    assert_eq!(offline.get_i64("bytes_downloaded").unwrap(), 0);
+    assert_eq!(offline.get_i64("cache_hits").unwrap(), 2, "{offline}");
+    assert_eq!(
+        offline.get_str("commit").unwrap(),
+        online.get_str("commit").unwrap()
+    );
+
+    let run = c
+        .client
+        .start(&submission("never-seen", get("org/absent")))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.client.finished(run, RUN).await.unwrap().status,
+        RunStatus::Failed
+    );
+    let error = c.client.task(run, "get").await.unwrap().error.unwrap();
+    assert!(error.retryable, "{error:?}");
+}

@@ -32,7 +32,26 @@ async fn run(ctx: &TaskContext) -> Result<Document, ExecError> {
     ctx.progress("listing", 0.0, Some(format!("{}@{}", p.repo, p.revision)));
     let listing = tokio::select! {
         () = ctx.cancel.cancelled() => return Err(ExecError::Cancelled),
-        l = hub.listing(&p.repo, &p.revision) => l?,
+        l = hub.listing(&p.repo, &p.revision) => l,
+    };
+    let listing = match listing {
+        Ok(l) => l,
+        // The Hub is unreachable or failing: what this host already holds (verified again
+        // below, against the names the blobs were stored under) still serves.
+        Err(e) if e.is_unavailable() => match hub.cached_listing(&p.repo, &p.revision) {
+            // Every asked-for file must be here; otherwise it is a retry for when the Hub is back.
+            Some(cached)
+                if p.files
+                    .iter()
+                    .flatten()
+                    .all(|f| cached.siblings.iter().any(|s| &s.rfilename == f)) =>
+            {
+                tracing::warn!(repo = %p.repo, "the Hub is unavailable ({e}); using the host cache");
+                cached
+            }
+            _ => return Err(e.into()),
+        },
+        Err(e) => return Err(e.into()),
     };
     let files = select_files(&p, &listing)?;
     let total: u64 = files.iter().filter_map(|f| f.size_bytes()).sum();

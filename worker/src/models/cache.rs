@@ -35,6 +35,17 @@ impl RepoCache {
         self.dir.join("snapshots").join(commit)
     }
 
+    /// The commit this revision resolved to when it was last fetched here (a revision that is
+    /// itself a cached commit resolves to itself).
+    pub fn cached_commit(&self) -> Option<String> {
+        let rev = self.repo.revision();
+        match std::fs::read_to_string(self.dir.join("refs").join(rev)) {
+            Ok(commit) => Some(commit.trim().to_owned()),
+            Err(_) if self.snapshot_dir(rev).is_dir() => Some(rev.to_owned()),
+            Err(_) => None,
+        }
+    }
+
     /// The commit the revision pointed to when it was last fetched, and the file's place in
     /// that snapshot, if cached (the lookup `hf-hub` itself does, no network).
     pub fn cached(&self, file: &str) -> Option<PathBuf> {

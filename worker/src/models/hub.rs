@@ -108,6 +108,17 @@ pub enum HubError {
     Client(String),
 }
 
+impl HubError {
+    /// The Hub could not answer (network, or a server error), as opposed to answering no.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Network { .. } => true,
+            Self::Status { status, .. } => status.is_server_error(),
+            _ => false,
+        }
+    }
+}
+
 impl From<HubError> for ExecError {
     fn from(e: HubError) -> Self {
         match &e {
@@ -168,6 +179,45 @@ impl Hub {
 
     pub fn cache_dir(&self) -> &std::path::Path {
         &self.cache_dir
+    }
+
+    /// The files this host's cache holds for `repo@revision`, as a listing: each snapshot
+    /// entry is a link named after its blob (the LFS sha256 or git id), which is what it will
+    /// be verified against. `None` when the revision was never fetched here.
+    pub fn cached_listing(&self, repo: &str, revision: &str) -> Option<Listing> {
+        let cache = self.repo_cache(repo, revision);
+        let commit = cache.cached_commit()?;
+        let root = cache.snapshot_dir(&commit);
+        let mut siblings = Vec::new();
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).ok()?.flatten() {
+                let path = entry.path();
+                if path.is_dir() && !path.is_symlink() {
+                    dirs.push(path);
+                    continue;
+                }
+                let blob = std::fs::read_link(&path).ok()?;
+                let blob_id = blob.file_name()?.to_str()?.to_owned();
+                let size = std::fs::metadata(&path).ok()?.len();
+                let rfilename = path.strip_prefix(&root).ok()?.to_str()?.to_owned();
+                let (lfs, blob_id) = match Expected::from_etag(&blob_id)? {
+                    Expected::Sha256(sha256) => (Some(Lfs { sha256, size }), None),
+                    Expected::GitSha1(id) => (None, Some(id)),
+                };
+                siblings.push(RemoteFile {
+                    rfilename,
+                    size: Some(size),
+                    blob_id,
+                    lfs,
+                });
+            }
+        }
+        siblings.sort_by(|a, b| a.rfilename.cmp(&b.rfilename));
+        Some(Listing {
+            sha: commit,
+            siblings,
+        })
     }
 
     /// Repos with something in this host's cache (`org/name`).
