@@ -104,6 +104,15 @@ async fn download_embed_convert_matches_the_reference() {
     assert_eq!(embed_task.output_artifact_ids, vec![artifact_id]);
     let pointers = store.artifacts().for_producer(embed_task.id).await.unwrap();
     assert_eq!(pointers.len(), 1);
+    // The CLI shows the run's outputs with it.
+    let out = c
+        .scope
+        .scheduler_cli(&["status", &run_id.to_hex(), "--json"])
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = status["artifacts"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["name"], "embeddings.jsonl");
     let key = &pointers[0].storage_ref.key;
     assert_eq!(
         key,

@@ -27,7 +27,9 @@ pub async fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<ExitCode>
     let tasks = store.tasks().for_run(id).await?;
     let mut out = std::io::stdout().lock();
     if args.json {
-        let doc = serde_json::json!({ "run": run, "tasks": tasks });
+        // Outputs in the bucket: the `artifacts` pointers the run's tasks wrote.
+        let artifacts = store.artifacts().for_run(id).await?;
+        let doc = serde_json::json!({ "run": run, "tasks": tasks, "artifacts": artifacts });
         serde_json::to_writer_pretty(&mut out, &doc)?;
         writeln!(out)?;
     } else {

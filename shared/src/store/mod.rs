@@ -138,6 +138,18 @@ impl Store {
         Ok(Some(run.with_aggregates(counts, failed)))
     }
 
+    /// Registers (or merges into) a model artifact and records the checks of its files against
+    /// it: what `model.download` and `model.convert` both end with.
+    pub async fn register_model(
+        &self,
+        registration: &model_artifacts::Registration<'_>,
+        checks: Vec<crate::model::Checksum>,
+    ) -> Result<crate::model::ModelArtifact, StoreError> {
+        let artifact = self.model_artifacts().register(registration).await?;
+        self.checksums().record_for(artifact.id, checks).await?;
+        Ok(artifact)
+    }
+
     /// The server's `hello` reply (role, replica set name, wire version).
     pub async fn hello(&self) -> Result<Document, StoreError> {
         Ok(self.db.run_command(doc! { "hello": 1 }).await?)

@@ -136,23 +136,6 @@ impl ModelArtifactRepo {
             .find_one(doc! { "name": name, "version": version })
             .await?)
     }
-
-    /// Records where a file's copy in the bucket is.
-    pub async fn set_s3_key(
-        &self,
-        id: ObjectId,
-        file: &str,
-        key: &str,
-        path: &str,
-    ) -> Result<(), StoreError> {
-        self.coll
-            .update_one(
-                doc! { "_id": id, "files.name": file },
-                doc! { "$set": { "files.$.s3_key": key, "path": path } },
-            )
-            .await?;
-        Ok(())
-    }
 }
 
 pub(crate) fn is_duplicate_key(e: &mongodb::error::Error) -> bool {

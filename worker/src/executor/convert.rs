@@ -235,26 +235,22 @@ async fn register(
     let artifact = ctx
         .env
         .store
-        .model_artifacts()
-        .register(&Registration {
-            name: &source.name,
-            version: &version,
-            revision: &source.revision,
-            path: &path,
-            files: &files,
-            source_url: &source.source_url,
-            license_id: source.license_id,
-            tags: &tags,
-            format: conversion.format(),
-            lineage: Some(&lineage),
-            worker: &ctx.env.worker_id,
-        })
-        .await
-        .map_err(store_err)?;
-    ctx.env
-        .store
-        .checksums()
-        .record_for(artifact.id, checks)
+        .register_model(
+            &Registration {
+                name: &source.name,
+                version: &version,
+                revision: &source.revision,
+                path: &path,
+                files: &files,
+                source_url: &source.source_url,
+                license_id: source.license_id,
+                tags: &tags,
+                format: conversion.format(),
+                lineage: Some(&lineage),
+                worker: &ctx.env.worker_id,
+            },
+            checks,
+        )
         .await
         .map_err(store_err)?;
     Ok(artifact)

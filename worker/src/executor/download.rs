@@ -190,26 +190,22 @@ async fn run(ctx: &TaskContext) -> Result<Document, ExecError> {
     let artifact = ctx
         .env
         .store
-        .model_artifacts()
-        .register(&Registration {
-            name: &p.repo,
-            version: &listing.sha,
-            revision: &p.revision,
-            path: &path,
-            files: &artifact_files,
-            source_url: &source_url,
-            license_id: license.as_ref().map(|l| l.id),
-            tags: &p.tags,
-            format: format_of(&artifact_files),
-            lineage: None,
-            worker: &ctx.env.worker_id,
-        })
-        .await
-        .map_err(store_err)?;
-    ctx.env
-        .store
-        .checksums()
-        .record_for(artifact.id, checks)
+        .register_model(
+            &Registration {
+                name: &p.repo,
+                version: &listing.sha,
+                revision: &p.revision,
+                path: &path,
+                files: &artifact_files,
+                source_url: &source_url,
+                license_id: license.as_ref().map(|l| l.id),
+                tags: &p.tags,
+                format: format_of(&artifact_files),
+                lineage: None,
+                worker: &ctx.env.worker_id,
+            },
+            checks,
+        )
         .await
         .map_err(store_err)?;
     ctx.progress("done", 100.0, None);

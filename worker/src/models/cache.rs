@@ -147,8 +147,6 @@ pub enum LockError {
     Cancelled,
 }
 
-pub use harmonia_shared::model::task_params::check_file_name;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,6 @@
 //! second pass), and re-downloads files already cached.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use futures::StreamExt;
 use harmonia_shared::error::ExecError;
@@ -409,7 +408,6 @@ impl Hub {
             Ok::<_, std::io::Error>(hasher)
         });
         let mut body = response.bytes_stream();
-        let started = Instant::now();
         let mut transferred = 0u64;
         let ended = loop {
             let chunk = tokio::select! {
@@ -428,7 +426,6 @@ impl Hub {
             progress(Stage::Downloading {
                 done: start + transferred,
                 total,
-                elapsed: started.elapsed(),
             });
         };
         drop(body); // closes the connection at once on cancel
@@ -457,11 +454,7 @@ impl Hub {
 pub enum Stage {
     WaitingForLock,
     Verifying,
-    Downloading {
-        done: u64,
-        total: u64,
-        elapsed: std::time::Duration,
-    },
+    Downloading { done: u64, total: u64 },
 }
 
 /// Hashes a cached file off the async threads; stops early on cancellation.

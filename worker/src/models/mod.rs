@@ -138,10 +138,6 @@ impl Models {
         }
         Ok(dir)
     }
-
-    pub fn storage(&self) -> &harmonia_shared::storage::Storage {
-        &self.storage
-    }
 }
 
 fn io(e: std::io::Error) -> ExecError {
