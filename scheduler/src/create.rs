@@ -111,6 +111,7 @@ pub fn documents(
                 attempt: 0,
                 attempt_base: 0,
                 publish_due: None,
+                published_epoch: None,
                 lease_token: None,
                 lease_expires_at: None,
                 cancel_requested: false,

@@ -1,14 +1,17 @@
 //! Reacts to task events: a success releases downstream tasks (queuing those now ready), a
 //! final failure skips everything downstream, a cancel cancels it. Events are acked after
-//! their effects; redelivery is harmless (every operation is idempotent).
+//! their effects; redelivery is harmless (every operation is idempotent). Events a dead replica
+//! read but never acked are taken over after `reclaim_after`.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::StreamExt;
 
 use harmonia_shared::model::TaskStatus;
 use harmonia_shared::queue::{SCHEDULER_GROUP, TaskEvent};
 use mongodb::bson::oid::ObjectId;
+use redis::streams::StreamId;
 use tokio::sync::broadcast;
 
 use crate::context::Scheduler;
@@ -19,6 +22,7 @@ const CONCURRENCY: usize = 64;
 pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) {
     let stream = ctx.queue.keys().events();
     let mut backlog = true;
+    let mut reclaimed_at = Instant::now();
     loop {
         let read = async {
             ctx.queue.ensure_group(&stream, SCHEDULER_GROUP).await?;
@@ -47,52 +51,94 @@ pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) {
         };
         if entries.is_empty() {
             backlog = false;
+            if reclaimed_at.elapsed() >= ctx.options.reclaim_after / 2 {
+                backlog = reclaim(&ctx).await;
+                reclaimed_at = Instant::now();
+            }
             continue;
         }
-        // Every handler is idempotent and commutes with the others ($pull, then queue what
-        // waits on nothing), so events are handled concurrently.
-        let results: Vec<(String, anyhow::Result<()>, Option<ObjectId>)> =
-            futures::stream::iter(entries)
-                .map(|entry| {
-                    let ctx = ctx.clone();
-                    async move {
-                        let event: Option<TaskEvent> = entry
-                            .get::<String>("payload")
-                            .and_then(|p| serde_json::from_str(&p).ok());
-                        let handled = match &event {
-                            Some(event) => handle(&ctx, event).await,
-                            None => Ok(()), // unreadable: nothing to do, drop it
-                        };
-                        let run = event.and_then(|e| ObjectId::parse_str(&e.run_id).ok());
-                        (entry.id, handled, run)
-                    }
-                })
-                .buffer_unordered(CONCURRENCY)
-                .collect()
-                .await;
-        // A run whose last tasks just ended is settled once per batch, not once per task.
-        let runs: std::collections::HashSet<ObjectId> =
-            results.iter().filter_map(|(_, _, run)| *run).collect();
-        for run_id in runs {
-            if let Err(e) = ctx.store.settle_run(run_id).await {
-                tracing::warn!(%run_id, "settling run: {e:#}");
-            }
-        }
-        let mut done = Vec::with_capacity(results.len());
-        for (id, result, _) in results {
-            match result {
-                Ok(()) => done.push(id),
-                Err(e) => {
-                    // Left pending: the backlog pass handles it again.
-                    tracing::warn!(entry = %id, "task event not handled yet: {e:#}");
-                    backlog = true;
-                }
-            }
-        }
-        if let Err(e) = ctx.queue.ack_delete(&stream, SCHEDULER_GROUP, &done).await {
-            tracing::warn!("acking task events: {e:#}");
+        if !handle_batch(&ctx, entries).await {
+            backlog = true;
         }
     }
+}
+
+/// Takes over events a dead (or stalled) replica read but never acked, so promotion of their
+/// downstream tasks does not wait for the repair pass. True when it took any: they are then in
+/// this consumer's backlog.
+async fn reclaim(ctx: &Scheduler) -> bool {
+    let stream = ctx.queue.keys().events();
+    let consumer = &ctx.options.consumer;
+    let after = ctx.options.reclaim_after;
+    match ctx
+        .queue
+        .autoclaim(&stream, SCHEDULER_GROUP, consumer, after, 512)
+        .await
+    {
+        Ok(entries) if !entries.is_empty() => {
+            tracing::info!(
+                count = entries.len(),
+                "reclaimed task events left by another scheduler"
+            );
+            true
+        }
+        Ok(_) => false,
+        Err(e) => {
+            tracing::warn!("reclaiming task events: {e:#}");
+            false
+        }
+    }
+}
+
+/// Handles one read's events, settles their runs, and acks what was handled. False when some
+/// are left pending for another try.
+async fn handle_batch(ctx: &Arc<Scheduler>, entries: Vec<StreamId>) -> bool {
+    // Every handler is idempotent and commutes with the others ($pull, then queue what
+    // waits on nothing), so events are handled concurrently.
+    let results: Vec<(String, anyhow::Result<()>, Option<ObjectId>)> =
+        futures::stream::iter(entries)
+            .map(|entry| {
+                let ctx = ctx.clone();
+                async move {
+                    let event: Option<TaskEvent> = entry
+                        .get::<String>("payload")
+                        .and_then(|p| serde_json::from_str(&p).ok());
+                    let handled = match &event {
+                        Some(event) => handle(&ctx, event).await,
+                        None => Ok(()), // unreadable: nothing to do, drop it
+                    };
+                    let run = event.and_then(|e| ObjectId::parse_str(&e.run_id).ok());
+                    (entry.id, handled, run)
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+    // A run whose last tasks just ended is settled once per batch, not once per task.
+    let runs: std::collections::HashSet<ObjectId> =
+        results.iter().filter_map(|(_, _, run)| *run).collect();
+    for run_id in runs {
+        if let Err(e) = ctx.store.settle_run(run_id).await {
+            tracing::warn!(%run_id, "settling run: {e:#}");
+        }
+    }
+    let mut all = true;
+    let mut done = Vec::with_capacity(results.len());
+    for (id, result, _) in results {
+        match result {
+            Ok(()) => done.push(id),
+            Err(e) => {
+                // Left pending: the backlog pass handles it again.
+                tracing::warn!(entry = %id, "task event not handled yet: {e:#}");
+                all = false;
+            }
+        }
+    }
+    let stream = ctx.queue.keys().events();
+    if let Err(e) = ctx.queue.ack_delete(&stream, SCHEDULER_GROUP, &done).await {
+        tracing::warn!("acking task events: {e:#}");
+    }
+    all
 }
 
 pub async fn handle(ctx: &Scheduler, event: &TaskEvent) -> anyhow::Result<()> {

@@ -48,6 +48,11 @@ pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) -> 
             Err(e) => {
                 tracing::warn!("reading submissions: {e:#}");
                 backoff(&mut shutdown).await;
+                // Redis may have lost the group with its data (NOGROUP): recreate it, or every
+                // later read fails the same way.
+                if let Err(e) = queue.ensure_group(&stream, GROUP).await {
+                    tracing::warn!("recreating the submissions group: {e:#}");
+                }
                 backlog = true;
                 continue;
             }
@@ -95,31 +100,22 @@ async fn backoff(shutdown: &mut broadcast::Receiver<()>) {
 /// Takes over entries another replica left pending too long; true when it took any (they are
 /// then in this consumer's backlog).
 async fn reclaim(queue: &Queue, options: &Options) -> bool {
-    let claimed = async {
-        let mut conn = queue.conn().await?;
-        let reply: redis::Value = redis::cmd("XAUTOCLAIM")
-            .arg(queue.keys().submissions())
-            .arg(GROUP)
-            .arg(&options.consumer)
-            .arg(options.reclaim_after.as_millis() as u64)
-            .arg("0")
-            .arg("COUNT")
-            .arg(256)
-            .arg("JUSTID")
-            .query_async(&mut *conn)
-            .await?;
-        let ids = match reply {
-            redis::Value::Array(parts) => match parts.get(1) {
-                Some(redis::Value::Array(ids)) => ids.len(),
-                _ => 0,
-            },
-            _ => 0,
-        };
-        anyhow::Ok(ids)
-    };
-    match claimed.await {
-        Ok(n) if n > 0 => {
-            tracing::info!(count = n, "reclaimed submissions left by another scheduler");
+    let stream = queue.keys().submissions();
+    let claimed = queue
+        .autoclaim(
+            &stream,
+            GROUP,
+            &options.consumer,
+            options.reclaim_after,
+            256,
+        )
+        .await;
+    match claimed {
+        Ok(entries) if !entries.is_empty() => {
+            tracing::info!(
+                count = entries.len(),
+                "reclaimed submissions left by another scheduler"
+            );
             true
         }
         Ok(_) => false,

@@ -48,8 +48,13 @@ pub async fn publish_due(ctx: &Scheduler) -> anyhow::Result<usize> {
         })
         .collect();
     // Streams first, then the marks: a crash in between re-publishes, and a duplicate entry
-    // is harmless because claims are fenced on the attempt.
-    ctx.queue.publish(&entries).await?;
-    ctx.store.tasks().mark_published(&due).await?;
+    // is harmless because claims are fenced on the attempt. The marks carry the Redis epoch
+    // the entries were written in: if Redis loses them before (or after) the marks land,
+    // reconcile sees the older epoch and publishes again.
+    let epoch = ctx.queue.publish(&entries).await?;
+    ctx.store
+        .tasks()
+        .mark_published(&due, epoch.as_deref())
+        .await?;
     Ok(due.len())
 }

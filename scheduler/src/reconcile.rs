@@ -1,11 +1,12 @@
 //! The safety net: MongoDB is the truth, and this pass makes Redis and the run aggregates agree
 //! with it, whatever was lost.
 //!
-//! Every `reconcile_every` it: notices Redis lost its data (the epoch key is gone) and re-queues
-//! everything queued; re-queues (or fails, when out of attempts) tasks whose worker stopped
-//! renewing its lease; marks queued tasks no live worker can fit with a visible reason. Every
-//! `repair_every`, and right after a Redis loss, it also repairs each active run in full
-//! (promotion or skipping that lost events would have done) and recomputes its aggregates.
+//! Every `reconcile_every` it: re-publishes queued tasks whose stream entries were written in an
+//! older Redis epoch (Redis lost them: see `harmonia_shared::queue::epoch`); re-queues (or
+//! fails, when out of attempts) tasks whose worker stopped renewing its lease; marks queued tasks
+//! no live worker can fit with a visible reason. Every `repair_every`, and right after a Redis
+//! loss, it also repairs every active run in full, a page at a time (promotion or skipping that
+//! lost events would have done), and recomputes its aggregates.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,36 +35,30 @@ pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) {
 }
 
 async fn pass(ctx: &Scheduler, last_repair: &mut Option<Instant>) -> anyhow::Result<()> {
-    let lost = redis_lost_data(ctx).await?;
-    if lost {
-        let n = ctx.store.tasks().republish_queued().await?;
-        tracing::warn!(
-            requeued = n,
-            "Redis lost its data: rebuilding task streams from MongoDB"
+    let epoch = ctx.queue.epoch().await?;
+    if epoch.started && last_repair.is_some() {
+        tracing::warn!("Redis lost its data (restart or flush): rebuilding it from MongoDB");
+    }
+    // Every pass, not only when this replica saw the epoch start: another replica may have
+    // started it, and a publisher's mark can land after the loss it belonged before.
+    let stale = ctx.store.tasks().republish_stale(&epoch.id).await?;
+    if stale > 0 {
+        tracing::info!(
+            requeued = stale,
+            "re-publishing queued tasks whose stream entries Redis lost"
         );
         ctx.publish.notify_one();
     }
     expire_leases(ctx).await?;
     mark_unfit(ctx).await?;
-    let due = last_repair.is_none_or(|t| t.elapsed() >= ctx.options.repair_every);
-    if lost || due {
+    // The first full repair waits one interval: a start needs none (lost events are reclaimed
+    // from the events group), and on a big deployment it is the costliest pass.
+    let due = last_repair.get_or_insert_with(Instant::now).elapsed() >= ctx.options.repair_every;
+    if epoch.started || due {
         repair_runs(ctx).await?;
         *last_repair = Some(Instant::now());
     }
     Ok(())
-}
-
-/// True when the epoch key had to be (re)created: first start, or Redis restarted empty or was
-/// flushed. Consumer groups are recreated lazily by their readers.
-async fn redis_lost_data(ctx: &Scheduler) -> anyhow::Result<bool> {
-    let mut conn = ctx.queue.conn().await?;
-    let created: Option<String> = redis::cmd("SET")
-        .arg(ctx.queue.keys().epoch())
-        .arg(mongodb::bson::oid::ObjectId::new().to_hex())
-        .arg("NX")
-        .query_async(&mut *conn)
-        .await?;
-    Ok(created.is_some())
 }
 
 async fn expire_leases(ctx: &Scheduler) -> anyhow::Result<()> {
@@ -134,14 +129,23 @@ async fn mark_unfit(ctx: &Scheduler) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Repairs every active run, a page at a time.
 async fn repair_runs(ctx: &Scheduler) -> anyhow::Result<()> {
-    for run in ctx.store.runs().active(1000).await? {
-        let (queued, skipped) = ctx.store.tasks().repair_run(run.id).await?;
-        if queued + skipped > 0 {
-            tracing::info!(run = %run.id, queued, skipped, "repaired run state lost events left behind");
-            ctx.publish.notify_one();
+    const PAGE: i64 = 500;
+    let mut after = None;
+    loop {
+        let page = ctx.store.runs().active_ids(after, PAGE).await?;
+        for &run in &page {
+            let (queued, skipped) = ctx.store.tasks().repair_run(run).await?;
+            if queued + skipped > 0 {
+                tracing::info!(%run, queued, skipped, "repaired run state lost events left behind");
+                ctx.publish.notify_one();
+            }
+            ctx.store.refresh_run(run).await?;
         }
-        ctx.store.refresh_run(run.id).await?;
+        match page.last() {
+            Some(&last) if page.len() as i64 == PAGE => after = Some(last),
+            _ => return Ok(()),
+        }
     }
-    Ok(())
 }

@@ -7,7 +7,6 @@ use harmonia_shared::model::{RunTask, WorkflowRun};
 use harmonia_shared::queue::Queue;
 use harmonia_shared::store::Store;
 use mongodb::bson::oid::ObjectId;
-use redis::AsyncCommands;
 
 use crate::wait::wait_for;
 
@@ -25,7 +24,8 @@ impl Client {
         })
     }
 
-    /// XADDs a submission and returns the scheduler's reply (`{"status": ...}`).
+    /// Submits as the protocol says (resending if Redis loses it) and returns the scheduler's
+    /// reply (`{"status": ...}`).
     pub async fn submit(
         &self,
         submission: &serde_json::Value,
@@ -43,20 +43,10 @@ impl Client {
         let request_id = submission["request_id"]
             .as_str()
             .context("submission without request_id")?;
-        let mut conn = self.queue.conn().await?;
-        let _: String = conn
-            .xadd(
-                self.queue.keys().submissions(),
-                "*",
-                &[("payload", submission.to_string())],
-            )
-            .await?;
-        let payload: String = self
+        let payload = self
             .queue
-            .next_entry(&self.queue.keys().replies(request_id), "0", timeout)
-            .await?
-            .and_then(|e| e.get("payload"))
-            .with_context(|| format!("no reply within {timeout:?}"))?;
+            .submit_and_wait(request_id, &submission.to_string(), timeout)
+            .await?;
         Ok(serde_json::from_str(&payload)?)
     }
 

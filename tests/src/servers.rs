@@ -67,12 +67,25 @@ pub struct RedisServer {
     pub port: u16,
     pub url: String,
     pub process: ChildGuard,
+    dir: PathBuf,
 }
 
 impl RedisServer {
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        Self::start_on(dir, free_port()?).await
+    }
+
+    /// A crash and a restart on an empty data dir (no persistence): same port, nothing kept,
+    /// every client connection broken.
+    pub async fn restart_empty(&mut self) -> anyhow::Result<()> {
+        self.process.kill();
+        let fresh = Self::start_on(&self.dir, self.port).await?;
+        *self = fresh;
+        Ok(())
+    }
+
+    async fn start_on(dir: &Path, port: u16) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let port = free_port()?;
         let process = ChildGuard::spawn(
             "redis-server",
             Command::new(redis_server_bin()?)
@@ -91,7 +104,12 @@ impl RedisServer {
         })
         .await
         .with_context(|| format!("redis log:\n{}", process.output()))?;
-        Ok(Self { port, url, process })
+        Ok(Self {
+            port,
+            url,
+            process,
+            dir: dir.to_owned(),
+        })
     }
 }
 

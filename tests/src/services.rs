@@ -202,6 +202,15 @@ impl Scope {
         Self { name, config, dir }
     }
 
+    /// A scope with a Redis server of its own, for tests that flush or restart Redis: the
+    /// suite's shared Redis holds other tests' unread submissions, which a flush would lose.
+    pub async fn with_own_redis(test: &str) -> anyhow::Result<(Self, RedisServer)> {
+        let mut scope = Self::new(test);
+        let redis = RedisServer::start(&scope.dir.join("redis")).await?;
+        scope.config.redis.url = redis.url.clone();
+        Ok((scope, redis))
+    }
+
     /// The scope's config as the `HARMONIA_*` environment a spawned binary reads.
     pub fn env(&self) -> Vec<(String, String)> {
         let c = &self.config;

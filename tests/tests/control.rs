@@ -224,11 +224,9 @@ async fn sigterm_drains_in_flight_tasks_and_leaves_the_group() {
 /// FLUSHALL on a private Redis), and gets its reply.
 #[tokio::test(flavor = "multi_thread")]
 async fn submit_resends_a_submission_redis_lost() {
-    let mut scope = harmonia_tests::Scope::new("resubmit");
-    let redis = harmonia_tests::servers::RedisServer::start(&scope.dir.join("redis"))
+    let (scope, _redis) = harmonia_tests::Scope::with_own_redis("resubmit")
         .await
         .unwrap();
-    scope.config.redis.url = redis.url.clone();
     let file = scope.dir.join("submission.json");
     let body = submission("lost-once", json!([{ "id": "a", "type": "debug.noop" }]));
     std::fs::write(&file, body.to_string()).unwrap();

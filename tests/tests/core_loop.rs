@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use harmonia_shared::model::{RunStatus, TaskStatus};
 use harmonia_tests::cluster::{LONG, SCHEDULER, WORKER, cluster, cluster_in, ms};
-use harmonia_tests::servers::RedisServer;
 use harmonia_tests::{Scope, submission, wait_for};
 use redis::AsyncCommands;
 use serde_json::json;
@@ -257,9 +256,7 @@ async fn gpu_tasks_run_only_on_a_fitting_worker_and_one_at_a_time() {
 async fn a_run_survives_a_redis_flushall() {
     // FLUSHALL would also wipe the other tests of this suite (their submissions not yet read
     // by their scheduler live only in Redis), so this test gets a Redis of its own.
-    let mut scope = Scope::new("flush");
-    let redis = RedisServer::start(&scope.dir.join("redis")).await.unwrap();
-    scope.config.redis.url = redis.url.clone();
+    let (scope, _redis) = Scope::with_own_redis("flush").await.unwrap();
     let mut worker = WORKER.to_vec();
     worker.extend(["--gpus", "none"]);
     let c = cluster_in(scope, SCHEDULER, &[worker.clone(), worker])

@@ -58,6 +58,22 @@ impl Api {
         self.next_on(&stream, "0").await.1
     }
 
+    /// Waits until the scheduler has processed (acked and deleted) submission `entry`.
+    async fn processed(&mut self, entry: &str) {
+        let (queue, stream) = (&self.queue, self.queue.keys().submissions());
+        harmonia_tests::wait_for(
+            "the submission to be processed",
+            Duration::from_secs(20),
+            || async {
+                let mut conn = queue.conn().await?;
+                let left: StreamRangeReply = conn.xrange(&stream, entry, entry).await?;
+                Ok(left.ids.is_empty().then_some(()))
+            },
+        )
+        .await
+        .unwrap();
+    }
+
     async fn reply_count(&mut self, request_id: &str) -> usize {
         let all: StreamRangeReply = self
             .conn
@@ -133,15 +149,17 @@ async fn accepted_runs_land_in_mongo_and_resubmission_is_idempotent() {
         doc! {"ms": 10_i64}
     );
 
-    // Same request id again (even with other content): same run, nothing new, a second reply
-    // only on the same stream because it is a second submission.
+    // Same request id again (even with other content): same run, nothing new, and no second
+    // reply: the request already has its one answer.
     let mut changed = diamond("req-diamond");
     changed["name"] = json!("renamed");
-    let first = api.queue.keys().replies("req-diamond");
-    let (first_id, _) = api.next_on(&first, "0").await;
-    api.submit(&changed.to_string()).await;
-    let (_, again) = api.next_on(&first, &first_id).await;
-    assert_eq!(again["run_id"], reply["run_id"], "{again}");
+    let entry = api.submit(&changed.to_string()).await;
+    api.processed(&entry).await;
+    assert_eq!(
+        api.reply_count("req-diamond").await,
+        1,
+        "one reply per request"
+    );
     let runs = store
         .db()
         .collection::<mongodb::bson::Document>("workflow_runs")
@@ -250,6 +268,49 @@ async fn fifty_malformed_submissions_each_get_a_precise_rejection() {
     assert!(
         rejection.errors[0].message.contains("dependency cycle"),
         "{rejection:?}"
+    );
+}
+
+#[tokio::test]
+async fn params_with_operator_or_dotted_keys_are_rejected_and_never_stored() {
+    let scope = Scope::new("operator-keys");
+    let _scheduler = start_scheduler(&scope);
+    let mut api = Api::new(&scope).await;
+    let mut s = diamond("operator-keys");
+    s["tasks"][0]["params"] = json!({"$where": "sleep(10000)", "nested": [{"a.b": 1}]});
+    api.submit(&s.to_string()).await;
+    let reply = api.reply("operator-keys").await;
+    assert_eq!(reply["status"], "rejected", "{reply}");
+    let paths: Vec<&str> = reply["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            r#"tasks[0].params["$where"]"#,
+            r#"tasks[0].params.nested[0]["a.b"]"#
+        ],
+        "{reply}"
+    );
+    let store = Store::connect(&scope.config.mongo).await.unwrap();
+    let tasks = store
+        .db()
+        .collection::<mongodb::bson::Document>("run_tasks")
+        .count_documents(doc! {})
+        .await
+        .unwrap();
+    assert_eq!(tasks, 0, "nothing of a rejected submission is stored");
+    let rejection = store
+        .rejections()
+        .by_request_id("operator-keys")
+        .await
+        .unwrap();
+    assert!(
+        rejection.is_some(),
+        "the rejection is recorded for the submitter"
     );
 }
 

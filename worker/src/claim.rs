@@ -119,20 +119,13 @@ async fn read(
 async fn reclaim(worker: &Arc<Worker>, classes: &[ResourceClass]) {
     for class in classes {
         let stream = worker.queue.keys().task_stream(*class);
-        let claimed = async {
-            let mut conn = worker.queue.conn().await?;
-            let reply: redis::streams::StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-                .arg(&stream)
-                .arg(WORKERS_GROUP)
-                .arg(&worker.id)
-                .arg(worker.options.reclaim_after.as_millis() as u64)
-                .arg("0")
-                .arg("COUNT")
-                .arg(16)
-                .query_async(&mut *conn)
-                .await?;
-            anyhow::Ok(reply.claimed)
-        };
+        let claimed = worker.queue.autoclaim(
+            &stream,
+            WORKERS_GROUP,
+            &worker.id,
+            worker.options.reclaim_after,
+            16,
+        );
         match claimed.await {
             Ok(entries) => {
                 for entry in entries {
@@ -184,17 +177,26 @@ async fn start(worker: Arc<Worker>, class: ResourceClass, entry: StreamId, alloc
         }
         _ => Ok(None), // unreadable entry: drop it
     };
+    let claim = match claim {
+        Ok(claim) => claim,
+        Err(e) => {
+            // MongoDB did not answer (an outage, a stall): the claim may or may not have
+            // landed. The entry goes back to every worker rather than being dropped, which
+            // would leave the task queued with no entry; if the claim did land, the copy is
+            // stale (the attempt moved on) and the lease expiry re-queues the task.
+            tracing::warn!(entry = %entry.id, "claiming (entry handed back): {e:#}");
+            hand_back(&worker, class, &entry).await;
+            worker.devices.release(alloc);
+            return;
+        }
+    };
     // MongoDB now holds the lease (or the entry was stale): the entry has done its job.
     let ids = [entry.id.clone()];
     if let Err(e) = worker.queue.ack_delete(&stream, WORKERS_GROUP, &ids).await {
         tracing::warn!(%stream, "acking task entry: {e:#}");
     }
     match claim {
-        Ok(Some(claim)) => execute(worker, claim, alloc).await,
-        Ok(None) => worker.devices.release(alloc),
-        Err(e) => {
-            tracing::warn!(entry = %entry.id, "claiming: {e:#}");
-            worker.devices.release(alloc);
-        }
+        Some(claim) => execute(worker, claim, alloc).await,
+        None => worker.devices.release(alloc),
     }
 }

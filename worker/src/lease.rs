@@ -37,6 +37,11 @@ async fn beat(worker: &Worker) -> anyhow::Result<()> {
     let stop = worker.store.tasks().extend_leases(&tokens, until).await?;
     for (token, attempt) in &attempts {
         if stop.contains(token) {
+            // Cancelled by a user, or re-queued while this worker was presumed dead (a stall
+            // past the lease): either way its result would be refused, so stop working on it.
+            if !attempt.cancel.is_cancelled() {
+                tracing::warn!(task = %attempt.task_id, "lease lost or task cancelled: stopping the attempt");
+            }
             attempt.cancel.cancel();
             continue;
         }

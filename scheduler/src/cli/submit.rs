@@ -8,7 +8,6 @@ use std::time::Duration;
 use harmonia_shared::Config;
 use harmonia_shared::queue::{Queue, Reply};
 use mongodb::bson::oid::ObjectId;
-use redis::AsyncCommands;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SubmitArgs {
@@ -45,59 +44,16 @@ pub async fn run(config: &Config, args: &SubmitArgs) -> anyhow::Result<ExitCode>
         }
     };
     let queue = Queue::connect(&config.redis).await?;
-    let payload =
-        submit_until_answered(&queue, &request_id, &value.to_string(), args.timeout_s).await?;
+    let timeout = Duration::from_secs(args.timeout_s);
+    let payload = queue
+        .submit_and_wait(&request_id, &value.to_string(), timeout)
+        .await?;
     writeln!(std::io::stdout().lock(), "{payload}")?;
     let reply: Reply = serde_json::from_str(&payload)?;
     match reply {
         Reply::Rejected { .. } => Ok(ExitCode::FAILURE),
         Reply::Accepted { run_id } if args.wait => wait(config, &run_id).await,
         Reply::Accepted { .. } => Ok(ExitCode::SUCCESS),
-    }
-}
-
-/// XADDs the submission and waits for its reply. Until the reply is written the submission
-/// lives only in Redis; if its entry vanishes unanswered (Redis lost its data), it is sent
-/// again with the same request id, which is always safe.
-async fn submit_until_answered(
-    queue: &Queue,
-    request_id: &str,
-    payload: &str,
-    timeout_s: u64,
-) -> anyhow::Result<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_s);
-    let replies = queue.keys().replies(request_id);
-    let submissions = queue.keys().submissions();
-    let mut conn = queue.conn().await?;
-    let mut entry: String = conn
-        .xadd(&submissions, "*", &[("payload", payload)])
-        .await?;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let slice = left.min(Duration::from_secs(1));
-        if let Some(reply) = queue
-            .next_entry(&replies, "0", slice)
-            .await?
-            .and_then(|e| e.get::<String>("payload"))
-        {
-            return Ok(reply);
-        }
-        if left.is_zero() {
-            anyhow::bail!(
-                "no reply for request {request_id} within {timeout_s} s (is a scheduler running?)"
-            );
-        }
-        // The ack that removes the entry writes the reply in the same script: an entry gone
-        // with no reply was lost, not answered.
-        let still_there: redis::streams::StreamRangeReply =
-            conn.xrange(&submissions, &entry, &entry).await?;
-        let answered: usize = conn.xlen(&replies).await?;
-        if still_there.ids.is_empty() && answered == 0 {
-            tracing::warn!(%request_id, "the submission vanished from Redis unanswered; sending it again");
-            entry = conn
-                .xadd(&submissions, "*", &[("payload", payload)])
-                .await?;
-        }
     }
 }
 

@@ -22,4 +22,4 @@ pub use worker::{WorkerDoc, WorkerState};
 
 /// Version of the document shapes; `store::migrate` brings a database up to it.
 /// 2: model_artifacts, checksums, licenses, artifacts.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;

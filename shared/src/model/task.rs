@@ -87,6 +87,10 @@ pub struct RunTask {
     /// Set while the task is queued but not yet on its Redis stream: the publisher appends it
     /// once this time has passed (retries wait here for their backoff).
     pub publish_due: Option<DateTime>,
+    /// The Redis epoch its current stream entry was written in (see
+    /// [`crate::queue::epoch`]): an entry from an older epoch was lost with Redis's data.
+    #[serde(default)]
+    pub published_epoch: Option<String>,
     /// Identifies one claim: every change a worker makes to a running task is fenced on it.
     pub lease_token: Option<String>,
     pub lease_expires_at: Option<DateTime>,

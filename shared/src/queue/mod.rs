@@ -1,8 +1,11 @@
 //! Redis: the fast transport. Nothing here is the source of truth; MongoDB is.
 
+pub mod epoch;
 pub mod events;
+pub mod groups;
 pub mod keys;
 pub mod replies;
+pub mod submit;
 pub mod tasks;
 
 pub use events::{SCHEDULER_GROUP, TaskEvent};
@@ -22,6 +25,11 @@ pub enum QueueError {
     Pool(#[from] deadpool_redis::PoolError),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("no reply for request {request_id} within {waited:?} (is a scheduler running?)")]
+    NoReply {
+        request_id: String,
+        waited: std::time::Duration,
+    },
 }
 
 /// How long a blocking stream read (XREAD/XREADGROUP BLOCK) waits per call. It must stay under

@@ -1,6 +1,8 @@
 //! Replies to submissions. The ack of the submission entry and the reply are one atomic script:
 //! if two scheduler replicas ever process the same entry (one was slow, the other reclaimed it),
-//! only the one whose XACK counts writes a reply, so every submission gets exactly one.
+//! only the one whose XACK counts writes a reply. A request's reply stream holds one reply: a
+//! resend of an answered request (its client missed the reply, or resent too early) is acked
+//! without a second one. Only when Redis lost the first reply is a new one written.
 
 use std::sync::LazyLock;
 
@@ -10,11 +12,15 @@ use super::{Queue, QueueError};
 use crate::submission::FieldError;
 
 /// KEYS: submissions stream, reply stream. ARGV: group, entry id, payload, ttl seconds (0: none),
-/// approximate max length of the reply stream (0: none).
+/// approximate max length of the reply stream (0: none), 1 when the stream holds one reply only.
 static ACK_AND_REPLY: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
         if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+        if ARGV[6] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then
+            redis.call('XDEL', KEYS[1], ARGV[2])
+            return 0
+        end
         if tonumber(ARGV[5]) > 0 then
             redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'payload', ARGV[3])
         else
@@ -55,8 +61,8 @@ pub enum ReplyTo<'a> {
 }
 
 impl Queue {
-    /// Acks submission `entry_id` for `group` and, if this call's ack counted, appends `reply`.
-    /// Returns whether the reply was written.
+    /// Acks submission `entry_id` for `group` and, if this call's ack counted and the request
+    /// has no reply yet, appends `reply`. Returns whether the reply was written.
     pub async fn ack_and_reply(
         &self,
         group: &str,
@@ -70,9 +76,9 @@ impl Queue {
             ReplyTo::Rejections => self.keys().rejections(),
         };
         // A request's reply stream expires; the shared rejections stream is capped instead.
-        let (ttl, maxlen) = match to {
-            ReplyTo::Request(_) => (ttl_s, 0),
-            ReplyTo::Rejections => (0, REJECTIONS_MAXLEN),
+        let (ttl, maxlen, once) = match to {
+            ReplyTo::Request(_) => (ttl_s, 0, 1),
+            ReplyTo::Rejections => (0, REJECTIONS_MAXLEN, 0),
         };
         let payload = serde_json::to_string(reply).unwrap_or_default();
         let mut conn = self.conn().await?;
@@ -84,6 +90,7 @@ impl Queue {
             .arg(payload)
             .arg(ttl)
             .arg(maxlen)
+            .arg(once)
             .invoke_async(&mut conn)
             .await?;
         Ok(written == 1)

@@ -52,12 +52,15 @@ static HAND_BACK: LazyLock<redis::Script> = LazyLock::new(|| {
 });
 
 impl Queue {
-    /// Appends entries to their class streams in one round trip, and records the classes.
-    pub async fn publish(&self, entries: &[(ResourceClass, TaskEntry)]) -> Result<(), QueueError> {
-        if entries.is_empty() {
-            return Ok(());
-        }
+    /// Appends entries to their class streams in one atomic round trip, records the classes,
+    /// and returns the epoch the entries were written in (`None`: Redis has none yet, after a
+    /// loss the scheduler has not noticed). See [`super::epoch`].
+    pub async fn publish(
+        &self,
+        entries: &[(ResourceClass, TaskEntry)],
+    ) -> Result<Option<String>, QueueError> {
         let mut pipe = redis::pipe();
+        pipe.atomic().get(self.keys().epoch());
         let mut classes: Vec<ResourceClass> = entries.iter().map(|(c, _)| *c).collect();
         classes.sort_unstable();
         classes.dedup();
@@ -76,8 +79,8 @@ impl Queue {
             .ignore();
         }
         let mut conn = self.conn().await?;
-        let () = pipe.query_async(&mut *conn).await?;
-        Ok(())
+        let (epoch,): (Option<String>,) = pipe.query_async(&mut *conn).await?;
+        Ok(epoch)
     }
 
     /// The resource classes that have task streams.
@@ -85,17 +88,6 @@ impl Queue {
         let mut conn = self.conn().await?;
         let names: Vec<String> = conn.smembers(self.keys().classes()).await?;
         Ok(names.iter().filter_map(|n| n.parse().ok()).collect())
-    }
-
-    /// Creates a consumer group (and its stream) if missing. Groups start at `0` so entries
-    /// written before the group existed (e.g. right after a Redis flush) are still delivered.
-    pub async fn ensure_group(&self, stream: &str, group: &str) -> Result<(), QueueError> {
-        let mut conn = self.conn().await?;
-        let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(stream, group, "0").await;
-        match created {
-            Err(e) if e.code() != Some("BUSYGROUP") => Err(e.into()),
-            _ => Ok(()),
-        }
     }
 
     /// Acks and deletes entries of one stream (trimming as we go).
@@ -137,34 +129,5 @@ impl Queue {
             .invoke_async(&mut *conn)
             .await?;
         Ok(())
-    }
-}
-
-impl Queue {
-    /// One read of `stream` for `consumer` in `group`: its own pending entries when `backlog`
-    /// (what it was given before a restart or a failed pass), else new ones, waiting up to
-    /// [`super::BLOCK_MS`].
-    pub async fn read_group(
-        &self,
-        stream: &str,
-        group: &str,
-        consumer: &str,
-        backlog: bool,
-        count: usize,
-    ) -> Result<Vec<redis::streams::StreamId>, QueueError> {
-        use redis::streams::{StreamReadOptions, StreamReadReply};
-        let mut opts = StreamReadOptions::default()
-            .group(group, consumer)
-            .count(count);
-        if !backlog {
-            opts = opts.block(super::BLOCK_MS);
-        }
-        let cursor = if backlog { "0" } else { ">" };
-        let mut conn = self.conn().await?;
-        let reply: Option<StreamReadReply> =
-            conn.xread_options(&[stream], &[cursor], &opts).await?;
-        Ok(reply
-            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
-            .unwrap_or_default())
     }
 }

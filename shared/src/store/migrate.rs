@@ -32,6 +32,7 @@ pub async fn migrate(store: &Store) -> Result<i32, StoreError> {
     store.checksums().create_indexes().await?;
     store.licenses().create_indexes().await?;
     store.artifacts().create_indexes().await?;
+    // Version 3: tasks record the Redis epoch they were published in (a new index on tasks).
     meta.update_one(
         doc! { "_id": "schema", "version": { "$not": { "$gt": SCHEMA_VERSION } } },
         doc! { "$set": { "version": SCHEMA_VERSION } },

@@ -38,6 +38,10 @@ impl RunRepo {
                     .keys(doc! { "status": 1, "created_at": -1 })
                     .build(),
                 IndexModel::builder().keys(doc! { "retry_of": 1 }).build(),
+                // Repair pages through active runs in id order.
+                IndexModel::builder()
+                    .keys(doc! { "status": 1, "_id": 1 })
+                    .build(),
             ])
             .await?;
         Ok(())
@@ -96,15 +100,32 @@ impl RunRepo {
     }
 
     /// Runs not finished yet (the reconcile pass's scope).
-    pub async fn active(&self, limit: i64) -> Result<Vec<WorkflowRun>, StoreError> {
+    /// One page of active (queued or running) run ids, in id order after `after`: repair walks
+    /// all of them, a page at a time.
+    pub async fn active_ids(
+        &self,
+        after: Option<ObjectId>,
+        limit: i64,
+    ) -> Result<Vec<ObjectId>, StoreError> {
         use futures::TryStreamExt;
-        Ok(self
+        let mut filter = doc! { "status": { "$in": ["queued", "running"] } };
+        if let Some(after) = after {
+            filter.insert("_id", doc! { "$gt": after });
+        }
+        let docs: Vec<mongodb::bson::Document> = self
             .coll
-            .find(doc! { "status": { "$in": ["queued", "running"] } })
+            .clone_with_type()
+            .find(filter)
+            .projection(doc! { "_id": 1 })
+            .sort(doc! { "_id": 1 })
             .limit(limit)
             .await?
             .try_collect()
-            .await?)
+            .await?;
+        Ok(docs
+            .iter()
+            .filter_map(|d| d.get_object_id("_id").ok())
+            .collect())
     }
 
     pub async fn set_cancel_requested(&self, run_id: ObjectId) -> Result<(), StoreError> {

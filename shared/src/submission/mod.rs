@@ -264,6 +264,7 @@ pub(crate) fn topological_order(specs: &[TaskSpec]) -> Result<Vec<TaskSpec>, Vec
     }
 }
 
+mod params;
 mod validate;
 
 use validate::Validator;

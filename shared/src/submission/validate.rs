@@ -222,7 +222,11 @@ impl Validator {
                 Map::new()
             }
         };
-        if let Some(t) = &task_type {
+        let key_problems = super::params::key_problems(&params);
+        for (field, message) in &key_problems {
+            self.push(format!("{path}.params{}", dotted(field)), message);
+        }
+        if let Some(t) = task_type.as_ref().filter(|_| key_problems.is_empty()) {
             for (field, message) in task_types::check_params(t, &params) {
                 self.push(format!("{path}.params.{field}"), message);
             }
@@ -334,5 +338,14 @@ impl Validator {
                 }
             }
         }
+    }
+}
+
+/// A path below `params` appended to `…params`: `.a.b`, or `["$k"]` as is.
+fn dotted(field: &str) -> String {
+    if field.starts_with('[') {
+        field.to_owned()
+    } else {
+        format!(".{field}")
     }
 }

@@ -53,11 +53,16 @@ impl TaskRepo {
         Ok(due)
     }
 
-    /// Marks tasks as on their stream. Fenced on the attempt each was published with, so a task
-    /// that was claimed and re-queued meanwhile keeps its own `publish_due`. One `_id $in`
-    /// update per attempt value (usually one), hinted to the `_id` index: an `$or` of pairs
-    /// made the planner scan every queued task.
-    pub async fn mark_published(&self, published: &[Published]) -> Result<(), StoreError> {
+    /// Marks tasks as on their stream, in Redis epoch `epoch` (what [`crate::queue::Queue::publish`]
+    /// returned). Fenced on the attempt each was published with, so a task that was claimed and
+    /// re-queued meanwhile keeps its own `publish_due`. One `_id $in` update per attempt value
+    /// (usually one), hinted to the `_id` index: an `$or` of pairs made the planner scan every
+    /// queued task.
+    pub async fn mark_published(
+        &self,
+        published: &[Published],
+        epoch: Option<&str>,
+    ) -> Result<(), StoreError> {
         let mut by_attempt: HashMap<u32, Vec<ObjectId>> = HashMap::new();
         for p in published {
             by_attempt.entry(p.attempt).or_default().push(p.id);
@@ -66,7 +71,7 @@ impl TaskRepo {
             self.coll
                 .update_many(
                     doc! { "_id": { "$in": ids }, "attempt": i64::from(attempt), "status": "queued" },
-                    doc! { "$set": { "publish_due": null } },
+                    doc! { "$set": { "publish_due": null, "published_epoch": epoch } },
                 )
                 .hint(mongodb::options::Hint::Keys(doc! { "_id": 1 }))
                 .await?;
@@ -247,12 +252,14 @@ impl TaskRepo {
             .await?)
     }
 
-    /// Redis lost its data: every queued task that was on a stream is due again.
-    pub async fn republish_queued(&self) -> Result<u64, StoreError> {
+    /// Queued tasks marked as published in another Redis epoch than `epoch` lost their entry
+    /// with Redis's data: they are due again. This also catches a mark that landed after the
+    /// flush it belonged before. Returns how many.
+    pub async fn republish_stale(&self, epoch: &str) -> Result<u64, StoreError> {
         let done = self
             .coll
             .update_many(
-                doc! { "status": "queued", "publish_due": null },
+                doc! { "status": "queued", "publish_due": null, "published_epoch": { "$ne": epoch } },
                 doc! { "$set": { "publish_due": DateTime::now() } },
             )
             .await?;

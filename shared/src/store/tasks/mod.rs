@@ -68,6 +68,15 @@ impl TaskRepo {
                             .build(),
                     )
                     .build(),
+                // Queued tasks published in an older Redis epoch (reconcile, every pass).
+                IndexModel::builder()
+                    .keys(doc! { "published_epoch": 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .partial_filter_expression(doc! { "status": "queued" })
+                            .build(),
+                    )
+                    .build(),
                 // The publisher's queue: tasks due to be appended to their stream.
                 IndexModel::builder()
                     .keys(doc! { "publish_due": 1 })

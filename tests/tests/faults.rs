@@ -1,0 +1,296 @@
+//! Real faults, one at a time: Redis flushed or restarted empty under a running scheduler, a
+//! scheduler killed with task events in hand, a publisher racing a flush, a worker stalled past
+//! its lease. Each test has the Redis it breaks to itself.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::time::Duration;
+
+use harmonia_shared::model::{RunStatus, TaskStatus};
+use harmonia_shared::queue::{SCHEDULER_GROUP, TaskEntry};
+use harmonia_shared::resources::ResourceClass;
+use harmonia_tests::cluster::{LONG, SCHEDULER, WORKER, cluster_in};
+use harmonia_tests::process::signal;
+use harmonia_tests::{Client, Scope, submission, wait_for};
+use mongodb::bson::{DateTime, doc};
+use serde_json::json;
+
+fn cpu_worker() -> Vec<&'static str> {
+    let mut args = WORKER.to_vec();
+    args.extend(["--gpus", "none"]);
+    args
+}
+
+fn chain(request_id: &str) -> serde_json::Value {
+    submission(
+        request_id,
+        json!([
+            {"id": "a", "type": "debug.noop"},
+            {"id": "b", "type": "debug.noop", "depends_on": ["a"]}
+        ]),
+    )
+}
+
+/// Submits with a deadline short enough to fail a test rather than hang it.
+async fn accepted(client: &Client, request_id: &str) -> mongodb::bson::oid::ObjectId {
+    let reply = client
+        .submit_waiting(&chain(request_id), Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{request_id}: {e:#}"));
+    assert_eq!(reply["status"], "accepted", "{reply}");
+    mongodb::bson::oid::ObjectId::parse_str(reply["run_id"].as_str().unwrap()).unwrap()
+}
+
+/// Sets fields of task `node` directly in MongoDB (what a process would have done before it
+/// died); returns the task as it was.
+async fn set_task(
+    client: &Client,
+    run_id: mongodb::bson::oid::ObjectId,
+    node: &str,
+    fields: mongodb::bson::Document,
+) -> harmonia_shared::model::RunTask {
+    let task = client.task(run_id, node).await.unwrap();
+    client
+        .store
+        .db()
+        .collection::<mongodb::bson::Document>("run_tasks")
+        .update_one(doc! { "_id": task.id }, doc! { "$set": fields })
+        .await
+        .unwrap();
+    task
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_scheduler_keeps_ingesting_after_redis_is_flushed_or_restarted_empty() {
+    let (scope, mut redis) = Scope::with_own_redis("ingest-after-loss").await.unwrap();
+    let mut c = cluster_in(scope, SCHEDULER, &[cpu_worker()]).await.unwrap();
+    let before = accepted(&c.client, "before").await;
+    assert_eq!(
+        c.client.finished(before, LONG).await.unwrap().status,
+        RunStatus::Succeeded
+    );
+
+    let mut conn = c.client.queue.conn().await.unwrap();
+    let () = redis::cmd("FLUSHALL")
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let after_flush = accepted(&c.client, "after-flush").await;
+    assert_eq!(
+        c.client.finished(after_flush, LONG).await.unwrap().status,
+        RunStatus::Succeeded
+    );
+
+    redis.restart_empty().await.unwrap();
+    let after_restart = accepted(&c.client, "after-restart").await;
+    assert_eq!(
+        c.client.finished(after_restart, LONG).await.unwrap().status,
+        RunStatus::Succeeded
+    );
+    assert!(
+        c.scheduler.try_wait().is_none(),
+        "the scheduler kept running throughout"
+    );
+}
+
+/// A scheduler killed after reading an event but before acking it: a live replica takes the
+/// event over long before the repair pass (an hour away here) would have done its work.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_a_killed_scheduler_left_pending_are_taken_over() {
+    let scope = Scope::new("events-reclaim");
+    let client = Client::connect(&scope).await.unwrap();
+    let mut first = scope
+        .spawn("scheduler-1", "harmonia-scheduler", SCHEDULER)
+        .unwrap();
+    let run_id = accepted(&client, "events-reclaim").await;
+    first.kill();
+
+    // Task a "succeeded" and its event was read by a scheduler that then died ("ghost").
+    let a = set_task(
+        &client,
+        run_id,
+        "a",
+        doc! { "status": "succeeded", "finished_at": DateTime::now() },
+    )
+    .await;
+    let event = json!({"task_id": a.id.to_hex(), "run_id": run_id.to_hex(), "node_id": "a",
+        "status": "succeeded", "downstream": ["b"]});
+    let events = client.queue.keys().events();
+    client
+        .queue
+        .ensure_group(&events, SCHEDULER_GROUP)
+        .await
+        .unwrap();
+    let opts = redis::streams::StreamReadOptions::default().group(SCHEDULER_GROUP, "ghost");
+    let mut conn = client.queue.conn().await.unwrap();
+    let () = redis::pipe()
+        .atomic()
+        .xadd(&events, "*", &[("payload", event.to_string())])
+        .ignore()
+        .xread_options(&[&events], &[">"], &opts)
+        .ignore()
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+
+    // The repair pass an hour away, so only the take-over can release b.
+    let args = [
+        "run",
+        "--reconcile-ms",
+        "200",
+        "--repair-ms",
+        "3600000",
+        "--reclaim-after-s",
+        "1",
+    ];
+    let second = scope
+        .spawn("scheduler-2", "harmonia-scheduler", &args)
+        .unwrap();
+    let b = wait_for(
+        "b to be released by the taken-over event",
+        Duration::from_secs(20),
+        || async {
+            let b = client.task(run_id, "b").await?;
+            Ok((b.status != TaskStatus::Pending).then_some(b))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", second.output()));
+    assert_eq!(b.status, TaskStatus::Queued);
+    assert!(
+        second.output().contains("reclaimed task events"),
+        "{}",
+        second.output()
+    );
+}
+
+/// The publisher writes an entry, Redis is flushed, reconcile re-publishes what it finds, and
+/// only then does the publisher's mark land: the task must not stay queued with no entry.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publish_mark_that_lands_after_a_flush_is_published_again() {
+    let (scope, _redis) = Scope::with_own_redis("publish-race").await.unwrap();
+    let client = Client::connect(&scope).await.unwrap();
+    let mut scheduler = scope
+        .spawn("scheduler-1", "harmonia-scheduler", SCHEDULER)
+        .unwrap();
+    let run_id = accepted(&client, "publish-race").await;
+    scheduler.kill();
+    let tasks = client.store.tasks();
+    // Task a is due again, as if just queued.
+    let a = set_task(
+        &client,
+        run_id,
+        "a",
+        doc! { "publish_due": DateTime::now() },
+    )
+    .await;
+
+    // The publisher's steps, with a flush and a reconcile pass between its XADD and its mark.
+    let due = tasks.due_for_publish(10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    let entry = TaskEntry {
+        task_id: a.id.to_hex(),
+        attempt: a.attempt,
+    };
+    let written_in = client
+        .queue
+        .publish(&[(ResourceClass::CPU, entry)])
+        .await
+        .unwrap();
+    let mut conn = client.queue.conn().await.unwrap();
+    let () = redis::cmd("FLUSHALL")
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+    let epoch = client.queue.epoch().await.unwrap();
+    assert!(epoch.started, "a flushed Redis starts a new epoch");
+    assert_eq!(
+        tasks.republish_stale(&epoch.id).await.unwrap(),
+        0,
+        "the mark is not in yet"
+    );
+    tasks
+        .mark_published(&due, written_in.as_deref())
+        .await
+        .unwrap();
+
+    // The next pass sees the mark's older epoch.
+    assert_eq!(tasks.republish_stale(&epoch.id).await.unwrap(), 1);
+    assert_eq!(tasks.due_for_publish(10).await.unwrap(), due);
+
+    // And a real scheduler and worker finish the run from there.
+    let _scheduler = scope
+        .spawn("scheduler-2", "harmonia-scheduler", SCHEDULER)
+        .unwrap();
+    let _worker = scope
+        .spawn("worker", "harmonia-worker", &cpu_worker())
+        .unwrap();
+    assert_eq!(
+        client.finished(run_id, LONG).await.unwrap().status,
+        RunStatus::Succeeded
+    );
+}
+
+/// A worker frozen (SIGSTOP) past its lease loses the task to another worker; thawed
+/// (SIGCONT), it stops its attempt at its next heartbeat and its late outcome is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_stalled_past_its_lease_stops_its_attempt_and_its_outcome_is_refused() {
+    let scope = Scope::new("stalled-worker");
+    let workers = [cpu_worker(), cpu_worker()];
+    let c = cluster_in(scope, SCHEDULER, &workers).await.unwrap();
+    let body = submission(
+        "stalled",
+        json!([{"id": "s", "type": "debug.sleep", "params": {"ms": 6000}, "max_attempts": 3}]),
+    );
+    let run_id = c.client.start(&body).await.unwrap();
+    let first = c
+        .client
+        .task_reaches(run_id, "s", TaskStatus::Running)
+        .await
+        .unwrap();
+    let owner = first.worker_id.clone().unwrap();
+    let (stalled, other) = if owner.contains(&format!("-{}-", c.workers[0].pid())) {
+        (&c.workers[0], &c.workers[1])
+    } else {
+        (&c.workers[1], &c.workers[0])
+    };
+    signal(stalled.pid(), libc::SIGSTOP);
+    let second = wait_for("another worker to take the task over", LONG, || async {
+        let t = c.client.task(run_id, "s").await?;
+        Ok((t.status == TaskStatus::Running && t.attempt == first.attempt + 1).then_some(t))
+    })
+    .await;
+    signal(stalled.pid(), libc::SIGCONT);
+    let second = second.unwrap();
+    assert!(
+        second
+            .worker_id
+            .as_deref()
+            .unwrap()
+            .contains(&format!("-{}-", other.pid()))
+    );
+
+    wait_for("the thawed worker to stop and be refused", LONG, || async {
+        let log = stalled.output();
+        Ok((log.contains("stopping the attempt") && log.contains("outcome refused")).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", stalled.output()));
+    // Stopped at its heartbeat, not after sleeping out its 6 s: the task is still running on
+    // the other worker when the refusal is logged.
+    let now = c.client.task(run_id, "s").await.unwrap();
+    assert_eq!(
+        (now.status, now.attempt),
+        (TaskStatus::Running, second.attempt)
+    );
+
+    let run = c.client.finished(run_id, LONG).await.unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded);
+    let done = c.client.task(run_id, "s").await.unwrap();
+    assert_eq!(
+        done.attempt, second.attempt,
+        "succeeded once, on the second attempt"
+    );
+    assert_eq!(done.worker_id, second.worker_id);
+}
