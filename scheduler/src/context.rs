@@ -31,3 +31,33 @@ pub struct Scheduler {
     /// Wakes the publisher when tasks became due (promotion, new runs).
     pub publish: Notify,
 }
+
+impl Scheduler {
+    /// Takes over up to `count` entries of `stream` (read through the scheduler replicas' group)
+    /// that another replica left pending past `reclaim_after`: it died or stalled between
+    /// reading and acking them. True when it took any: they are then in this replica's backlog.
+    /// `what` names the entries in the log ("submissions", "task events").
+    pub async fn take_over(&self, stream: &str, what: &str, count: usize) -> bool {
+        let (consumer, after) = (&self.options.consumer, self.options.reclaim_after);
+        // Both loops read with one group name (`ingest::GROUP` is `SCHEDULER_GROUP`).
+        let group = harmonia_shared::queue::SCHEDULER_GROUP;
+        match self
+            .queue
+            .autoclaim(stream, group, consumer, after, count)
+            .await
+        {
+            Ok(entries) if !entries.is_empty() => {
+                tracing::info!(
+                    count = entries.len(),
+                    "reclaimed {what} left by another scheduler"
+                );
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::warn!("reclaiming {what}: {e:#}");
+                false
+            }
+        }
+    }
+}

@@ -52,40 +52,14 @@ pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) {
         if entries.is_empty() {
             backlog = false;
             if reclaimed_at.elapsed() >= ctx.options.reclaim_after / 2 {
-                backlog = reclaim(&ctx).await;
+                // Events a dead replica read but never acked: promotion must not wait for repair.
+                backlog = ctx.take_over(&stream, "task events", 512).await;
                 reclaimed_at = Instant::now();
             }
             continue;
         }
         if !handle_batch(&ctx, entries).await {
             backlog = true;
-        }
-    }
-}
-
-/// Takes over events a dead (or stalled) replica read but never acked, so promotion of their
-/// downstream tasks does not wait for the repair pass. True when it took any: they are then in
-/// this consumer's backlog.
-async fn reclaim(ctx: &Scheduler) -> bool {
-    let stream = ctx.queue.keys().events();
-    let consumer = &ctx.options.consumer;
-    let after = ctx.options.reclaim_after;
-    match ctx
-        .queue
-        .autoclaim(&stream, SCHEDULER_GROUP, consumer, after, 512)
-        .await
-    {
-        Ok(entries) if !entries.is_empty() => {
-            tracing::info!(
-                count = entries.len(),
-                "reclaimed task events left by another scheduler"
-            );
-            true
-        }
-        Ok(_) => false,
-        Err(e) => {
-            tracing::warn!("reclaiming task events: {e:#}");
-            false
         }
     }
 }

@@ -12,18 +12,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use harmonia_shared::model::SubmissionRejection;
-use harmonia_shared::queue::{Queue, Reply, ReplyTo};
+use harmonia_shared::queue::{Reply, ReplyTo};
 use harmonia_shared::store::Store;
 use harmonia_shared::submission::{self, FieldError, Refusal};
 use mongodb::bson::DateTime;
 use redis::streams::StreamId;
 use tokio::sync::broadcast;
 
-use crate::context::{Options, Scheduler};
+use crate::context::Scheduler;
 use crate::create::create_run;
 
 /// Consumer group of all scheduler replicas on the submissions stream.
-pub const GROUP: &str = "scheduler";
+pub const GROUP: &str = harmonia_shared::queue::SCHEDULER_GROUP;
 
 /// Attempts to store a valid submission before it is rejected with the storage error.
 const MAX_STORE_TRIES: u32 = 5;
@@ -61,7 +61,7 @@ pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) -> 
             if backlog {
                 backlog = false;
             } else {
-                backlog = reclaim(queue, options).await;
+                backlog = ctx.take_over(&stream, "submissions", 256).await;
             }
             continue;
         }
@@ -94,35 +94,6 @@ async fn backoff(shutdown: &mut broadcast::Receiver<()>) {
     tokio::select! {
         () = tokio::time::sleep(Duration::from_millis(500)) => {}
         _ = shutdown.recv() => {}
-    }
-}
-
-/// Takes over entries another replica left pending too long; true when it took any (they are
-/// then in this consumer's backlog).
-async fn reclaim(queue: &Queue, options: &Options) -> bool {
-    let stream = queue.keys().submissions();
-    let claimed = queue
-        .autoclaim(
-            &stream,
-            GROUP,
-            &options.consumer,
-            options.reclaim_after,
-            256,
-        )
-        .await;
-    match claimed {
-        Ok(entries) if !entries.is_empty() => {
-            tracing::info!(
-                count = entries.len(),
-                "reclaimed submissions left by another scheduler"
-            );
-            true
-        }
-        Ok(_) => false,
-        Err(e) => {
-            tracing::warn!("reclaiming submissions: {e:#}");
-            false
-        }
     }
 }
 

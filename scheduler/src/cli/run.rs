@@ -25,7 +25,8 @@ pub struct RunArgs {
     /// Lifetime of a request's reply stream, in seconds.
     #[arg(long, env = "HARMONIA_REPLY_TTL_S", default_value_t = 24 * 3600)]
     pub reply_ttl_s: u64,
-    /// Submissions pending this long on another (dead) replica are taken over, in seconds.
+    /// Submissions and task events pending this long on another (dead) replica are taken
+    /// over, in seconds.
     #[arg(long, env = "HARMONIA_RECLAIM_AFTER_S", default_value_t = 30)]
     pub reclaim_after_s: u64,
     /// First retry delay after a worker lost a task's lease, in ms; doubles per attempt.
