@@ -93,7 +93,8 @@ async fn handle_batch(ctx: &Arc<Scheduler>, entries: Vec<StreamId>) -> bool {
         results.iter().filter_map(|(_, _, run)| *run).collect();
     for run_id in runs {
         if let Err(e) = ctx.store.settle_run(run_id).await {
-            tracing::warn!(%run_id, "settling run: {e:#}");
+            let what = format!("settling run {run_id}");
+            ctx.store.outage().report(&what, &format_args!("{e:#}"));
         }
     }
     let mut all = true;
@@ -103,7 +104,8 @@ async fn handle_batch(ctx: &Arc<Scheduler>, entries: Vec<StreamId>) -> bool {
             Ok(()) => done.push(id),
             Err(e) => {
                 // Left pending: the backlog pass handles it again.
-                tracing::warn!(entry = %id, "task event not handled yet: {e:#}");
+                let what = format!("task event {id} not handled yet");
+                ctx.store.outage().report(&what, &format_args!("{e:#}"));
                 all = false;
             }
         }

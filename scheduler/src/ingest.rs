@@ -25,7 +25,8 @@ use crate::create::create_run;
 /// Consumer group of all scheduler replicas on the submissions stream.
 pub const GROUP: &str = harmonia_shared::queue::SCHEDULER_GROUP;
 
-/// Attempts to store a valid submission before it is rejected with the storage error.
+/// Attempts to store a valid submission before it is rejected with the storage error (errors of
+/// a MongoDB outage do not count: the submission waits for the database to come back).
 const MAX_STORE_TRIES: u32 = 5;
 
 /// Runs until `shutdown` fires. Errors talking to Redis or Mongo are logged and retried; no
@@ -68,7 +69,10 @@ pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) -> 
         for entry in &entries {
             if let Err(e) = handle(&ctx, entry).await {
                 let tries = failures.entry(entry.id.clone()).or_insert(0);
-                *tries += 1;
+                // An outage is waited out, however long: the submission is not at fault.
+                if !harmonia_shared::store::is_transient(e.as_ref()) {
+                    *tries += 1;
+                }
                 if *tries >= MAX_STORE_TRIES {
                     // Don't let one submission block the stream forever: answer it.
                     tracing::error!(entry = %entry.id, "giving up on a submission: {e:#}");
@@ -80,7 +84,10 @@ pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) -> 
                     continue;
                 }
                 // Left pending; the backlog pass retries it.
-                tracing::warn!(entry = %entry.id, tries = *tries, "submission not processed yet: {e:#}");
+                ctx.store.outage().report(
+                    &format!("submission {} not processed yet", entry.id),
+                    &format_args!("{e:#}"),
+                );
                 backoff(&mut shutdown).await;
                 backlog = true;
                 break;

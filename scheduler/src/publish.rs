@@ -20,7 +20,10 @@ pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) {
             // A full batch: there is probably more, go again at once.
             Ok(n) if n as i64 == BATCH => continue,
             Ok(_) => {}
-            Err(e) => tracing::warn!("publishing due tasks: {e:#}"),
+            Err(e) => ctx
+                .store
+                .outage()
+                .report("publishing due tasks", &format_args!("{e:#}")),
         }
         tokio::select! {
             () = ctx.publish.notified() => {}

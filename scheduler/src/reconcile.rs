@@ -3,7 +3,8 @@
 //!
 //! Every `reconcile_every` it: re-publishes queued tasks whose stream entries were written in an
 //! older Redis epoch (Redis lost them: see `harmonia_shared::queue::epoch`); re-queues (or
-//! fails, when out of attempts) tasks whose worker stopped renewing its lease; marks queued tasks
+//! fails, when out of attempts) tasks whose worker stopped renewing its lease (but only once
+//! MongoDB has answered for a worker timeout: see `leases_can_be_judged`); marks queued tasks
 //! no live worker can fit with a visible reason. Every `repair_every`, and right after a Redis
 //! loss, it also repairs every active run in full, a page at a time (promotion or skipping that
 //! lost events would have done), and recomputes its aggregates.
@@ -25,7 +26,9 @@ pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) {
     let mut last_repair: Option<Instant> = None;
     loop {
         if let Err(e) = pass(&ctx, &mut last_repair).await {
-            tracing::warn!("reconcile: {e:#}");
+            ctx.store
+                .outage()
+                .report("reconcile", &format_args!("{e:#}"));
         }
         tokio::select! {
             () = tokio::time::sleep(ctx.options.reconcile_every) => {}
@@ -35,6 +38,7 @@ pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) {
 }
 
 async fn pass(ctx: &Scheduler, last_repair: &mut Option<Instant>) -> anyhow::Result<()> {
+    let started = Instant::now();
     let epoch = ctx.queue.epoch().await?;
     if epoch.started && last_repair.is_some() {
         tracing::warn!("Redis lost its data (restart or flush): rebuilding it from MongoDB");
@@ -49,7 +53,9 @@ async fn pass(ctx: &Scheduler, last_repair: &mut Option<Instant>) -> anyhow::Res
         );
         ctx.publish.notify_one();
     }
-    expire_leases(ctx).await?;
+    if leases_can_be_judged(ctx, started) {
+        expire_leases(ctx).await?;
+    }
     mark_unfit(ctx).await?;
     // The first full repair waits one interval: a start needs none (lost events are reclaimed
     // from the events group), and on a big deployment it is the costliest pass.
@@ -59,6 +65,24 @@ async fn pass(ctx: &Scheduler, last_repair: &mut Option<Instant>) -> anyhow::Res
         *last_repair = Some(Instant::now());
     }
     Ok(())
+}
+
+/// A lease that lapsed while MongoDB was stalled or unreachable was not abandoned: its worker
+/// could not renew it. Leases are judged only once MongoDB has answered for a whole worker
+/// timeout (every live worker heartbeats within it), counted from start-up and from the end of
+/// the last outage. A stall the driver did not report shows as this pass's first steps taking
+/// far longer than they should; it restarts the count the same way.
+fn leases_can_be_judged(ctx: &Scheduler, started: Instant) -> bool {
+    let outage = ctx.store.outage();
+    let live_within = ctx.options.live_within;
+    if started.elapsed() > live_within / 3 {
+        tracing::info!(
+            took_ms = started.elapsed().as_millis() as u64,
+            "MongoDB stalled: lease expiry waits a worker timeout for heartbeats to catch up"
+        );
+        outage.stalled();
+    }
+    outage.up_for().is_some_and(|up| up >= live_within)
 }
 
 async fn expire_leases(ctx: &Scheduler) -> anyhow::Result<()> {

@@ -138,6 +138,15 @@ pub struct S3Args {
         skip_serializing_if = "Option::is_none"
     )]
     pub s3_secret_access_key_file: Option<PathBuf>,
+    /// How long one S3 call is retried, with backoff, while S3 does not answer (or answers
+    /// 5xx/429), in seconds; past it the task attempt fails and is retried as a whole.
+    #[arg(
+        long = "s3-retry-for-s",
+        env = "HARMONIA_S3_RETRY_FOR_S",
+        global = true
+    )]
+    #[serde(rename = "retry_for_s", skip_serializing_if = "Option::is_none")]
+    pub s3_retry_for_s: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, clap::Args, Serialize)]
@@ -201,6 +210,8 @@ pub struct S3Config {
     /// Filled from env or file by [`Config::load`]; never serialized.
     #[serde(skip)]
     pub secret_access_key: Option<SecretString>,
+    /// Retry budget of one call while S3 is unreachable, in seconds.
+    pub retry_for_s: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -237,6 +248,7 @@ impl Default for Config {
                 access_key_id: None,
                 secret_access_key_file: None,
                 secret_access_key: None,
+                retry_for_s: 120,
             },
             models: ModelsConfig {
                 cache_dir: cache_home.join("harmonia").join("hub"),

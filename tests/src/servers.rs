@@ -1,8 +1,9 @@
-//! Starting real Redis and mongod processes on free loopback ports, and waiting until they
-//! really answer (a PING, a writable replica-set primary).
+//! Starting real Redis, mongod and S3 processes on free loopback ports, and waiting until they
+//! really answer (a PING, a writable replica-set primary, a listening socket).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -182,4 +183,64 @@ pub async fn init_replica_set(port: u16) -> anyhow::Result<()> {
             .then_some(()))
     })
     .await
+}
+
+/// The dev S3 server (`harmonia-dev s3`) as a process of its own, so a test can take it down
+/// (every connection with it) and bring it back on the same port over the same files.
+#[derive(Debug)]
+pub struct S3Server {
+    pub port: u16,
+    pub endpoint: String,
+    pub process: ChildGuard,
+    dir: PathBuf,
+}
+
+impl S3Server {
+    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        Self::start_on(dir, free_port()?).await
+    }
+
+    /// Kills the server: S3 is down until [`S3Server::restart`].
+    pub fn stop(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts it again on the same port and files.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.process.kill();
+        *self = Self::start_on(&self.dir, self.port).await?;
+        Ok(())
+    }
+
+    async fn start_on(dir: &Path, port: u16) -> anyhow::Result<Self> {
+        static STARTS: AtomicUsize = AtomicUsize::new(0);
+        std::fs::create_dir_all(dir)?;
+        let process = ChildGuard::spawn(
+            "s3",
+            Command::new(crate::services::binary_path("harmonia-dev")?)
+                .args(["s3", "--port", &port.to_string()])
+                .args(["--access-key", crate::services::S3_ACCESS_KEY])
+                .env(
+                    "HARMONIA_S3_SECRET_ACCESS_KEY",
+                    crate::services::S3_SECRET_KEY,
+                )
+                .arg(dir.join("data")),
+            // One log per start: a restart keeps the log of the run before it.
+            &dir.join(format!("s3-{}.log", STARTS.fetch_add(1, Ordering::Relaxed))),
+        )?;
+        wait_for("s3 to listen", Duration::from_secs(20), || async {
+            Ok(tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+                .then_some(()))
+        })
+        .await
+        .with_context(|| format!("s3 log:\n{}", process.output()))?;
+        Ok(Self {
+            port,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            process,
+            dir: dir.to_owned(),
+        })
+    }
 }

@@ -15,7 +15,7 @@ use harmonia_shared::Config;
 use secrecy::SecretString;
 
 use crate::process::{ChildGuard, alive, free_port, signal};
-use crate::servers::{MongoServer, RedisServer, workspace_root};
+use crate::servers::{MongoServer, RedisServer, S3Server, workspace_root};
 
 pub const S3_ACCESS_KEY: &str = "harmonia-test";
 pub const S3_SECRET_KEY: &str = "harmonia-test-secret";
@@ -209,6 +209,22 @@ impl Scope {
         let redis = RedisServer::start(&scope.dir.join("redis")).await?;
         scope.config.redis.url = redis.url.clone();
         Ok((scope, redis))
+    }
+
+    /// A scope with a mongod of its own, for tests that stall or stop it.
+    pub async fn with_own_mongo(test: &str) -> anyhow::Result<(Self, MongoServer)> {
+        let mut scope = Self::new(test);
+        let mongo = MongoServer::start(&scope.dir.join("mongo")).await?;
+        scope.config.mongo.uri = mongo.uri.clone();
+        Ok((scope, mongo))
+    }
+
+    /// A scope with an S3 server of its own, for tests that take it down.
+    pub async fn with_own_s3(test: &str) -> anyhow::Result<(Self, S3Server)> {
+        let mut scope = Self::new(test);
+        let s3 = S3Server::start(&scope.dir.join("s3")).await?;
+        scope.config.s3.endpoint = Some(s3.endpoint.clone());
+        Ok((scope, s3))
     }
 
     /// The scope's config as the `HARMONIA_*` environment a spawned binary reads.

@@ -184,7 +184,8 @@ async fn start(worker: Arc<Worker>, class: ResourceClass, entry: StreamId, alloc
             // landed. The entry goes back to every worker rather than being dropped, which
             // would leave the task queued with no entry; if the claim did land, the copy is
             // stale (the attempt moved on) and the lease expiry re-queues the task.
-            tracing::warn!(entry = %entry.id, "claiming (entry handed back): {e:#}");
+            let what = format!("claiming entry {} (handed back)", entry.id);
+            worker.store.outage().report(&what, &format_args!("{e:#}"));
             hand_back(&worker, class, &entry).await;
             worker.devices.release(alloc);
             return;

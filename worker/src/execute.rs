@@ -97,7 +97,8 @@ async fn record(worker: &Worker, lease_token: &str, outcome: &Outcome) {
         match worker.store.tasks().finish(lease_token, outcome).await {
             Ok(after) => break after,
             Err(e) => {
-                tracing::warn!("recording task outcome (will retry): {e:#}");
+                let what = "recording task outcome (will retry)";
+                worker.store.outage().report(what, &format_args!("{e:#}"));
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }

@@ -15,7 +15,10 @@ use crate::worker::Worker;
 pub async fn heartbeat(worker: Arc<Worker>, mut stop: broadcast::Receiver<()>) {
     loop {
         if let Err(e) = beat(&worker).await {
-            tracing::warn!("heartbeat: {e:#}");
+            worker
+                .store
+                .outage()
+                .report("heartbeat", &format_args!("{e:#}"));
         }
         tokio::select! {
             () = tokio::time::sleep(worker.options.heartbeat) => {}

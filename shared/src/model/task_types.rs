@@ -9,6 +9,9 @@ pub const DEBUG_NOOP: &str = "debug.noop";
 pub const DEBUG_SLEEP: &str = "debug.sleep";
 pub const DEBUG_FAIL: &str = "debug.fail";
 pub const DEBUG_CRASH: &str = "debug.crash";
+pub const DEBUG_WRITE: &str = "debug.write";
+/// The most `debug.write` writes: it holds the bytes in memory.
+pub const DEBUG_WRITE_MAX_BYTES: u64 = 64 << 20;
 pub const MODEL_DOWNLOAD: &str = "model.download";
 pub const INFERENCE_EMBED: &str = "inference.embed";
 pub const INFERENCE_GENERATE: &str = "inference.generate";
@@ -19,6 +22,7 @@ pub const ALL: &[&str] = &[
     DEBUG_SLEEP,
     DEBUG_FAIL,
     DEBUG_CRASH,
+    DEBUG_WRITE,
     MODEL_DOWNLOAD,
     INFERENCE_EMBED,
     INFERENCE_GENERATE,
@@ -45,6 +49,16 @@ pub fn check_params(task_type: &str, params: &Map<String, Value>) -> Vec<(String
         DEBUG_SLEEP => uint("ms", true),
         // `times` absent means "always fail".
         DEBUG_FAIL => uint("times", false),
+        DEBUG_WRITE => {
+            uint("bytes", true);
+            let n = params.get("bytes").and_then(Value::as_u64).unwrap_or(0);
+            if n > DEBUG_WRITE_MAX_BYTES {
+                problems.push((
+                    "bytes".to_owned(),
+                    format!("at most {DEBUG_WRITE_MAX_BYTES}, got {n}"),
+                ));
+            }
+        }
         MODEL_DOWNLOAD => typed(params, &mut problems, task_params::check_download),
         INFERENCE_EMBED => typed(params, &mut problems, task_params::check_embed),
         INFERENCE_GENERATE => typed(params, &mut problems, task_params::check_generate),

@@ -20,10 +20,17 @@ pub use runs::RunRepo;
 pub use tasks::TaskRepo;
 pub use workers::WorkerRepo;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use mongodb::bson::{Document, doc};
+use mongodb::event::EventHandler;
+use mongodb::event::sdam::SdamEvent;
+use mongodb::options::ClientOptions;
 use mongodb::{Client, Database};
 
 use crate::config::MongoConfig;
+use crate::outage::Outage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -41,19 +48,74 @@ pub enum StoreError {
     SchemaTooNew { found: i32, supported: i32 },
 }
 
+/// Server codes of a node that is stepping down, starting up or shutting down: another try
+/// (once a primary is back) can succeed.
+const STATE_CHANGE_CODES: [i32; 8] = [10107, 13435, 10058, 11600, 11602, 13436, 189, 91];
+
+impl StoreError {
+    /// The database could not be reached or had no primary for a while: the same call can
+    /// succeed later, so it is retried rather than failed. Anything else (a document MongoDB
+    /// refuses, a newer schema) fails the same way every time.
+    pub fn is_transient(&self) -> bool {
+        use mongodb::error::ErrorKind;
+        let Self::Mongo(e) = self else {
+            return false;
+        };
+        let code = match e.kind.as_ref() {
+            ErrorKind::Io(_)
+            | ErrorKind::ServerSelection { .. }
+            | ErrorKind::ConnectionPoolCleared { .. } => return true,
+            ErrorKind::Command(c) => Some(c.code),
+            ErrorKind::Write(mongodb::error::WriteFailure::WriteConcernError(w)) => Some(w.code),
+            _ => None,
+        };
+        code.is_some_and(|c| STATE_CHANGE_CODES.contains(&c))
+            || e.contains_label("RetryableWriteError")
+            || e.contains_label("TransientTransactionError")
+    }
+}
+
+/// Whether `err` or any error in its source chain is a transient [`StoreError`] (or a driver
+/// error that would make one).
+pub fn is_transient(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(store) = e.downcast_ref::<StoreError>() {
+            return store.is_transient();
+        }
+        if let Some(driver) = e.downcast_ref::<mongodb::error::Error>() {
+            return StoreError::Mongo(driver.clone()).is_transient();
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// A connected database handle.
 #[derive(Debug, Clone)]
 pub struct Store {
     client: Client,
     db: Database,
+    /// Whether a writable primary is known, as the driver's monitor sees it.
+    outage: Arc<Outage>,
 }
 
 impl Store {
     /// Connects and checks that the server is a replica set member.
     pub async fn connect(config: &MongoConfig) -> Result<Self, StoreError> {
-        let client = Client::with_uri_str(&config.uri).await?;
+        let mut options = ClientOptions::parse(&config.uri).await?;
+        // A stalled server is noticed by the monitor after a heartbeat plus a connect timeout
+        // (the driver's defaults make that 20 s); operations on it are then interrupted and
+        // retried on the next primary. The URI can still set either.
+        options.heartbeat_freq.get_or_insert(Duration::from_secs(5));
+        options
+            .connect_timeout
+            .get_or_insert(Duration::from_secs(5));
+        let outage = Arc::new(Outage::new("MongoDB"));
+        options.sdam_event_handler = Some(watch_primary(outage.clone()));
+        let client = Client::with_options(options)?;
         let db = client.database(&config.database);
-        let store = Self { client, db };
+        let store = Self { client, db, outage };
         let hello = store.hello().await?;
         if hello.get_str("setName").is_err() {
             return Err(StoreError::NotReplicaSet {
@@ -61,6 +123,11 @@ impl Store {
             });
         }
         Ok(store)
+    }
+
+    /// MongoDB outages as the driver's monitor sees them (one log line each way).
+    pub fn outage(&self) -> &Outage {
+        &self.outage
     }
 
     pub fn client(&self) -> &Client {
@@ -172,6 +239,30 @@ where
 {
     use futures::TryStreamExt;
     Ok(coll.find(filter).sort(sort).await?.try_collect().await?)
+}
+
+/// Feeds `outage` from the driver's topology monitor: no writable primary is an outage (a stalled
+/// or stopped server, or an election), one again is its end.
+fn watch_primary(outage: Arc<Outage>) -> EventHandler<SdamEvent> {
+    EventHandler::callback(move |event| {
+        let SdamEvent::TopologyDescriptionChanged(change) = event else {
+            return;
+        };
+        let (was, is) = (
+            change.previous_description.has_writable_server(),
+            change.new_description.has_writable_server(),
+        );
+        match (was, is) {
+            (true, false) => {
+                outage.failed(&format_args!(
+                    "no writable primary ({:?})",
+                    change.new_description.topology_type()
+                ));
+            }
+            (false, true) => outage.answered(),
+            _ => {}
+        }
+    })
 }
 
 /// Drops `user:password@` from a URI so it can be logged.

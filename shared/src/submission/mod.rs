@@ -271,3 +271,24 @@ use validate::Validator;
 
 #[cfg(test)]
 mod tests;
+
+/// What must hold for any input, however malformed: [`parse`] answers without panicking, a
+/// refusal names at least one problem, and an accepted submission lists each task after its
+/// upstream tasks. Panics otherwise. The fuzz target (`fuzz/`) and the corpus test call it.
+#[doc(hidden)]
+pub fn assert_parse_invariants(raw: &[u8], max_bytes: usize) {
+    match parse(raw, max_bytes) {
+        Ok(sub) => {
+            assert!(!sub.tasks.is_empty(), "accepted with no task");
+            for (i, task) in sub.tasks.iter().enumerate() {
+                for up in &task.depends_on {
+                    let before = sub.tasks[..i].iter().any(|t| &t.id == up);
+                    assert!(before, "task {} listed before its upstream {up}", task.id);
+                }
+            }
+        }
+        Err(Refusal::Rejected { errors, .. } | Refusal::Anonymous(errors)) => {
+            assert!(!errors.is_empty(), "a refusal names at least one problem");
+        }
+    }
+}

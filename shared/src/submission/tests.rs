@@ -146,3 +146,23 @@ fn gpu_memory_needs_a_gpu() {
     ])));
     assert_eq!(errors[0].path, "tasks[0].resources.gpu_memory_mb");
 }
+
+/// Every input of the fuzz corpus (`fuzz/seeds/submission`, kept by `scripts/fuzz`) and the
+/// hand-written examples beside it still parse without a panic, with the invariants the fuzzer
+/// checked.
+#[test]
+fn the_fuzz_corpus_parses_without_panicking() {
+    let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+    let mut seen = 0;
+    for dir in [seeds.join("examples"), seeds.join("submission")] {
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        for entry in entries {
+            let path = entry.unwrap().path();
+            let raw = std::fs::read(&path).unwrap();
+            let outcome = std::panic::catch_unwind(|| assert_parse_invariants(&raw, 1 << 20));
+            assert!(outcome.is_ok(), "{} broke the parser", path.display());
+            seen += 1;
+        }
+    }
+    assert!(seen >= 7, "the corpus is there ({seen} inputs)");
+}

@@ -7,7 +7,7 @@ use futures::future::BoxFuture;
 use harmonia_shared::error::ExecError;
 use mongodb::bson::{Document, doc};
 
-use super::{Executor, TaskContext};
+use super::{Executor, TaskContext, output};
 
 fn uint(params: &Document, key: &str) -> Option<u64> {
     match params.get(key)? {
@@ -77,6 +77,42 @@ impl Executor for Crash {
         async move {
             tracing::error!(task = %ctx.task.id, "debug.crash: aborting the worker on purpose");
             std::process::abort()
+        }
+        .boxed()
+    }
+}
+
+/// `debug.write {bytes}`: stores `bytes` bytes as the task's output `debug.bin` (in the bucket,
+/// with its `artifacts` pointer), as a model task stores its outputs.
+pub struct Write;
+
+impl Executor for Write {
+    fn run<'a>(&'a self, ctx: &'a TaskContext) -> BoxFuture<'a, Result<Document, ExecError>> {
+        async move {
+            let n = uint(ctx.params(), "bytes").unwrap_or(0);
+            let n =
+                usize::try_from(n).map_err(|_| ExecError::Permanent("bytes: too large".into()))?;
+            // Content that differs per task, so a mixed-up object shows in its checksum.
+            let seed = ctx.task.id.bytes();
+            let bytes: Vec<u8> = (0..n).map(|i| seed[i % seed.len()] ^ (i as u8)).collect();
+            ctx.progress("uploading", 0.0, Some(format!("{n} bytes")));
+            let stored = output::put(
+                ctx,
+                output::Output {
+                    name: "debug.bin",
+                    artifact_type: "debug",
+                    content_type: "application/octet-stream",
+                    bytes: bytes::Bytes::from(bytes),
+                    summary: doc! { "bytes": n as i64 },
+                    lineage: Document::new(),
+                },
+            )
+            .await?;
+            Ok(doc! {
+                "artifact_id": stored.id,
+                "artifact_ids": [stored.id],
+                "sha256": &stored.storage_ref.sha256,
+            })
         }
         .boxed()
     }

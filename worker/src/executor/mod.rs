@@ -118,6 +118,7 @@ impl Registry {
         r.add(task_types::DEBUG_SLEEP, debug::Sleep);
         r.add(task_types::DEBUG_FAIL, debug::Fail);
         r.add(task_types::DEBUG_CRASH, debug::Crash);
+        r.add(task_types::DEBUG_WRITE, debug::Write);
         r.add(task_types::MODEL_DOWNLOAD, download::Download);
         r.add(task_types::INFERENCE_EMBED, embed::Embed);
         r.add(task_types::INFERENCE_GENERATE, generate::Generate);
