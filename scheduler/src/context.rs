@@ -5,6 +5,7 @@ use std::time::Duration;
 use harmonia_shared::queue::Queue;
 use harmonia_shared::store::Store;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -30,6 +31,10 @@ pub struct Scheduler {
     pub options: Options,
     /// Wakes the publisher when tasks became due (promotion, new runs).
     pub publish: Notify,
+    /// Cancelled on SIGTERM: every loop returns at its next wait. A token stays cancelled, so a
+    /// loop cannot miss it (a broadcast message could be consumed by one wait and missed by
+    /// the next).
+    pub shutdown: CancellationToken,
 }
 
 impl Scheduler {

@@ -9,7 +9,6 @@ use harmonia_shared::queue::Queue;
 use harmonia_shared::store::Store;
 use harmonia_shared::submission::{Submission, TaskSpec};
 use mongodb::bson::oid::ObjectId;
-use redis::AsyncCommands;
 
 use crate::create;
 
@@ -40,11 +39,7 @@ async fn signal_cancel(queue: &Queue, ids: &[ObjectId]) -> anyhow::Result<()> {
         return Ok(());
     }
     let ids: Vec<String> = ids.iter().map(|id| id.to_hex()).collect();
-    let mut conn = queue.conn().await?;
-    let _: i64 = conn
-        .publish(queue.keys().cancel_channel(), ids.join(","))
-        .await?;
-    Ok(())
+    Ok(queue.signal_cancel(&ids).await?)
 }
 
 /// Cancels a whole run. Returns (tasks cancelled now, running tasks signalled).

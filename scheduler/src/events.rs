@@ -9,17 +9,15 @@ use std::time::Instant;
 use futures::StreamExt;
 
 use harmonia_shared::model::TaskStatus;
-use harmonia_shared::queue::{SCHEDULER_GROUP, TaskEvent};
+use harmonia_shared::queue::{Entry, SCHEDULER_GROUP, TaskEvent};
 use mongodb::bson::oid::ObjectId;
-use redis::streams::StreamId;
-use tokio::sync::broadcast;
 
 use crate::context::Scheduler;
 
 /// Events handled at once.
 const CONCURRENCY: usize = 64;
 
-pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) {
+pub async fn run(ctx: Arc<Scheduler>) {
     let stream = ctx.queue.keys().events();
     let mut backlog = true;
     let mut reclaimed_at = Instant::now();
@@ -35,7 +33,7 @@ pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) {
         };
         let entries = tokio::select! {
             read = read => read,
-            _ = shutdown.recv() => return,
+            () = ctx.shutdown.cancelled() => return,
         };
         let entries = match entries {
             Ok(entries) => entries,
@@ -43,7 +41,7 @@ pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) {
                 tracing::warn!("reading task events: {e:#}");
                 tokio::select! {
                     () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
-                    _ = shutdown.recv() => return,
+                    () = ctx.shutdown.cancelled() => return,
                 }
                 backlog = true;
                 continue;
@@ -66,7 +64,7 @@ pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) {
 
 /// Handles one read's events, settles their runs, and acks what was handled. False when some
 /// are left pending for another try.
-async fn handle_batch(ctx: &Arc<Scheduler>, entries: Vec<StreamId>) -> bool {
+async fn handle_batch(ctx: &Arc<Scheduler>, entries: Vec<Entry>) -> bool {
     // Every handler is idempotent and commutes with the others ($pull, then queue what
     // waits on nothing), so events are handled concurrently.
     let results: Vec<(String, anyhow::Result<()>, Option<ObjectId>)> =

@@ -12,12 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use harmonia_shared::model::SubmissionRejection;
-use harmonia_shared::queue::{Reply, ReplyTo};
+use harmonia_shared::queue::{Entry, Reply, ReplyTo};
 use harmonia_shared::store::Store;
 use harmonia_shared::submission::{self, FieldError, Refusal};
 use mongodb::bson::DateTime;
-use redis::streams::StreamId;
-use tokio::sync::broadcast;
 
 use crate::context::Scheduler;
 use crate::create::create_run;
@@ -29,9 +27,9 @@ pub const GROUP: &str = harmonia_shared::queue::SCHEDULER_GROUP;
 /// a MongoDB outage do not count: the submission waits for the database to come back).
 const MAX_STORE_TRIES: u32 = 5;
 
-/// Runs until `shutdown` fires. Errors talking to Redis or Mongo are logged and retried; no
+/// Runs until the scheduler shuts down. Errors talking to Redis or Mongo are logged and retried; no
 /// submission is lost or acked without its effects.
-pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) -> anyhow::Result<()> {
+pub async fn run(ctx: Arc<Scheduler>) -> anyhow::Result<()> {
     let (queue, options) = (&ctx.queue, &ctx.options);
     let stream = queue.keys().submissions();
     queue.ensure_group(&stream, GROUP).await?;
@@ -42,13 +40,13 @@ pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) -> 
         let read = queue.read_group(&stream, GROUP, &options.consumer, backlog, 256);
         let entries = tokio::select! {
             read = read => read,
-            _ = shutdown.recv() => return Ok(()),
+            () = ctx.shutdown.cancelled() => return Ok(()),
         };
         let entries = match entries {
             Ok(entries) => entries,
             Err(e) => {
                 tracing::warn!("reading submissions: {e:#}");
-                backoff(&mut shutdown).await;
+                backoff(&ctx).await;
                 // Redis may have lost the group with its data (NOGROUP): recreate it, or every
                 // later read fails the same way.
                 if let Err(e) = queue.ensure_group(&stream, GROUP).await {
@@ -88,7 +86,7 @@ pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) -> 
                     &format!("submission {} not processed yet", entry.id),
                     &format_args!("{e:#}"),
                 );
-                backoff(&mut shutdown).await;
+                backoff(&ctx).await;
                 backlog = true;
                 break;
             }
@@ -97,17 +95,17 @@ pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) -> 
     }
 }
 
-async fn backoff(shutdown: &mut broadcast::Receiver<()>) {
+async fn backoff(ctx: &Scheduler) {
     tokio::select! {
         () = tokio::time::sleep(Duration::from_millis(500)) => {}
-        _ = shutdown.recv() => {}
+        () = ctx.shutdown.cancelled() => {}
     }
 }
 
 /// Processes one submission entry: effects in MongoDB first, then ack + reply.
-async fn handle(ctx: &Scheduler, entry: &StreamId) -> anyhow::Result<()> {
+async fn handle(ctx: &Scheduler, entry: &Entry) -> anyhow::Result<()> {
     let (queue, store, options) = (&ctx.queue, &ctx.store, &ctx.options);
-    let raw = payload(&entry.map);
+    let raw = entry.get::<Vec<u8>>("payload");
     let parsed = match &raw {
         Some(raw) => submission::parse(raw, options.max_submission_bytes),
         None => Err(Refusal::Anonymous(vec![FieldError {
@@ -174,8 +172,8 @@ async fn handle(ctx: &Scheduler, entry: &StreamId) -> anyhow::Result<()> {
 }
 
 /// Rejects a submission that could not be stored after [`MAX_STORE_TRIES`].
-async fn give_up(ctx: &Scheduler, entry: &StreamId, err: &anyhow::Error) -> anyhow::Result<()> {
-    let raw = payload(&entry.map).unwrap_or_default();
+async fn give_up(ctx: &Scheduler, entry: &Entry, err: &anyhow::Error) -> anyhow::Result<()> {
+    let raw = entry.get::<Vec<u8>>("payload").unwrap_or_default();
     let request_id = match submission::parse(&raw, ctx.options.max_submission_bytes) {
         Ok(sub) => Some(sub.request_id),
         Err(Refusal::Rejected { request_id, .. }) => Some(request_id),
@@ -200,17 +198,9 @@ async fn give_up(ctx: &Scheduler, entry: &StreamId, err: &anyhow::Error) -> anyh
     Ok(())
 }
 
-fn payload(map: &HashMap<String, redis::Value>) -> Option<Vec<u8>> {
-    match map.get("payload")? {
-        redis::Value::BulkString(bytes) => Some(bytes.clone()),
-        redis::Value::SimpleString(s) => Some(s.clone().into_bytes()),
-        _ => None,
-    }
-}
-
 async fn record(
     store: &Store,
-    entry: &StreamId,
+    entry: &Entry,
     request_id: Option<&str>,
     errors: &[FieldError],
     raw: &[u8],

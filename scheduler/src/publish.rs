@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use harmonia_shared::queue::TaskEntry;
 use harmonia_shared::resources::ResourceClass;
-use tokio::sync::broadcast;
 
 use crate::context::Scheduler;
 
 const BATCH: i64 = 1000;
 
-pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) {
+pub async fn run(ctx: Arc<Scheduler>) {
     loop {
         match publish_due(&ctx).await {
             // A full batch: there is probably more, go again at once.
@@ -28,7 +27,7 @@ pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) {
         tokio::select! {
             () = ctx.publish.notified() => {}
             () = tokio::time::sleep(Duration::from_millis(200)) => {}
-            _ = shutdown.recv() => return,
+            () = ctx.shutdown.cancelled() => return,
         }
     }
 }

@@ -16,13 +16,12 @@ use harmonia_shared::model::{TaskError, TaskStatus};
 use harmonia_shared::resources::ResourceClass;
 use harmonia_shared::store::tasks::Outcome;
 use mongodb::bson::DateTime;
-use tokio::sync::broadcast;
 
 use harmonia_shared::error::backoff;
 
 use crate::context::Scheduler;
 
-pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) {
+pub async fn run(ctx: Arc<Scheduler>) {
     let mut last_repair: Option<Instant> = None;
     loop {
         if let Err(e) = pass(&ctx, &mut last_repair).await {
@@ -32,7 +31,7 @@ pub async fn run(ctx: Arc<Scheduler>, mut shutdown: broadcast::Receiver<()>) {
         }
         tokio::select! {
             () = tokio::time::sleep(ctx.options.reconcile_every) => {}
-            _ = shutdown.recv() => return,
+            () = ctx.shutdown.cancelled() => return,
         }
     }
 }

@@ -70,7 +70,7 @@ pub struct RedisArgs {
     #[arg(long = "redis-url", env = "HARMONIA_REDIS_URL", global = true)]
     #[serde(rename = "url", skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
-    /// Prefix of every Redis key; use `{name}` to keep all keys in one Redis Cluster slot.
+    /// Prefix of every Redis key (several deployments can share one Redis server).
     #[arg(long = "redis-prefix", env = "HARMONIA_REDIS_PREFIX", global = true)]
     #[serde(rename = "prefix", skip_serializing_if = "Option::is_none")]
     pub redis_prefix: Option<String>,
@@ -86,7 +86,7 @@ pub struct RedisArgs {
 
 #[derive(Debug, Clone, Default, clap::Args, Serialize)]
 pub struct MongoArgs {
-    /// MongoDB URI; a replica set is required (transactions, change streams).
+    /// MongoDB URI; a replica set is required (retryable writes).
     #[arg(long = "mongo-uri", env = "HARMONIA_MONGO_URI", global = true)]
     #[serde(rename = "uri", skip_serializing_if = "Option::is_none")]
     pub mongo_uri: Option<String>,

@@ -4,8 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
-
 use crate::hub::Mirror;
 
 pub const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
@@ -43,28 +41,6 @@ pub async fn serve_mirror(root: &Path) -> anyhow::Result<RunningMirror> {
         std::future::pending(),
     ));
     Ok(RunningMirror { mirror, url })
-}
-
-/// Copies repo `repo` from the real hub root into `root` (to tamper with it or serve it alone).
-pub fn copy_repo(repo: &str, root: &Path, only: Option<&[&str]>) -> anyhow::Result<()> {
-    let from = hub_root()?.join(repo);
-    let to = root.join(repo);
-    copy_dir(&from, &to, &from, only).with_context(|| format!("copying {repo}"))
-}
-
-fn copy_dir(dir: &Path, to_root: &Path, base: &Path, only: Option<&[&str]>) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let rel = path.strip_prefix(base)?;
-        if path.is_dir() {
-            copy_dir(&path, to_root, base, only)?;
-        } else if only.is_none_or(|o| o.iter().any(|n| Path::new(n) == rel)) {
-            let dst = to_root.join(rel);
-            std::fs::create_dir_all(dst.parent().context("no parent")?)?;
-            std::fs::copy(&path, &dst)?;
-        }
-    }
-    Ok(())
 }
 
 /// A synthetic repo `org/name` with one weights file of `size` bytes and a model card.

@@ -294,3 +294,47 @@ async fn a_worker_stalled_past_its_lease_stops_its_attempt_and_its_outcome_is_re
     );
     assert_eq!(done.worker_id, second.worker_id);
 }
+
+/// SIGTERM while every loop is backing off from a Redis that is gone: the scheduler still
+/// exits, within its grace period. (The ingest loop's backoff used to swallow the one shutdown
+/// message, and the scheduler then retried forever.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scheduler_told_to_stop_while_redis_is_down_exits_within_its_grace() {
+    let (scope, mut redis) = Scope::with_own_redis("shutdown-backoff").await.unwrap();
+    let mut scheduler = scope
+        .spawn("scheduler", "harmonia-scheduler", SCHEDULER)
+        .unwrap();
+    wait_for("the scheduler to run", LONG, || async {
+        Ok(scheduler
+            .output()
+            .contains("scheduler running")
+            .then_some(()))
+    })
+    .await
+    .unwrap();
+    redis.process.kill();
+    wait_for("ingest to back off", LONG, || async {
+        Ok(scheduler
+            .output()
+            .contains("reading submissions")
+            .then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", scheduler.output()));
+
+    scheduler.terminate();
+    // The grace is 10 s; a little more for a loaded machine, far less than a hang.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let exited = loop {
+        if let Some(status) = scheduler.try_wait() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running 15 s after SIGTERM:\n{}",
+            scheduler.output()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling the exit status
+    };
+    assert!(exited.success(), "{exited:?}\n{}", scheduler.output());
+}

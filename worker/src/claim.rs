@@ -5,10 +5,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harmonia_shared::queue::{TaskEntry, WORKERS_GROUP};
+use harmonia_shared::queue::{Entry, TaskEntry, WORKERS_GROUP};
 use harmonia_shared::resources::ResourceClass;
 use mongodb::bson::oid::ObjectId;
-use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
 
 use crate::devices::Alloc;
 use crate::execute::execute;
@@ -35,6 +34,7 @@ pub async fn run(worker: Arc<Worker>) {
             tokio::select! {
                 () = worker.devices.released.notified() => {}
                 () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                () = worker.shutdown.drain.cancelled() => {}
             }
             continue;
         }
@@ -59,7 +59,7 @@ pub async fn run(worker: Arc<Worker>) {
         } else {
             1
         };
-        match read(&worker, &fitting, count).await {
+        match worker.queue.read_tasks(&worker.id, &fitting, count).await {
             Ok(batches) => {
                 // Claims are journaled MongoDB writes: make them concurrently. Devices are
                 // taken synchronously first, so concurrency never over-commits them.
@@ -75,7 +75,7 @@ pub async fn run(worker: Arc<Worker>) {
                 }
             }
             Err(e) => {
-                if e.to_string().contains("NOGROUP") {
+                if e.is_no_group() {
                     // Redis lost the stream (flush/restart): recreate groups next round.
                     grouped.clear();
                 } else {
@@ -85,33 +85,6 @@ pub async fn run(worker: Arc<Worker>) {
             }
         }
     }
-}
-
-async fn read(
-    worker: &Worker,
-    classes: &[ResourceClass],
-    count: usize,
-) -> anyhow::Result<Vec<(ResourceClass, Vec<StreamId>)>> {
-    let streams: Vec<String> = classes
-        .iter()
-        .map(|c| worker.queue.keys().task_stream(*c))
-        .collect();
-    let cursors = vec![">"; streams.len()];
-    let opts = StreamReadOptions::default()
-        .group(WORKERS_GROUP, &worker.id)
-        .count(count)
-        .block(harmonia_shared::queue::BLOCK_MS);
-    let mut conn = worker.queue.conn().await?;
-    let reply: Option<StreamReadReply> =
-        redis::AsyncCommands::xread_options(&mut *conn, &streams, &cursors, &opts).await?;
-    Ok(reply
-        .map(|r| {
-            r.keys
-                .into_iter()
-                .filter_map(|k| Some((worker.queue.keys().class_of(&k.key)?, k.ids)))
-                .collect()
-        })
-        .unwrap_or_default())
 }
 
 /// Takes over entries that sat unacked past `reclaim_after` in the pending list of a worker
@@ -144,8 +117,8 @@ async fn reclaim(worker: &Arc<Worker>, classes: &[ResourceClass]) {
 }
 
 /// Returns an entry this worker read but cannot start now to every other worker.
-async fn hand_back(worker: &Worker, class: ResourceClass, entry: &StreamId) {
-    let Some(task) = TaskEntry::from_fields(&entry.map) else {
+async fn hand_back(worker: &Worker, class: ResourceClass, entry: &Entry) {
+    let Some(task) = TaskEntry::of(entry) else {
         return;
     };
     if let Err(e) = worker.queue.hand_back(class, &entry.id, &task).await {
@@ -155,9 +128,9 @@ async fn hand_back(worker: &Worker, class: ResourceClass, entry: &StreamId) {
 
 /// Claims one entry in MongoDB with the devices already taken for it, and runs it; on a lost
 /// claim the devices go back.
-async fn start(worker: Arc<Worker>, class: ResourceClass, entry: StreamId, alloc: Alloc) {
+async fn start(worker: Arc<Worker>, class: ResourceClass, entry: Entry, alloc: Alloc) {
     let stream = worker.queue.keys().task_stream(class);
-    let task = TaskEntry::from_fields(&entry.map);
+    let task = TaskEntry::of(&entry);
     let claim = match task
         .as_ref()
         .map(|t| (ObjectId::parse_str(&t.task_id), t.attempt))

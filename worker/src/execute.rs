@@ -1,14 +1,12 @@
 //! One attempt, from a won claim to its fenced outcome in MongoDB.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use harmonia_shared::error::{ExecError, backoff};
 use harmonia_shared::model::TaskError;
 use harmonia_shared::store::tasks::{Claim, Outcome};
 use mongodb::bson::DateTime;
-use tokio_util::sync::CancellationToken;
 
 use crate::devices::Alloc;
 use crate::executor::TaskContext;
@@ -18,12 +16,11 @@ use crate::worker::{Inflight, Worker};
 pub async fn execute(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
     let Claim { task, lease_token } = claim;
     let (task_id, run_id, node) = (task.id, task.run_id, task.node_id.clone());
-    let cancel = CancellationToken::new();
+    let cancel = worker.shutdown.hand_back.child_token();
     let (progress_tx, progress_rx) = tokio::sync::watch::channel(None);
     let attempt = Arc::new(Inflight {
         task_id: task_id.to_hex(),
         cancel: cancel.clone(),
-        handing_back: AtomicBool::new(false),
         progress: progress_rx,
     });
     worker
@@ -62,7 +59,7 @@ pub async fn execute(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
     };
     let outcome = match result {
         Ok(outputs) => Outcome::Succeeded { outputs },
-        Err(ExecError::Cancelled) if attempt.handing_back.load(Ordering::Relaxed) => {
+        Err(ExecError::Cancelled) if worker.shutdown.hand_back.is_cancelled() => {
             Outcome::HandedBack
         }
         Err(ExecError::Cancelled) => Outcome::Cancelled,

@@ -8,11 +8,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use harmonia_shared::model::WorkerState;
 use mongodb::bson::DateTime;
-use tokio::sync::broadcast;
 
 use crate::worker::Worker;
 
-pub async fn heartbeat(worker: Arc<Worker>, mut stop: broadcast::Receiver<()>) {
+pub async fn heartbeat(worker: Arc<Worker>) {
     loop {
         if let Err(e) = beat(&worker).await {
             worker
@@ -22,7 +21,7 @@ pub async fn heartbeat(worker: Arc<Worker>, mut stop: broadcast::Receiver<()>) {
         }
         tokio::select! {
             () = tokio::time::sleep(worker.options.heartbeat) => {}
-            _ = stop.recv() => return,
+            () = worker.shutdown.stop.cancelled() => return,
         }
     }
 }
@@ -75,21 +74,13 @@ async fn beat(worker: &Worker) -> anyhow::Result<()> {
 }
 
 /// Listens for cancel signals (comma-separated task ids) and stops matching attempts.
-pub async fn cancel_listener(
-    worker: Arc<Worker>,
-    redis_url: String,
-    mut stop: broadcast::Receiver<()>,
-) {
-    let channel = worker.queue.keys().cancel_channel();
+pub async fn cancel_listener(worker: Arc<Worker>) {
     loop {
         let listen = async {
-            let client = redis::Client::open(redis_url.as_str())?;
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            let mut messages = pubsub.on_message();
-            while let Some(msg) = messages.next().await {
-                let ids: String = msg.get_payload()?;
-                let ids: Vec<&str> = ids.split(',').collect();
+            let signals = worker.queue.cancel_signals().await?;
+            let mut signals = std::pin::pin!(signals);
+            while let Some(ids) = signals.next().await {
+                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
                 worker.cancel_tasks(&ids);
             }
             anyhow::Ok(())
@@ -98,11 +89,11 @@ pub async fn cancel_listener(
             r = listen => if let Err(e) = r {
                 tracing::warn!("cancel listener (reconnecting): {e:#}");
             },
-            _ = stop.recv() => return,
+            () = worker.shutdown.stop.cancelled() => return,
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.recv() => return,
+            () = worker.shutdown.stop.cancelled() => return,
         }
     }
 }

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use harmonia_shared::model::Progress;
@@ -28,10 +27,22 @@ pub struct Options {
 #[derive(Debug)]
 pub struct Inflight {
     pub task_id: String,
+    /// A child of [`Shutdown::hand_back`]: cancelled by a user's cancel, a lost lease, or the
+    /// end of the grace period.
     pub cancel: CancellationToken,
-    /// Set when the attempt is stopped by shutdown rather than by a user's cancel.
-    pub handing_back: AtomicBool,
     pub progress: tokio::sync::watch::Receiver<Option<Progress>>,
+}
+
+/// How a worker stops, one token per step, each cancelled once and for good (so no wait can
+/// miss it): `drain` on SIGTERM (no new claims; attempts run on), `hand_back` when the grace
+/// period is over (every attempt's token, a child of it, is cancelled, even one registered
+/// after, and its task is handed back), `stop` once nothing is in flight (heartbeats and the
+/// cancel listener end).
+#[derive(Debug, Default)]
+pub struct Shutdown {
+    pub drain: CancellationToken,
+    pub hand_back: CancellationToken,
+    pub stop: CancellationToken,
 }
 
 #[derive(Debug)]
@@ -44,8 +55,7 @@ pub struct Worker {
     pub env: std::sync::Arc<crate::executor::Env>,
     pub options: Options,
     pub inflight: Mutex<HashMap<String, std::sync::Arc<Inflight>>>,
-    /// No new claims once set (SIGTERM).
-    pub draining: AtomicBool,
+    pub shutdown: Shutdown,
     /// Runs this worker already marked started (bounded; forgetting one costs one no-op write).
     pub started_runs: Mutex<std::collections::VecDeque<mongodb::bson::oid::ObjectId>>,
 }
@@ -56,7 +66,7 @@ impl Worker {
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.shutdown.drain.is_cancelled()
     }
 
     /// True the first time this worker starts a task of `run` (recently): the run's

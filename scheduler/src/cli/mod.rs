@@ -28,7 +28,7 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the scheduler: ingest submissions (more loops join as they are built).
+    /// Run the scheduler: ingest submissions, publish due tasks, react to task events, reconcile.
     Run(run::RunArgs),
     /// Submit a workflow run from a JSON file and print the scheduler's reply.
     Submit(submit::SubmitArgs),

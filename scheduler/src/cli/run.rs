@@ -3,13 +3,14 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use harmonia_shared::Config;
 use harmonia_shared::queue::Queue;
 use harmonia_shared::store::{Store, migrate::migrate};
-use std::sync::Arc;
-
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::context::{Options, Scheduler};
 use crate::{events, ingest, publish, reconcile};
@@ -41,6 +42,11 @@ pub struct RunArgs {
     /// Interval of the full repair of active runs (lost events, exact aggregates), in ms.
     #[arg(long, env = "HARMONIA_REPAIR_MS", default_value_t = 10_000)]
     pub repair_ms: u64,
+    /// After SIGTERM, how long the loops may take to finish their current step, in s; past it
+    /// the process exits anyway (everything it left undone is redone from MongoDB and the
+    /// streams' pending lists).
+    #[arg(long, env = "HARMONIA_GRACE_S", default_value_t = 10)]
+    pub grace_s: u64,
 }
 
 pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
@@ -63,42 +69,45 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
             repair_every: Duration::from_millis(args.repair_ms),
         },
         publish: Notify::new(),
+        shutdown: CancellationToken::new(),
     });
-    let (shutdown_tx, _) = broadcast::channel(1);
     let mut loops = JoinSet::new();
-    loops.spawn(ingest::run(ctx.clone(), shutdown_tx.subscribe()));
-    let (c, rx) = (ctx.clone(), shutdown_tx.subscribe());
-    loops.spawn(async move {
-        publish::run(c, rx).await;
-        Ok(())
-    });
-    let (c, rx) = (ctx.clone(), shutdown_tx.subscribe());
-    loops.spawn(async move {
-        events::run(c, rx).await;
-        Ok(())
-    });
-    let (c, rx) = (ctx.clone(), shutdown_tx.subscribe());
-    loops.spawn(async move {
-        reconcile::run(c, rx).await;
-        Ok(())
-    });
+    loops.spawn(ingest::run(ctx.clone()));
+    loops.spawn(infallible(publish::run(ctx.clone())));
+    loops.spawn(infallible(events::run(ctx.clone())));
+    loops.spawn(infallible(reconcile::run(ctx.clone())));
     tracing::info!(consumer = %ctx.options.consumer, "scheduler running");
-    tokio::select! {
+    let failed = tokio::select! {
         r = harmonia_shared::signal::terminated() => {
             r?;
             tracing::info!("shutting down");
+            None
         }
-        Some(done) = loops.join_next() => {
-            // A loop only returns early on a fatal error; stop the others too.
-            let _ = shutdown_tx.send(());
+        // A loop only returns early on a fatal error; stop the others too.
+        Some(done) = loops.join_next() => Some(done),
+    };
+    ctx.shutdown.cancel();
+    let grace = Duration::from_secs(args.grace_s);
+    let joined = tokio::time::timeout(grace, async {
+        while let Some(done) = loops.join_next().await {
             done??;
         }
-    }
-    let _ = shutdown_tx.send(());
-    while let Some(done) = loops.join_next().await {
+        anyhow::Ok(())
+    });
+    if let Some(done) = failed {
         done??;
     }
+    match joined.await {
+        Ok(result) => result?,
+        Err(_) => tracing::warn!(?grace, "loops still busy after the grace period: exiting"),
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A loop that only ends on shutdown, as a task of the loops' set.
+async fn infallible(run: impl Future<Output = ()>) -> anyhow::Result<()> {
+    run.await;
+    Ok(())
 }
 
 fn default_name() -> String {

@@ -14,8 +14,6 @@ pub enum ExpectedSource {
     HubLfs,
     /// The git blob id of a small (non-LFS) file: verified as git's sha1, sha256 recorded.
     GitBlob,
-    /// A registered `model_artifacts` file (re-verified before use).
-    Registry,
     /// Computed while writing a file this system produced (conversions, outputs).
     Produced,
 }

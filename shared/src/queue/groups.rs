@@ -72,4 +72,24 @@ impl Queue {
             Err(e) => Err(e.into()),
         }
     }
+
+    /// Removes `consumer` from `group` on `stream` if it holds no pending entry (a consumer
+    /// with pending entries stays, so they can be taken over). True when it was removed.
+    pub async fn leave_group(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+    ) -> Result<bool, QueueError> {
+        use redis::streams::StreamPendingCountReply;
+        let mut conn = self.conn().await?;
+        let pending: StreamPendingCountReply = conn
+            .xpending_consumer_count(stream, group, "-", "+", 1, consumer)
+            .await?;
+        if !pending.ids.is_empty() {
+            return Ok(false);
+        }
+        let _: i64 = conn.xgroup_delconsumer(stream, group, consumer).await?;
+        Ok(true)
+    }
 }

@@ -1,7 +1,6 @@
 //! Every Redis key name Harmonia uses, formatted in this one place.
 //!
-//! All keys start with the configured prefix. A prefix written as a hash tag (`{harmonia}`) puts
-//! every key in one Redis Cluster slot, which the multi-key scripts need there.
+//! All keys start with the configured prefix, so deployments can share one Redis server.
 
 use crate::resources::ResourceClass;
 

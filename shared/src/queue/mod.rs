@@ -1,5 +1,6 @@
 //! Redis: the fast transport. Nothing here is the source of truth; MongoDB is.
 
+pub mod cancels;
 pub mod epoch;
 pub mod events;
 pub mod groups;
@@ -12,6 +13,9 @@ pub use events::{SCHEDULER_GROUP, TaskEvent};
 pub use keys::Keys;
 pub use replies::{Reply, ReplyTo};
 pub use tasks::{TaskEntry, WORKERS_GROUP};
+
+/// One stream entry as read through a group: its id and its fields (`entry.get("payload")`).
+pub use redis::streams::StreamId as Entry;
 
 use deadpool_redis::{Config as PoolConfig, Pool, Runtime};
 
@@ -32,6 +36,13 @@ pub enum QueueError {
     },
 }
 
+impl QueueError {
+    /// Redis has no such consumer group (lost with its data in a flush or an empty restart).
+    pub fn is_no_group(&self) -> bool {
+        matches!(self, Self::Redis(e) if e.code() == Some("NOGROUP"))
+    }
+}
+
 /// How long a blocking stream read (XREAD/XREADGROUP BLOCK) waits per call. It must stay under
 /// the client's response timeout (500 ms by default in redis-rs), or every idle read would
 /// surface as an error; loops simply read again.
@@ -42,6 +53,8 @@ pub const BLOCK_MS: usize = 250;
 pub struct Queue {
     pool: Pool,
     keys: Keys,
+    /// For the connections a pool cannot lend (pub/sub). Never printed: it may hold a password.
+    url: String,
 }
 
 impl std::fmt::Debug for Queue {
@@ -59,6 +72,7 @@ impl Queue {
         let queue = Self {
             pool,
             keys: Keys::new(config.prefix.clone()),
+            url: config.url.clone(),
         };
         queue.ping().await?;
         Ok(queue)

@@ -4,7 +4,6 @@
 //! wins (fenced on status and attempt), so duplicate or stale entries are harmless and Redis can
 //! always be rebuilt from MongoDB.
 
-use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use redis::AsyncCommands;
@@ -25,15 +24,11 @@ pub struct TaskEntry {
 }
 
 impl TaskEntry {
-    pub fn from_fields(map: &HashMap<String, redis::Value>) -> Option<Self> {
-        let text = |k: &str| match map.get(k)? {
-            redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-            redis::Value::SimpleString(s) => Some(s.clone()),
-            _ => None,
-        };
+    /// The task an entry names; `None` for an entry that is not a task entry.
+    pub fn of(entry: &super::Entry) -> Option<Self> {
         Some(Self {
-            task_id: text("task")?,
-            attempt: text("attempt")?.parse().ok()?,
+            task_id: entry.get("task")?,
+            attempt: entry.get("attempt")?,
         })
     }
 }
@@ -129,5 +124,34 @@ impl Queue {
             .invoke_async(&mut *conn)
             .await?;
         Ok(())
+    }
+}
+
+impl Queue {
+    /// One read, for worker `consumer`, of new entries on the task streams of `classes` (at most
+    /// `count` per stream, waiting up to [`super::BLOCK_MS`]), by class.
+    pub async fn read_tasks(
+        &self,
+        consumer: &str,
+        classes: &[ResourceClass],
+        count: usize,
+    ) -> Result<Vec<(ResourceClass, Vec<redis::streams::StreamId>)>, QueueError> {
+        use redis::streams::{StreamReadOptions, StreamReadReply};
+        let streams: Vec<String> = classes.iter().map(|c| self.keys.task_stream(*c)).collect();
+        let cursors = vec![">"; streams.len()];
+        let opts = StreamReadOptions::default()
+            .group(WORKERS_GROUP, consumer)
+            .count(count)
+            .block(super::BLOCK_MS);
+        let mut conn = self.conn().await?;
+        let reply: Option<StreamReadReply> = conn.xread_options(&streams, &cursors, &opts).await?;
+        Ok(reply
+            .map(|r| {
+                r.keys
+                    .into_iter()
+                    .filter_map(|k| Some((self.keys.class_of(&k.key)?, k.ids)))
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 }

@@ -38,9 +38,7 @@ pub enum StoreError {
     Mongo(#[from] mongodb::error::Error),
     #[error("encoding a document: {0}")]
     Encode(#[from] mongodb::bson::ser::Error),
-    #[error(
-        "mongodb at {uri} is not a replica set member (transactions and change streams need one)"
-    )]
+    #[error("mongodb at {uri} is not a replica set member (retryable writes need one)")]
     NotReplicaSet { uri: String },
     #[error(
         "database schema version {found} is newer than this binary supports ({supported}); upgrade Harmonia"

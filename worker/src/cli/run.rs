@@ -4,20 +4,18 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use harmonia_shared::Config;
 use harmonia_shared::model::WorkerState;
 use harmonia_shared::queue::{Queue, WORKERS_GROUP};
 use harmonia_shared::store::Store;
 use harmonia_shared::store::migrate::migrate;
-use tokio::sync::broadcast;
 
 use crate::devices::Devices;
 use crate::executor::{Env, Registry};
 use crate::models::{Hub, Models, Pool};
-use crate::worker::{Options, Worker};
+use crate::worker::{Options, Shutdown, Worker};
 use crate::{claim, lease, registry};
 use harmonia_shared::storage::Storage;
 
@@ -98,23 +96,18 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
             reclaim_after: Duration::from_millis(args.lease_ms.max(2000)),
         },
         inflight: Mutex::new(HashMap::new()),
-        draining: AtomicBool::new(false),
+        shutdown: Shutdown::default(),
         started_runs: Mutex::new(std::collections::VecDeque::new()),
     });
 
-    let (stop_tx, _) = broadcast::channel(1);
-    let heartbeat = tokio::spawn(lease::heartbeat(worker.clone(), stop_tx.subscribe()));
-    let listener = tokio::spawn(lease::cancel_listener(
-        worker.clone(),
-        config.redis.url.clone(),
-        stop_tx.subscribe(),
-    ));
+    let heartbeat = tokio::spawn(lease::heartbeat(worker.clone()));
+    let listener = tokio::spawn(lease::cancel_listener(worker.clone()));
     let claims = tokio::spawn(claim::run(worker.clone()));
 
     harmonia_shared::signal::terminated().await?;
     drain(&worker).await;
     let _ = claims.await;
-    let _ = stop_tx.send(());
+    worker.shutdown.stop.cancel();
     let _ = tokio::join!(heartbeat, listener);
     leave(&worker).await;
     Ok(ExitCode::SUCCESS)
@@ -123,28 +116,28 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
 /// Stops claiming, lets in-flight attempts finish within the grace period, hands back the rest.
 /// "In flight" is every device allocation held, so a claim still being written counts too.
 async fn drain(worker: &Worker) {
-    worker.draining.store(true, Ordering::Relaxed);
+    worker.shutdown.drain.cancel();
     tracing::info!(held = worker.devices.held(), grace = ?worker.options.grace, "SIGTERM: draining");
-    let deadline = Instant::now() + worker.options.grace;
-    let mut warned = false;
+    if tokio::time::timeout(worker.options.grace, all_released(worker))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            held = worker.devices.held(),
+            "grace period over: handing tasks back"
+        );
+        // Executors are cooperative: they stop, and their fenced hand-back writes land. An
+        // attempt a claim in progress registers from now on starts cancelled.
+        worker.shutdown.hand_back.cancel();
+        all_released(worker).await;
+    }
+}
+
+async fn all_released(worker: &Worker) {
     while worker.devices.held() > 0 {
-        if Instant::now() >= deadline {
-            // Executors are cooperative: stop them and let their fenced hand-back writes land.
-            // Repeated, because a claim in progress may register its attempt late.
-            for attempt in worker.inflight().values() {
-                attempt.handing_back.store(true, Ordering::Relaxed);
-                attempt.cancel.cancel();
-            }
-            if !warned {
-                tracing::warn!(
-                    held = worker.devices.held(),
-                    "grace period over: handing tasks back"
-                );
-                warned = true;
-            }
-        }
         tokio::select! {
             () = worker.devices.released.notified() => {}
+            // `notify_waiters` reaches only waiters already registered: look again soon.
             () = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
     }
@@ -156,29 +149,8 @@ async fn leave(worker: &Worker) {
     let classes = worker.queue.classes().await.unwrap_or_default();
     for class in classes {
         let stream = worker.queue.keys().task_stream(class);
-        let removed = async {
-            let mut conn = worker.queue.conn().await?;
-            let pending: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
-                .arg(&stream)
-                .arg(WORKERS_GROUP)
-                .arg("-")
-                .arg("+")
-                .arg(1)
-                .arg(&worker.id)
-                .query_async(&mut *conn)
-                .await?;
-            if pending.ids.is_empty() {
-                let _: i64 = redis::cmd("XGROUP")
-                    .arg("DELCONSUMER")
-                    .arg(&stream)
-                    .arg(WORKERS_GROUP)
-                    .arg(&worker.id)
-                    .query_async(&mut *conn)
-                    .await?;
-            }
-            anyhow::Ok(())
-        };
-        if let Err(e) = removed.await {
+        let left = worker.queue.leave_group(&stream, WORKERS_GROUP, &worker.id);
+        if let Err(e) = left.await {
             tracing::debug!(%stream, "removing consumer: {e:#}");
         }
     }
