@@ -58,11 +58,7 @@ pub async fn create_run(
     }
     let (run, tasks) = documents(sub, retry_of)?;
     store.tasks().insert_missing(&tasks).await?;
-    let new = match store.runs().insert(&run).await {
-        Ok(()) => true,
-        Err(StoreError::Mongo(e)) if is_duplicate_key(&e) => false, // a replica raced us
-        Err(e) => return Err(e),
-    };
+    let new = store.runs().insert(&run).await?; // false: a replica raced us
     // The commit point has passed: queue the ready tasks.
     store.tasks().queue_ready_in(run.id).await?;
     Ok(Created {
@@ -156,15 +152,6 @@ pub fn documents(
         schema_version: SCHEMA_VERSION,
     };
     Ok((run, tasks))
-}
-
-fn is_duplicate_key(e: &MongoError) -> bool {
-    use mongodb::error::{ErrorKind, WriteFailure};
-    match &*e.kind {
-        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
-        ErrorKind::Command(c) => c.code == 11000,
-        _ => false,
-    }
 }
 
 #[cfg(test)]

@@ -29,10 +29,15 @@ const MAX_STORE_TRIES: u32 = 5;
 
 /// Runs until the scheduler shuts down. Errors talking to Redis or Mongo are logged and retried; no
 /// submission is lost or acked without its effects.
-pub async fn run(ctx: Arc<Scheduler>) -> anyhow::Result<()> {
+pub async fn run(ctx: Arc<Scheduler>) {
     let (queue, options) = (&ctx.queue, &ctx.options);
     let stream = queue.keys().submissions();
-    queue.ensure_group(&stream, GROUP).await?;
+    // Not fatal: with Redis away at start the first read fails too, and the error path below
+    // creates the group once Redis answers. (A `?` here let a Redis blip at start-up stop the
+    // whole scheduler.)
+    if let Err(e) = queue.ensure_group(&stream, GROUP).await {
+        tracing::warn!("creating the submissions group: {e:#}");
+    }
     // Start with entries this consumer was given before a restart ("0"), then new ones (">").
     let mut backlog = true;
     let mut failures: HashMap<String, u32> = HashMap::new();
@@ -40,7 +45,7 @@ pub async fn run(ctx: Arc<Scheduler>) -> anyhow::Result<()> {
         let read = queue.read_group(&stream, GROUP, &options.consumer, backlog, 256);
         let entries = tokio::select! {
             read = read => read,
-            () = ctx.shutdown.cancelled() => return Ok(()),
+            () = ctx.shutdown.cancelled() => return,
         };
         let entries = match entries {
             Ok(entries) => entries,

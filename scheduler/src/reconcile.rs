@@ -15,9 +15,6 @@ use std::time::Instant;
 use harmonia_shared::model::{TaskError, TaskStatus};
 use harmonia_shared::resources::ResourceClass;
 use harmonia_shared::store::tasks::Outcome;
-use mongodb::bson::DateTime;
-
-use harmonia_shared::error::backoff;
 
 use crate::context::Scheduler;
 
@@ -90,11 +87,7 @@ async fn expire_leases(ctx: &Scheduler) -> anyhow::Result<()> {
         let Some(token) = task.lease_token.as_deref() else {
             continue;
         };
-        let used = task.attempt.saturating_sub(task.attempt_base);
-        let retry_at = (used < task.max_attempts).then(|| {
-            let delay = backoff(ctx.options.retry_base, used);
-            DateTime::from_millis(DateTime::now().timestamp_millis() + delay.as_millis() as i64)
-        });
+        let retry_at = task.retry_at(ctx.options.retry_base);
         let worker = task.worker_id.as_deref().unwrap_or("?");
         let error = TaskError {
             message: format!(

@@ -3,13 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use harmonia_shared::error::{ExecError, backoff};
+use harmonia_shared::error::ExecError;
 use harmonia_shared::model::TaskError;
 use harmonia_shared::store::tasks::{Claim, Outcome};
-use mongodb::bson::DateTime;
 
 use crate::devices::Alloc;
-use crate::executor::TaskContext;
+use crate::executor::{self, TaskContext};
 use crate::worker::{Inflight, Worker};
 
 /// Runs the claimed attempt, records its outcome, and gives the devices back.
@@ -41,14 +40,12 @@ pub async fn execute(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
     );
     tracing::info!(task = %task_id, %node, r#type = %task.task_type, attempt = ctx.attempt,
         gpus = ?ctx.gpus, "task started");
-    let result = match worker.executors.get(&task.task_type) {
-        None => Err(ExecError::Permanent(format!(
-            "this worker has no executor for type '{}'",
-            task.task_type
-        ))),
-        Some(executor) => {
+    let kind = executor::params::kind(&task);
+    let result = match &kind {
+        Err(e) => Err(e.clone()),
+        Ok(kind) => {
             let limit = Duration::from_secs(task.timeout_s);
-            match tokio::time::timeout(limit, executor.run(&ctx)).await {
+            match tokio::time::timeout(limit, executor::run(&ctx, kind)).await {
                 Ok(result) => result,
                 Err(_) => Err(ExecError::Retryable(format!(
                     "timed out after {} s",
@@ -64,11 +61,9 @@ pub async fn execute(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
         }
         Err(ExecError::Cancelled) => Outcome::Cancelled,
         Err(e) => {
-            let again = e.retryable() && ctx.attempt < task.max_attempts;
-            let retry_at = again.then(|| {
-                let delay = backoff(worker.options.retry_base, ctx.attempt);
-                DateTime::from_millis(DateTime::now().timestamp_millis() + delay.as_millis() as i64)
-            });
+            let retry_at = task
+                .retry_at(worker.options.retry_base)
+                .filter(|_| e.retryable());
             Outcome::Failed {
                 error: TaskError {
                     message: e.to_string(),
@@ -79,7 +74,7 @@ pub async fn execute(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
         }
     };
     record(&worker, &lease_token, &outcome).await;
-    if !task.task_type.starts_with("debug.") {
+    if kind.as_ref().is_ok_and(|k| k.uses_models()) {
         advertise_models(&worker).await;
     }
     worker.inflight().remove(&lease_token);

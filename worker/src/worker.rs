@@ -10,7 +10,6 @@ use harmonia_shared::store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::devices::Devices;
-use crate::executor::Registry;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -51,7 +50,6 @@ pub struct Worker {
     pub queue: Queue,
     pub store: Store,
     pub devices: Devices,
-    pub executors: Registry,
     pub env: std::sync::Arc<crate::executor::Env>,
     pub options: Options,
     pub inflight: Mutex<HashMap<String, std::sync::Arc<Inflight>>>,

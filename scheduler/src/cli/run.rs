@@ -73,9 +73,9 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
     });
     let mut loops = JoinSet::new();
     loops.spawn(ingest::run(ctx.clone()));
-    loops.spawn(infallible(publish::run(ctx.clone())));
-    loops.spawn(infallible(events::run(ctx.clone())));
-    loops.spawn(infallible(reconcile::run(ctx.clone())));
+    loops.spawn(publish::run(ctx.clone()));
+    loops.spawn(events::run(ctx.clone()));
+    loops.spawn(reconcile::run(ctx.clone()));
     tracing::info!(consumer = %ctx.options.consumer, "scheduler running");
     let failed = tokio::select! {
         r = harmonia_shared::signal::terminated() => {
@@ -83,31 +83,25 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
             tracing::info!("shutting down");
             None
         }
-        // A loop only returns early on a fatal error; stop the others too.
+        // Loops end only on shutdown: one that ended early panicked. Stop the others too.
         Some(done) = loops.join_next() => Some(done),
     };
     ctx.shutdown.cancel();
+    if let Some(done) = failed {
+        done?;
+    }
     let grace = Duration::from_secs(args.grace_s);
     let joined = tokio::time::timeout(grace, async {
         while let Some(done) = loops.join_next().await {
-            done??;
+            done?;
         }
         anyhow::Ok(())
     });
-    if let Some(done) = failed {
-        done??;
-    }
     match joined.await {
         Ok(result) => result?,
         Err(_) => tracing::warn!(?grace, "loops still busy after the grace period: exiting"),
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A loop that only ends on shutdown, as a task of the loops' set.
-async fn infallible(run: impl Future<Output = ()>) -> anyhow::Result<()> {
-    run.await;
-    Ok(())
 }
 
 fn default_name() -> String {

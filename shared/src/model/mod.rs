@@ -1,4 +1,4 @@
-//! Domain documents, one file per collection, and the task-type catalogue.
+//! Domain documents, one file per collection, and the task kinds.
 
 pub mod artifact; // artifacts
 pub mod checksum; // checksums
@@ -7,8 +7,8 @@ pub mod model_artifact; // model_artifacts
 pub mod rejection; // submission_rejections
 pub mod run; // workflow_runs
 pub mod task; // run_tasks
-pub mod task_params; // typed params of the model task types
-pub mod task_types; // known task types and their submit-time parameter checks
+pub mod task_kind; // every task type, with its typed params: the one list to extend
+pub mod task_params; // typed params of each task kind and their submit-time checks
 pub mod worker; // workers
 
 pub use artifact::{Artifact, StorageRef};
@@ -18,6 +18,7 @@ pub use model_artifact::{ArtifactFile, Lineage, ModelArtifact};
 pub use rejection::SubmissionRejection;
 pub use run::{RunStatus, TaskCounts, WorkflowRun};
 pub use task::{Progress, RunTask, TaskError, TaskStatus};
+pub use task_kind::{KindError, TaskKind};
 pub use worker::{WorkerDoc, WorkerState};
 
 /// Version of the document shapes; `store::migrate` brings a database up to it.

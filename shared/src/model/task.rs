@@ -111,3 +111,21 @@ pub struct RunTask {
     pub finished_at: Option<DateTime>,
     pub duration_ms: Option<i64>,
 }
+
+impl RunTask {
+    /// Attempts used in the current round (a manual retry starts a new round): 1 for the first.
+    pub fn attempts_used(&self) -> u32 {
+        self.attempt.saturating_sub(self.attempt_base).max(1)
+    }
+
+    /// When a failed attempt of this task is tried again: `base` doubled per attempt used
+    /// (see [`crate::error::backoff`]), or `None` when the round is out of attempts. The one rule
+    /// for a failure the worker reports and a lease the scheduler finds expired.
+    pub fn retry_at(&self, base: std::time::Duration) -> Option<DateTime> {
+        let used = self.attempts_used();
+        (used < self.max_attempts).then(|| {
+            let delay = crate::error::backoff(base, used);
+            DateTime::from_millis(DateTime::now().timestamp_millis() + delay.as_millis() as i64)
+        })
+    }
+}

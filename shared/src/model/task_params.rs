@@ -1,11 +1,38 @@
-//! Typed parameters of the model task types. The scheduler checks them at submit time (so a
-//! bad parameter is a rejected submission naming the field) and the worker parses the same
-//! types.
+//! Typed parameters of every task kind (see `task_kind`). The scheduler checks them at submit
+//! time (so a bad parameter is a rejected submission naming the field) and the worker parses
+//! the same types.
 
 use std::collections::BTreeMap;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+/// `debug.sleep`: sleeps, reporting progress, and stops at once when cancelled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SleepParams {
+    #[serde(deserialize_with = "non_negative")]
+    pub ms: u64,
+}
+
+/// `debug.fail`: fails the first `times` attempts (every attempt when absent), retryably
+/// unless `permanent`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailParams {
+    #[serde(default, deserialize_with = "non_negative_or_none")]
+    pub times: Option<u64>,
+    #[serde(default)]
+    pub permanent: bool,
+}
+
+/// `debug.write`: stores `bytes` bytes as the task's output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WriteParams {
+    #[serde(deserialize_with = "non_negative")]
+    pub bytes: u64,
+}
+
+/// The most `debug.write` writes: it holds the bytes in memory.
+pub const WRITE_MAX_BYTES: u64 = 64 << 20;
 
 /// `model.download`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,6 +108,18 @@ pub struct ConvertParams {
 
 pub const CONVERSIONS: &[&str] = &["f16", "bf16", "safetensors", "q8_0", "q4_0"];
 
+/// A count: says "non-negative integer" rather than serde's "expected u64".
+fn non_negative<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    v.as_u64().ok_or_else(|| {
+        serde::de::Error::custom(format!("expected a non-negative integer, got {v}"))
+    })
+}
+
+fn non_negative_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    non_negative(d).map(Some)
+}
+
 fn main() -> String {
     "main".into()
 }
@@ -139,6 +178,16 @@ pub fn check_download(p: &DownloadParams) -> Vec<(String, String)> {
         }
     }
     problems
+}
+
+pub fn check_write(p: &WriteParams) -> Vec<(String, String)> {
+    if p.bytes > WRITE_MAX_BYTES {
+        return vec![(
+            "bytes".into(),
+            format!("at most {WRITE_MAX_BYTES}, got {}", p.bytes),
+        )];
+    }
+    Vec::new()
 }
 
 pub fn check_embed(p: &EmbedParams) -> Vec<(String, String)> {

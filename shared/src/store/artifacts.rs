@@ -64,7 +64,7 @@ impl ArtifactRepo {
                 .return_document(ReturnDocument::After)
         };
         let stored = match update().await {
-            Err(e) if super::model_artifacts::is_duplicate_key(&e) => update().await?,
+            Err(e) if super::is_duplicate_key(&e) => update().await?,
             other => other?,
         };
         stored.ok_or_else(|| {

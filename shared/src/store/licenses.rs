@@ -60,7 +60,7 @@ impl LicenseRepo {
                 .return_document(ReturnDocument::After)
         };
         let found = match update().await {
-            Err(e) if super::model_artifacts::is_duplicate_key(&e) => update().await?,
+            Err(e) if super::is_duplicate_key(&e) => update().await?,
             other => other?,
         };
         found.ok_or_else(|| {

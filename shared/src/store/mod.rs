@@ -73,6 +73,16 @@ impl StoreError {
     }
 }
 
+/// A unique index refused the write: the document (or one with its key) already exists.
+pub(crate) fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
+        ErrorKind::Command(c) => c.code == 11000,
+        _ => false,
+    }
+}
+
 /// Whether `err` or any error in its source chain is a transient [`StoreError`] (or a driver
 /// error that would make one).
 pub fn is_transient(err: &(dyn std::error::Error + 'static)) -> bool {

@@ -100,7 +100,7 @@ impl ModelArtifactRepo {
         };
         // Two first registrations can race on the unique index; the loser merges on retry.
         let doc = match update().await {
-            Err(e) if is_duplicate_key(&e) => update().await?,
+            Err(e) if super::is_duplicate_key(&e) => update().await?,
             other => other?,
         };
         let mut artifact = doc.ok_or_else(|| {
@@ -135,15 +135,5 @@ impl ModelArtifactRepo {
             .coll
             .find_one(doc! { "name": name, "version": version })
             .await?)
-    }
-}
-
-pub(crate) fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
-    match &*e.kind {
-        mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(w)) => {
-            w.code == 11000
-        }
-        mongodb::error::ErrorKind::Command(c) => c.code == 11000,
-        _ => false,
     }
 }

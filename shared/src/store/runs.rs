@@ -59,9 +59,14 @@ impl RunRepo {
     }
 
     /// Inserts the run document: the commit point of a run's creation.
-    pub async fn insert(&self, run: &WorkflowRun) -> Result<(), StoreError> {
-        self.coll.insert_one(run).await?;
-        Ok(())
+    /// Inserts the run; false when a run with its id or `request_id` already exists (another
+    /// scheduler replica stored the same submission first).
+    pub async fn insert(&self, run: &WorkflowRun) -> Result<bool, StoreError> {
+        match self.coll.insert_one(run).await {
+            Ok(_) => Ok(true),
+            Err(e) if super::is_duplicate_key(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Marks the run running when its first task starts (matches nothing afterwards).

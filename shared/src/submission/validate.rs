@@ -8,7 +8,7 @@ use super::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, FieldError, MAX_GPUS, MAX_ID_LEN, MAX_TAGS, MAX_TASKS,
     Resources, TASK_FIELDS, TaskSpec, err, join, kind, topological_order, valid_id,
 };
-use crate::model::task_types;
+use crate::model::{KindError, TaskKind};
 
 #[derive(Debug, Default)]
 pub(super) struct Validator {
@@ -202,15 +202,6 @@ impl Validator {
         let id = self.id(task, "id", &format!("{path}.id"));
         let type_path = format!("{path}.type");
         let task_type = self.string(task, "type", &type_path, MAX_ID_LEN);
-        if let Some(t) = task_type.as_ref().filter(|t| !task_types::is_known(t)) {
-            self.push(
-                &type_path,
-                format!(
-                    "unknown task type '{t}' (known: {})",
-                    task_types::ALL.join(", ")
-                ),
-            );
-        }
         let params = match task.get("params") {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(p)) => p.clone(),
@@ -226,9 +217,23 @@ impl Validator {
         for (field, message) in &key_problems {
             self.push(format!("{path}.params{}", dotted(field)), message);
         }
-        if let Some(t) = task_type.as_ref().filter(|_| key_problems.is_empty()) {
-            for (field, message) in task_types::check_params(t, &params) {
-                self.push(format!("{path}.params.{field}"), message);
+        if let Some(t) = &task_type {
+            match TaskKind::parse(t, &Value::Object(params.clone())) {
+                Ok(_) => {}
+                Err(KindError::Unknown) => self.push(
+                    &type_path,
+                    format!(
+                        "unknown task type '{t}' (known: {})",
+                        TaskKind::NAMES.join(", ")
+                    ),
+                ),
+                // Params with bad keys were reported as such; their types would only repeat it.
+                Err(KindError::Params(_)) if !key_problems.is_empty() => {}
+                Err(KindError::Params(problems)) => {
+                    for (field, message) in problems {
+                        self.push(format!("{path}.params.{field}"), message);
+                    }
+                }
             }
         }
         let depends_on = self.depends_on(task, path);

@@ -13,7 +13,7 @@ use harmonia_shared::store::Store;
 use harmonia_shared::store::migrate::migrate;
 
 use crate::devices::Devices;
-use crate::executor::{Env, Registry};
+use crate::executor::Env;
 use crate::models::{Hub, Models, Pool};
 use crate::worker::{Options, Shutdown, Worker};
 use crate::{claim, lease, registry};
@@ -84,7 +84,6 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
         queue,
         store,
         devices: Devices::new(gpus, cpu_slots),
-        executors: Registry::builtin(),
         env,
         options: Options {
             lease: Duration::from_millis(args.lease_ms),

@@ -5,30 +5,21 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use harmonia_shared::error::ExecError;
 use harmonia_shared::model::task_params::ConvertParams;
 use harmonia_shared::model::{
     ArtifactFile, CheckOf, Checksum, ExpectedSource, Lineage, ModelArtifact,
 };
 use harmonia_shared::store::model_artifacts::Registration;
+use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{Document, doc};
 
-use super::params::{self, parse, storage_err, store_err};
-use super::{Executor, TaskContext};
+use super::TaskContext;
+use super::params::{self, storage_err, store_err};
 use crate::models::ModelError;
 use crate::models::bert::{Embedder, cosine, read_json};
 use crate::models::convert::{self, Conversion};
 use crate::models::verify::{Expected, hash_file};
-
-pub struct Convert;
-
-impl Executor for Convert {
-    fn run<'a>(&'a self, ctx: &'a TaskContext) -> BoxFuture<'a, Result<Document, ExecError>> {
-        run(ctx).boxed()
-    }
-}
 
 /// Sentences the converted model must embed like the source.
 const VALIDATION: &[&str] = &[
@@ -42,41 +33,20 @@ const VALIDATION: &[&str] = &[
     "Short.",
 ];
 
-async fn run(ctx: &TaskContext) -> Result<Document, ExecError> {
-    let p: ConvertParams = parse(ctx)?;
-    let source = params::model(ctx, p.model_artifact_id.as_deref()).await?;
-    let weights = match &p.weights {
-        Some(w) => params::weights_file(&source, Some(w), &[])?,
-        None => ["model.safetensors", "pytorch_model.bin"]
-            .into_iter()
-            .find(|n| source.file(n).is_some())
-            .map_or_else(
-                || params::weights_file(&source, None, &[".safetensors", ".bin"]),
-                Ok,
-            )?,
-    }
-    .to_owned();
-    ctx.progress("verifying source", 0.0, None);
-    let dir = ctx
-        .env
-        .models
-        .ensure_local(&source, &ctx.cancel, &|_| {})
-        .await?;
-    let is_bert = read_json::<serde_json::Value>(&dir.join("config.json"))
-        .ok()
-        .and_then(|c| c.get("model_type")?.as_str().map(str::to_owned))
-        .is_some_and(|t| t == "bert");
+/// The model being converted, verified on this host.
+struct Source {
+    artifact: ModelArtifact,
+    /// Its local snapshot directory.
+    dir: PathBuf,
+    /// The weights file converted.
+    weights: String,
+    is_bert: bool,
+    /// The source's embeddings of [`VALIDATION`], when outputs are validated.
+    reference: Option<Vec<Vec<f32>>>,
+}
 
-    let reference = if p.validate && is_bert {
-        let (d, w) = (dir.clone(), dir.join(&weights));
-        Some(
-            blocking(move || embed_validation(&Embedder::load(&d, &w, &candle_core::Device::Cpu)?))
-                .await?,
-        )
-    } else {
-        None
-    };
-
+pub async fn run(ctx: &TaskContext, p: &ConvertParams) -> Result<Document, ExecError> {
+    let source = prepare(ctx, p).await?;
     let work = ctx
         .env
         .models
@@ -94,74 +64,128 @@ async fn run(ctx: &TaskContext) -> Result<Document, ExecError> {
             ExecError::Permanent(format!("params.to[{i}]: unknown conversion '{to}'"))
         })?;
         let pct = i as f32 * 100.0 / p.to.len() as f32;
-        ctx.progress("converting", pct, Some(to.clone()));
-        let out_dir = work.join(conversion.name());
-        std::fs::create_dir_all(&out_dir).map_err(io)?;
-        let out = out_dir.join(conversion.file_name());
-        let started = Instant::now();
-        let meta = vec![
-            (
-                "general.architecture",
-                if is_bert { "bert" } else { "unknown" }.to_owned(),
-            ),
-            ("general.name", source.name.clone()),
-            ("harmonia.source_version", source.version.clone()),
-        ];
-        let (src, dst) = (dir.join(&weights), out.clone());
-        let converted = blocking(move || convert::convert(&src, conversion, &dst, &meta)).await?;
-        let convert_ms = started.elapsed().as_millis() as i64;
-
-        let validation = match &reference {
-            Some(reference) => {
-                ctx.progress("validating", pct, Some(to.clone()));
-                let (d, o, r) = (dir.clone(), out.clone(), reference.clone());
-                let min = blocking(move || validate(&d, &o, &r)).await?;
-                if min < conversion.min_cosine() {
-                    return Err(ExecError::Permanent(format!(
-                        "validation of {to} failed: least cosine similarity to the source {min:.6} \
-                         < {}",
-                        conversion.min_cosine()
-                    )));
-                }
-                Some(
-                    doc! { "min_cosine": f64::from(min), "threshold": f64::from(conversion.min_cosine()),
-                    "sentences": VALIDATION.len() as i64 },
-                )
-            }
-            None => None,
-        };
-        let artifact = register(
-            ctx,
-            &source,
-            &dir,
-            &weights,
-            conversion,
-            &out,
-            validation.clone(),
-        )
-        .await?;
-        ids.push(artifact.id);
-        let file = artifact.file(&conversion.file_name()).cloned();
-        results.push(doc! {
-            "to": to,
-            "model_artifact_id": artifact.id,
-            "version": &artifact.version,
-            "file": conversion.file_name(),
-            "size_bytes": file.as_ref().map_or(0, |f| f.size_bytes as i64),
-            "sha256": file.map(|f| f.sha256),
-            "convert_ms": convert_ms,
-            "tensors": converted.tensors as i64,
-            "kept_f32": converted.kept_f32 as i64,
-            "validation": validation,
-        });
+        let (result, id) = convert_one(ctx, &source, conversion, &work, pct).await?;
+        results.push(result);
+        ids.push(id);
     }
     let _ = std::fs::remove_dir_all(&work);
     ctx.progress("done", 100.0, None);
-    let mut out = doc! { "source_artifact_id": source.id, "conversions": results };
+    let mut out = doc! { "source_artifact_id": source.artifact.id, "conversions": results };
     if let [only] = ids.as_slice() {
         out.insert("model_artifact_id", *only);
     }
     Ok(out)
+}
+
+/// Finds the source model and its weights, makes sure its files are here and verified, and
+/// computes the validation reference.
+async fn prepare(ctx: &TaskContext, p: &ConvertParams) -> Result<Source, ExecError> {
+    let artifact = params::model(ctx, p.model_artifact_id.as_deref()).await?;
+    let weights = match &p.weights {
+        Some(w) => params::weights_file(&artifact, Some(w), &[])?,
+        None => ["model.safetensors", "pytorch_model.bin"]
+            .into_iter()
+            .find(|n| artifact.file(n).is_some())
+            .map_or_else(
+                || params::weights_file(&artifact, None, &[".safetensors", ".bin"]),
+                Ok,
+            )?,
+    }
+    .to_owned();
+    ctx.progress("verifying source", 0.0, None);
+    let dir = ctx
+        .env
+        .models
+        .ensure_local(&artifact, &ctx.cancel, &|_| {})
+        .await?;
+    let is_bert = read_json::<serde_json::Value>(&dir.join("config.json"))
+        .ok()
+        .and_then(|c| c.get("model_type")?.as_str().map(str::to_owned))
+        .is_some_and(|t| t == "bert");
+    let reference = if p.validate && is_bert {
+        let (d, w) = (dir.clone(), dir.join(&weights));
+        let load = move || embed_validation(&Embedder::load(&d, &w, &candle_core::Device::Cpu)?);
+        Some(blocking(load).await?)
+    } else {
+        None
+    };
+    Ok(Source {
+        artifact,
+        dir,
+        weights,
+        is_bert,
+        reference,
+    })
+}
+
+/// One conversion: convert, validate against the source when asked, upload and register.
+/// Returns its entry of the outputs and the new artifact's id.
+async fn convert_one(
+    ctx: &TaskContext,
+    source: &Source,
+    conversion: Conversion,
+    work: &Path,
+    pct: f32,
+) -> Result<(Document, ObjectId), ExecError> {
+    let to = conversion.name();
+    ctx.progress("converting", pct, Some(to.to_owned()));
+    let out_dir = work.join(to);
+    std::fs::create_dir_all(&out_dir).map_err(io)?;
+    let out = out_dir.join(conversion.file_name());
+    let started = Instant::now();
+    let architecture = if source.is_bert { "bert" } else { "unknown" };
+    let meta = vec![
+        ("general.architecture", architecture.to_owned()),
+        ("general.name", source.artifact.name.clone()),
+        ("harmonia.source_version", source.artifact.version.clone()),
+    ];
+    let (src, dst) = (source.dir.join(&source.weights), out.clone());
+    let converted = blocking(move || convert::convert(&src, conversion, &dst, &meta)).await?;
+    let convert_ms = started.elapsed().as_millis() as i64;
+    let validation = match &source.reference {
+        Some(reference) => {
+            ctx.progress("validating", pct, Some(to.to_owned()));
+            let (d, o, r) = (source.dir.clone(), out.clone(), reference.clone());
+            let min = blocking(move || validate(&d, &o, &r)).await?;
+            if min < conversion.min_cosine() {
+                return Err(ExecError::Permanent(format!(
+                    "validation of {to} failed: least cosine similarity to the source {min:.6} \
+                     < {}",
+                    conversion.min_cosine()
+                )));
+            }
+            Some(
+                doc! { "min_cosine": f64::from(min), "threshold": f64::from(conversion.min_cosine()),
+                "sentences": VALIDATION.len() as i64 },
+            )
+        }
+        None => None,
+    };
+    let (artifact, dir) = (&source.artifact, &source.dir);
+    let registered = register(
+        ctx,
+        artifact,
+        dir,
+        &source.weights,
+        conversion,
+        &out,
+        validation.clone(),
+    );
+    let registered = registered.await?;
+    let file = registered.file(&conversion.file_name()).cloned();
+    let result = doc! {
+        "to": to,
+        "model_artifact_id": registered.id,
+        "version": &registered.version,
+        "file": conversion.file_name(),
+        "size_bytes": file.as_ref().map_or(0, |f| f.size_bytes as i64),
+        "sha256": file.map(|f| f.sha256),
+        "convert_ms": convert_ms,
+        "tensors": converted.tensors as i64,
+        "kept_f32": converted.kept_f32 as i64,
+        "validation": validation,
+    };
+    Ok((result, registered.id))
 }
 
 /// Uploads the converted weights with the source's other files (config, tokenizer) so the new

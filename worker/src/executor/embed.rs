@@ -5,27 +5,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use harmonia_shared::error::ExecError;
 use harmonia_shared::model::task_params::EmbedParams;
 use mongodb::bson::{Document, doc};
 
+use super::TaskContext;
 use super::output::{self, Output};
-use super::params::{self, parse, storage_err};
-use super::{Executor, TaskContext};
+use super::params::{self, storage_err};
 use crate::models::bert::Embedder;
 
-pub struct Embed;
-
-impl Executor for Embed {
-    fn run<'a>(&'a self, ctx: &'a TaskContext) -> BoxFuture<'a, Result<Document, ExecError>> {
-        run(ctx).boxed()
-    }
-}
-
-async fn run(ctx: &TaskContext) -> Result<Document, ExecError> {
-    let p: EmbedParams = parse(ctx)?;
+pub async fn run(ctx: &TaskContext, p: &EmbedParams) -> Result<Document, ExecError> {
     let texts = match (&p.texts, &p.input_key) {
         (Some(t), _) => t.clone(),
         (None, Some(key)) => read_jsonl(ctx, key).await?,

@@ -4,27 +4,16 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use harmonia_shared::error::ExecError;
 use harmonia_shared::model::task_params::GenerateParams;
 use mongodb::bson::{Document, doc};
 
+use super::TaskContext;
 use super::output::{self, Output};
-use super::params::{self, parse};
-use super::{Executor, TaskContext};
+use super::params;
 use crate::models::llama::Generator;
 
-pub struct Generate;
-
-impl Executor for Generate {
-    fn run<'a>(&'a self, ctx: &'a TaskContext) -> BoxFuture<'a, Result<Document, ExecError>> {
-        run(ctx).boxed()
-    }
-}
-
-async fn run(ctx: &TaskContext) -> Result<Document, ExecError> {
-    let p: GenerateParams = parse(ctx)?;
+pub async fn run(ctx: &TaskContext, p: &GenerateParams) -> Result<Document, ExecError> {
     let artifact = params::model(ctx, p.model_artifact_id.as_deref()).await?;
     let weights = params::weights_file(&artifact, p.weights.as_deref(), &[".gguf"])?.to_owned();
     let pooled = params::pooled(ctx, &artifact, &weights, |_, weights, device| {

@@ -1,5 +1,5 @@
-//! Executors: one per task `type`, behind one trait. Adding a task type is one file here and
-//! one line in [`Registry::builtin`].
+//! Executors: one per task kind, picked by one `match` in [`run`]. Adding a kind is a variant
+//! of `TaskKind` (shared/src/model/task_kind.rs), one file here and one arm in [`run`].
 
 mod convert;
 mod debug;
@@ -7,14 +7,12 @@ mod download;
 mod embed;
 mod generate;
 mod output;
-mod params;
+pub mod params;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
 use harmonia_shared::error::ExecError;
-use harmonia_shared::model::task_types;
+use harmonia_shared::model::TaskKind;
 use harmonia_shared::model::{Progress, RunTask};
 use mongodb::bson::Document;
 use tokio_util::sync::CancellationToken;
@@ -50,7 +48,7 @@ impl TaskContext {
         cancel: CancellationToken,
         progress: tokio::sync::watch::Sender<Option<Progress>>,
     ) -> Self {
-        let attempt = task.attempt.saturating_sub(task.attempt_base).max(1);
+        let attempt = task.attempts_used();
         Self {
             env,
             task,
@@ -70,10 +68,6 @@ impl TaskContext {
         }));
     }
 
-    pub fn params(&self) -> &Document {
-        &self.task.params
-    }
-
     /// The succeeded upstream tasks of this one (their outputs feed it).
     pub async fn upstream(&self) -> Result<Vec<RunTask>, ExecError> {
         let mut out = Vec::with_capacity(self.task.upstream_node_ids.len());
@@ -91,46 +85,18 @@ impl TaskContext {
     }
 }
 
-/// Runs one task type. Returns the outputs recorded on the task.
-pub trait Executor: Send + Sync {
-    fn run<'a>(&'a self, ctx: &'a TaskContext) -> BoxFuture<'a, Result<Document, ExecError>>;
-}
-
-/// `type` -> executor.
-#[derive(Clone, Default)]
-pub struct Registry {
-    executors: HashMap<&'static str, Arc<dyn Executor>>,
-}
-
-impl std::fmt::Debug for Registry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut types: Vec<_> = self.executors.keys().collect();
-        types.sort();
-        f.debug_struct("Registry").field("types", &types).finish()
-    }
-}
-
-impl Registry {
-    /// Every executor built into this worker.
-    pub fn builtin() -> Self {
-        let mut r = Self::default();
-        r.add(task_types::DEBUG_NOOP, debug::Noop);
-        r.add(task_types::DEBUG_SLEEP, debug::Sleep);
-        r.add(task_types::DEBUG_FAIL, debug::Fail);
-        r.add(task_types::DEBUG_CRASH, debug::Crash);
-        r.add(task_types::DEBUG_WRITE, debug::Write);
-        r.add(task_types::MODEL_DOWNLOAD, download::Download);
-        r.add(task_types::INFERENCE_EMBED, embed::Embed);
-        r.add(task_types::INFERENCE_GENERATE, generate::Generate);
-        r.add(task_types::MODEL_CONVERT, convert::Convert);
-        r
-    }
-
-    pub fn add(&mut self, task_type: &'static str, executor: impl Executor + 'static) {
-        self.executors.insert(task_type, Arc::new(executor));
-    }
-
-    pub fn get(&self, task_type: &str) -> Option<Arc<dyn Executor>> {
-        self.executors.get(task_type).cloned()
+/// Runs one attempt of a task of `kind`: the one place a new kind must be added on a worker.
+/// Returns the outputs recorded on the task.
+pub async fn run(ctx: &TaskContext, kind: &TaskKind) -> Result<Document, ExecError> {
+    match kind {
+        TaskKind::Noop => Ok(Document::new()),
+        TaskKind::Sleep(p) => debug::sleep(ctx, p).await,
+        TaskKind::Fail(p) => debug::fail(ctx, p),
+        TaskKind::Crash => debug::crash(ctx),
+        TaskKind::Write(p) => debug::write(ctx, p).await,
+        TaskKind::Download(p) => download::run(ctx, p).await,
+        TaskKind::Embed(p) => embed::run(ctx, p).await,
+        TaskKind::Generate(p) => generate::run(ctx, p).await,
+        TaskKind::Convert(p) => convert::run(ctx, p).await,
     }
 }

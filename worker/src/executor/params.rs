@@ -1,19 +1,28 @@
 //! Reading an executor's typed parameters and its model.
 
 use harmonia_shared::error::ExecError;
-use harmonia_shared::model::ModelArtifact;
-use harmonia_shared::model::task_params;
+use harmonia_shared::model::{KindError, ModelArtifact, RunTask, TaskKind};
 use mongodb::bson::oid::ObjectId;
-use serde::de::DeserializeOwned;
 
 use super::TaskContext;
 
-/// Parses the task's params. The scheduler checked them at submit time, so an error here
-/// means a task written by something else: permanent, naming the field.
-pub fn parse<T: DeserializeOwned>(ctx: &TaskContext) -> Result<T, ExecError> {
-    let value = mongodb::bson::Bson::Document(ctx.params().clone()).into_relaxed_extjson();
-    task_params::parse(&value)
-        .map_err(|(field, m)| ExecError::Permanent(format!("params.{field}: {m}")))
+/// The task's kind, with its typed params. The scheduler checked them at submit time, so an
+/// error here means a task written by something else: permanent, naming the field.
+pub fn kind(task: &RunTask) -> Result<TaskKind, ExecError> {
+    let params = mongodb::bson::Bson::Document(task.params.clone()).into_relaxed_extjson();
+    TaskKind::parse(&task.task_type, &params).map_err(|e| match e {
+        KindError::Unknown => ExecError::Permanent(format!(
+            "this worker has no executor for type '{}'",
+            task.task_type
+        )),
+        KindError::Params(problems) => {
+            let named: Vec<String> = problems
+                .iter()
+                .map(|(field, m)| format!("params.{field}: {m}"))
+                .collect();
+            ExecError::Permanent(named.join("; "))
+        }
+    })
 }
 
 /// The model a task works on: `model_artifact_id` when given, else the one an upstream task

@@ -7,19 +7,19 @@
 //! cancelled task would not stop its transfer), never exposes the bytes (so hashing would be a
 //! second pass), and re-downloads files already cached.
 
+mod stream;
+
 use std::path::PathBuf;
 
-use futures::StreamExt;
 use harmonia_shared::error::ExecError;
 use hf_hub::api::tokio::{Api, ApiBuilder};
 use hf_hub::{Cache, Repo, RepoType};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
-use std::io::Write;
 use tokio_util::sync::CancellationToken;
 
 use super::cache::{LockError, RepoCache};
-use super::verify::{Digests, Expected, Hasher, hash_file, hash_prefix};
+use super::verify::{Digests, Expected, hash_file};
 
 /// A repo at one revision, as the Hub lists it (`/api/models/{repo}/revision/{rev}?blobs=true`).
 #[derive(Debug, Clone, Deserialize)]
@@ -336,116 +336,6 @@ impl Hub {
             transferred,
             cache_hit: false,
         })
-    }
-
-    /// Streams `url` into `part`, resuming a partial file, hashing as the bytes arrive.
-    #[allow(clippy::too_many_arguments)]
-    async fn stream_to(
-        &self,
-        url: &str,
-        file: &str,
-        part: &std::path::Path,
-        size: Option<u64>,
-        expected: &Expected,
-        cancel: &CancellationToken,
-        progress: &(dyn Fn(Stage) + Send + Sync),
-    ) -> Result<(Digests, u64), HubError> {
-        if let Some(parent) = part.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let have = match (size, std::fs::metadata(part)) {
-            (Some(total), Ok(m)) if m.len() <= total => m.len(),
-            _ => 0,
-        };
-        let mut request = self.api.client().get(url);
-        if have > 0 {
-            request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
-        }
-        let what = format!("downloading {file}");
-        let net = |source| HubError::Network {
-            what: what.clone(),
-            source,
-        };
-        let response = tokio::select! {
-            () = cancel.cancelled() => return Err(HubError::Cancelled),
-            r = request.send() => r.map_err(net)?,
-        };
-        let status = response.status();
-        if !status.is_success() {
-            return Err(HubError::Status { what, status });
-        }
-        // A server that ignores the range sends the whole file: start over.
-        let resumed = have > 0 && status == reqwest::StatusCode::PARTIAL_CONTENT;
-        let start = if resumed { have } else { 0 };
-        let total = size
-            .or_else(|| response.content_length().map(|n| n + start))
-            .ok_or_else(|| HubError::Client(format!("{file}: the Hub sent no length")))?;
-        let hasher = if resumed {
-            let (p, t, e) = (part.to_owned(), total, expected.clone());
-            tokio::task::spawn_blocking(move || hash_prefix(&p, t, have, &e))
-                .await
-                .map_err(|e| HubError::Io(std::io::Error::other(e)))??
-        } else {
-            Hasher::new(total, expected)
-        };
-        // Writing and hashing run on their own thread, fed through a bounded channel, so
-        // they overlap with receiving; the async side only moves buffers.
-        let out_file = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(!resumed)
-            .append(resumed)
-            .open(part)?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
-        let sink = tokio::task::spawn_blocking(move || {
-            let mut hasher = hasher;
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, out_file);
-            while let Some(chunk) = rx.blocking_recv() {
-                hasher.update(&chunk);
-                out.write_all(&chunk)?;
-            }
-            out.flush()?;
-            Ok::<_, std::io::Error>(hasher)
-        });
-        let mut body = response.bytes_stream();
-        let mut transferred = 0u64;
-        let ended = loop {
-            let chunk = tokio::select! {
-                () = cancel.cancelled() => break Err(HubError::Cancelled),
-                c = body.next() => c,
-            };
-            let chunk = match chunk {
-                None => break Ok(()),
-                Some(Err(source)) => break Err(net(source)),
-                Some(Ok(c)) => c,
-            };
-            transferred += chunk.len() as u64;
-            if tx.send(chunk).await.is_err() {
-                break Ok(()); // the writer failed; its error is reported below
-            }
-            progress(Stage::Downloading {
-                done: start + transferred,
-                total,
-            });
-        };
-        drop(body); // closes the connection at once on cancel
-        drop(tx);
-        // What arrived so far is on disk either way: the next attempt resumes from it. The
-        // file is not fsynced: a blob is re-hashed on every cache hit, so a torn write after a
-        // crash is caught there rather than paid for here.
-        let hasher = sink
-            .await
-            .map_err(|e| HubError::Io(std::io::Error::other(e)))??;
-        ended?;
-        if hasher.bytes() != total {
-            // A short body: keep it, the next attempt resumes.
-            return Err(HubError::Truncated {
-                file: file.to_owned(),
-                expected: total,
-                got: hasher.bytes(),
-            });
-        }
-        Ok((hasher.finish(), transferred))
     }
 }
 
