@@ -10,7 +10,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::submission::Resources;
+use crate::model::Resources;
 
 /// One GPU a worker advertises.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

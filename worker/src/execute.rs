@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use harmonia_shared::error::ExecError;
-use harmonia_shared::model::TaskError;
+use harmonia_shared::model::{TaskError, TaskKind};
 use harmonia_shared::store::tasks::{Claim, Outcome};
 
 use crate::devices::Alloc;
@@ -41,13 +41,14 @@ pub async fn execute(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
     tracing::info!(task = %task_id, %node, r#type = %task.task_type, attempt = ctx.attempt,
         gpus = ?ctx.gpus, "task started");
     let kind = executor::params::kind(&task);
-    let result = match &kind {
-        Err(e) => Err(e.clone()),
+    let uses_models = kind.as_ref().is_ok_and(TaskKind::uses_models);
+    let result = match kind {
+        Err(e) => Err(e),
         Ok(kind) => {
             let limit = Duration::from_secs(task.timeout_s);
-            match tokio::time::timeout(limit, executor::run(&ctx, kind)).await {
+            match tokio::time::timeout(limit, executor::run(&ctx, &kind)).await {
                 Ok(result) => result,
-                Err(_) => Err(ExecError::Retryable(format!(
+                Err(_) => Err(ExecError::retryable(format!(
                     "timed out after {} s",
                     task.timeout_s
                 ))),
@@ -63,18 +64,18 @@ pub async fn execute(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
         Err(e) => {
             let retry_at = task
                 .retry_at(worker.options.retry_base)
-                .filter(|_| e.retryable());
+                .filter(|_| e.is_retryable());
             Outcome::Failed {
                 error: TaskError {
-                    message: e.to_string(),
-                    retryable: e.retryable(),
+                    message: e.message(),
+                    retryable: e.is_retryable(),
                 },
                 retry_at,
             }
         }
     };
     record(&worker, &lease_token, &outcome).await;
-    if kind.as_ref().is_ok_and(|k| k.uses_models()) {
+    if uses_models {
         advertise_models(&worker).await;
     }
     worker.inflight().remove(&lease_token);

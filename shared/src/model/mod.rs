@@ -15,9 +15,9 @@ pub use artifact::{Artifact, StorageRef};
 pub use checksum::{CheckOf, Checksum, ExpectedSource};
 pub use license::License;
 pub use model_artifact::{ArtifactFile, Lineage, ModelArtifact};
-pub use rejection::SubmissionRejection;
+pub use rejection::{FieldError, SubmissionRejection};
 pub use run::{RunStatus, TaskCounts, WorkflowRun};
-pub use task::{Progress, RunTask, TaskError, TaskStatus};
+pub use task::{Progress, Resources, RunTask, TaskError, TaskStatus};
 pub use task_kind::{KindError, TaskKind};
 pub use worker::{WorkerDoc, WorkerState};
 

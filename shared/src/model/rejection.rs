@@ -3,8 +3,6 @@
 use mongodb::bson::DateTime;
 use serde::{Deserialize, Serialize};
 
-use crate::submission::FieldError;
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SubmissionRejection {
     /// The submission's stream entry id: a redelivered entry overwrites, never duplicates.
@@ -16,4 +14,11 @@ pub struct SubmissionRejection {
     pub payload_head: String,
     pub payload_bytes: u64,
     pub received_at: DateTime,
+}
+
+/// One problem with a submission, addressed by its JSON path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
 }

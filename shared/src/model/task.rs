@@ -4,8 +4,6 @@ use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{DateTime, Document};
 use serde::{Deserialize, Serialize};
 
-use crate::submission::Resources;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
@@ -128,4 +126,11 @@ impl RunTask {
             DateTime::from_millis(DateTime::now().timestamp_millis() + delay.as_millis() as i64)
         })
     }
+}
+
+/// What a task needs from the worker that runs it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub gpus: u32,
+    pub gpu_memory_mb: u64,
 }

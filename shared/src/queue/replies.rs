@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 use serde::Serialize;
 
 use super::{Queue, QueueError};
-use crate::submission::FieldError;
+use crate::model::FieldError;
 
 /// KEYS: submissions stream, reply stream. ARGV: group, entry id, payload, ttl seconds (0: none),
 /// approximate max length of the reply stream (0: none), 1 when the stream holds one reply only.

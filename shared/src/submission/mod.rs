@@ -10,6 +10,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// The submission contract speaks of these too; they live in `model` (stored on runs, tasks and
+/// rejections), so `model` never needs `submission`.
+pub use crate::model::{FieldError, Resources};
+
 /// Defaults and bounds for submitted tasks.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const DEFAULT_TIMEOUT_S: u64 = 3600;
@@ -17,13 +21,6 @@ pub const MAX_TASKS: usize = 200_000;
 pub(crate) const MAX_ID_LEN: usize = 128;
 pub(crate) const MAX_TAGS: usize = 64;
 pub(crate) const MAX_GPUS: u32 = 64;
-
-/// One problem with a submission, addressed by its JSON path.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FieldError {
-    pub path: String,
-    pub message: String,
-}
 
 /// Why a submission was refused before (or while) reading its request id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,13 +32,6 @@ pub enum Refusal {
         request_id: String,
         errors: Vec<FieldError>,
     },
-}
-
-/// What a task needs from the worker that runs it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Resources {
-    pub gpus: u32,
-    pub gpu_memory_mb: u64,
 }
 
 /// A validated task of a submission.

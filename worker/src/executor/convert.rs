@@ -15,7 +15,7 @@ use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{Document, doc};
 
 use super::TaskContext;
-use super::params::{self, storage_err, store_err};
+use super::params;
 use crate::models::ModelError;
 use crate::models::bert::{Embedder, cosine, read_json};
 use crate::models::convert::{self, Conversion};
@@ -61,7 +61,7 @@ pub async fn run(ctx: &TaskContext, p: &ConvertParams) -> Result<Document, ExecE
             return Err(ExecError::Cancelled);
         }
         let conversion = Conversion::parse(to).ok_or_else(|| {
-            ExecError::Permanent(format!("params.to[{i}]: unknown conversion '{to}'"))
+            ExecError::permanent(format!("params.to[{i}]: unknown conversion '{to}'"))
         })?;
         let pct = i as f32 * 100.0 / p.to.len() as f32;
         let (result, id) = convert_one(ctx, &source, conversion, &work, pct).await?;
@@ -148,7 +148,7 @@ async fn convert_one(
             let (d, o, r) = (source.dir.clone(), out.clone(), reference.clone());
             let min = blocking(move || validate(&d, &o, &r)).await?;
             if min < conversion.min_cosine() {
-                return Err(ExecError::Permanent(format!(
+                return Err(ExecError::permanent(format!(
                     "validation of {to} failed: least cosine similarity to the source {min:.6} \
                      < {}",
                     conversion.min_cosine()
@@ -223,8 +223,7 @@ async fn register(
         let key = format!("{prefix}/{name}");
         storage
             .put_file(&key, &path, "application/octet-stream")
-            .await
-            .map_err(storage_err)?;
+            .await?;
         let of = CheckOf {
             repo: &source.name,
             revision: &version,
@@ -275,8 +274,7 @@ async fn register(
             },
             checks,
         )
-        .await
-        .map_err(store_err)?;
+        .await?;
     Ok(artifact)
 }
 
@@ -321,9 +319,9 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, ExecError> {
     Ok(tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ExecError::Retryable(format!("conversion thread: {e}")))??)
+        .map_err(|e| ExecError::retryable_from("conversion thread", e))??)
 }
 
 fn io(e: std::io::Error) -> ExecError {
-    ExecError::Retryable(format!("conversion scratch space: {e}"))
+    ExecError::retryable_from("conversion scratch space", e)
 }

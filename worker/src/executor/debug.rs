@@ -29,9 +29,9 @@ pub fn fail(ctx: &TaskContext, p: &FailParams) -> Result<Document, ExecError> {
     }
     let message = format!("debug.fail: attempt {} fails on purpose", ctx.task.attempt);
     if p.permanent {
-        Err(ExecError::Permanent(message))
+        Err(ExecError::permanent(message))
     } else {
-        Err(ExecError::Retryable(message))
+        Err(ExecError::retryable(message))
     }
 }
 
@@ -44,8 +44,7 @@ pub fn crash(ctx: &TaskContext) -> ! {
 /// `debug.write`: stores `bytes` bytes as the task's output `debug.bin` (in the bucket, with
 /// its `artifacts` pointer), as a model task stores its outputs.
 pub async fn write(ctx: &TaskContext, p: &WriteParams) -> Result<Document, ExecError> {
-    let n =
-        usize::try_from(p.bytes).map_err(|_| ExecError::Permanent("bytes: too large".into()))?;
+    let n = usize::try_from(p.bytes).map_err(|_| ExecError::permanent("bytes: too large"))?;
     // Content that differs per task, so a mixed-up object shows in its checksum.
     let seed = ctx.task.id.bytes();
     let bytes: Vec<u8> = (0..n).map(|i| seed[i % seed.len()] ^ (i as u8)).collect();

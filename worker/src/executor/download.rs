@@ -10,7 +10,6 @@ use harmonia_shared::store::model_artifacts::Registration;
 use mongodb::bson::{Document, doc};
 
 use super::TaskContext;
-use super::params::{storage_err, store_err};
 use crate::models::hub::{Fetched, HubError, Listing, RemoteFile, Stage};
 use crate::models::verify::Expected;
 
@@ -63,10 +62,7 @@ pub async fn run(ctx: &TaskContext, p: &DownloadParams) -> Result<Document, Exec
         worker: &ctx.env.worker_id,
     };
     let store = &ctx.env.store;
-    let artifact = store
-        .register_model(&registration, fetch.checks)
-        .await
-        .map_err(store_err)?;
+    let artifact = store.register_model(&registration, fetch.checks).await?;
     ctx.progress("done", 100.0, None);
     let secs = fetch.elapsed.as_secs_f64().max(1e-6);
     Ok(doc! {
@@ -184,7 +180,7 @@ fn expected_for(
     match file.hub_expected() {
         Some(e @ Expected::Sha256(_)) => Ok((e, ExpectedSource::HubLfs)),
         Some(e @ Expected::GitSha1(_)) => Ok((e, ExpectedSource::GitBlob)),
-        None => Err(ExecError::Permanent(format!(
+        None => Err(ExecError::permanent(format!(
             "the Hub gives no checksum for {name}; pass params.sha256.{name}"
         ))),
     }
@@ -228,8 +224,8 @@ async fn fetch_one(
                 ..Checksum::new(check_of(ctx, p), &f, got.clone(), Some(&want), source, size)
             };
             let checksums = ctx.env.store.checksums();
-            checksums.record_many(&[failed]).await.map_err(store_err)?;
-            Err(ExecError::Permanent(format!(
+            checksums.record_many(&[failed]).await?;
+            Err(ExecError::permanent(format!(
                 "checksum mismatch for {f}: expected {algorithm} {want}, got {got}; \
                  the file was discarded"
             )))
@@ -253,11 +249,10 @@ async fn upload(
     for (f, (_, fetched)) in files.iter_mut().zip(verified) {
         let key = format!("{prefix}/{}", f.name);
         // Keys are content-addressed by commit: an object of the right size is this file.
-        if storage.head(&key).await.map_err(storage_err)? != Some(f.size_bytes) {
+        if storage.head(&key).await? != Some(f.size_bytes) {
             storage
                 .put_file(&key, &fetched.path, "application/octet-stream")
-                .await
-                .map_err(storage_err)?;
+                .await?;
         }
         f.s3_key = Some(key);
     }
@@ -273,7 +268,7 @@ fn select_files(p: &DownloadParams, listing: &Listing) -> Result<Vec<RemoteFile>
             .iter()
             .map(|n| {
                 by_name(n).cloned().ok_or_else(|| {
-                    ExecError::Permanent(format!(
+                    ExecError::permanent(format!(
                         "params.files: {n} is not in {}@{}",
                         p.repo, p.revision
                     ))
@@ -290,7 +285,7 @@ fn select_files(p: &DownloadParams, listing: &Listing) -> Result<Vec<RemoteFile>
     }
     for f in &out {
         check_file_name(&f.rfilename)
-            .map_err(|m| ExecError::Permanent(format!("refusing a file from the Hub: {m}")))?;
+            .map_err(|m| ExecError::permanent(format!("refusing a file from the Hub: {m}")))?;
     }
     Ok(out)
 }
@@ -329,8 +324,7 @@ async fn record_license(
         .store
         .licenses()
         .upsert(&spdx, commercial, text_path.as_deref(), repo)
-        .await
-        .map_err(store_err)?;
+        .await?;
     Ok(Some(l))
 }
 

@@ -11,7 +11,7 @@ use mongodb::bson::{Document, doc};
 
 use super::TaskContext;
 use super::output::{self, Output};
-use super::params::{self, storage_err};
+use super::params;
 use crate::models::bert::Embedder;
 
 pub async fn run(ctx: &TaskContext, p: &EmbedParams) -> Result<Document, ExecError> {
@@ -19,8 +19,8 @@ pub async fn run(ctx: &TaskContext, p: &EmbedParams) -> Result<Document, ExecErr
         (Some(t), _) => t.clone(),
         (None, Some(key)) => read_jsonl(ctx, key).await?,
         (None, None) => {
-            return Err(ExecError::Permanent(
-                "params.texts: give texts or input_key".into(),
+            return Err(ExecError::permanent(
+                "params.texts: give texts or input_key",
             ));
         }
     };
@@ -53,7 +53,7 @@ pub async fn run(ctx: &TaskContext, p: &EmbedParams) -> Result<Document, ExecErr
         )
     })
     .await
-    .map_err(|e| ExecError::Retryable(format!("embedding: {e}")))??
+    .map_err(|e| ExecError::retryable_from("embedding", e))??
     .ok_or(ExecError::Cancelled)?;
     let embed_ms = started.elapsed().as_secs_f64() * 1e3;
 
@@ -63,7 +63,7 @@ pub async fn run(ctx: &TaskContext, p: &EmbedParams) -> Result<Document, ExecErr
             &mut body,
             &serde_json::json!({ "index": i, "embedding": v }),
         )
-        .map_err(|e| ExecError::Permanent(e.to_string()))?;
+        .map_err(|e| ExecError::permanent_from("writing the embeddings", e))?;
         body.push(b'\n');
     }
     ctx.progress("uploading", 100.0, None);
@@ -102,21 +102,21 @@ pub async fn run(ctx: &TaskContext, p: &EmbedParams) -> Result<Document, ExecErr
 
 /// Texts from a JSONL object: one `{"text": "..."}` per line.
 async fn read_jsonl(ctx: &TaskContext, key: &str) -> Result<Vec<String>, ExecError> {
-    let bytes = ctx.env.storage.get_bytes(key).await.map_err(storage_err)?;
+    let bytes = ctx.env.storage.get_bytes(key).await?;
     let text = std::str::from_utf8(&bytes)
-        .map_err(|e| ExecError::Permanent(format!("params.input_key: {key} is not UTF-8: {e}")))?;
+        .map_err(|e| ExecError::permanent(format!("params.input_key: {key} is not UTF-8: {e}")))?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, line)| {
             let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
-                ExecError::Permanent(format!("params.input_key: {key} line {}: {e}", i + 1))
+                ExecError::permanent(format!("params.input_key: {key} line {}: {e}", i + 1))
             })?;
             v.get("text")
                 .and_then(|t| t.as_str())
                 .map(str::to_owned)
                 .ok_or_else(|| {
-                    ExecError::Permanent(format!(
+                    ExecError::permanent(format!(
                         "params.input_key: {key} line {}: expected {{\"text\": string}}",
                         i + 1
                     ))

@@ -41,7 +41,7 @@ pub async fn run(ctx: &TaskContext, p: &GenerateParams) -> Result<Document, Exec
             })
         })
         .await
-        .map_err(|e| ExecError::Retryable(format!("generating: {e}")))??
+        .map_err(|e| ExecError::retryable_from("generating", e))??
         .ok_or(ExecError::Cancelled)?;
         prompt_tokens += out.prompt_tokens;
         completion_tokens += out.completion_tokens;
@@ -57,7 +57,8 @@ pub async fn run(ctx: &TaskContext, p: &GenerateParams) -> Result<Document, Exec
     let gen_ms = started.elapsed().as_secs_f64() * 1e3;
     let mut body = Vec::new();
     for r in &results {
-        serde_json::to_writer(&mut body, r).map_err(|e| ExecError::Permanent(e.to_string()))?;
+        serde_json::to_writer(&mut body, r)
+            .map_err(|e| ExecError::permanent_from("writing the generations", e))?;
         body.push(b'\n');
     }
     let stored = output::put(

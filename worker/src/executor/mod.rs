@@ -77,8 +77,7 @@ impl TaskContext {
                 .store
                 .tasks()
                 .by_node(self.task.run_id, node)
-                .await
-                .map_err(|e| ExecError::Retryable(e.to_string()))?;
+                .await?;
             out.extend(task);
         }
         Ok(out)

@@ -9,7 +9,6 @@ use mongodb::bson::{DateTime, Document};
 use sha2::Digest;
 
 use super::TaskContext;
-use super::params::{storage_err, store_err};
 
 /// One output to store.
 #[derive(Debug)]
@@ -30,9 +29,8 @@ pub async fn put(ctx: &TaskContext, out: Output<'_>) -> Result<Artifact, ExecErr
         .store
         .runs()
         .get(ctx.task.run_id)
-        .await
-        .map_err(store_err)?
-        .ok_or_else(|| ExecError::Permanent(format!("run {} is gone", ctx.task.run_id)))?;
+        .await?
+        .ok_or_else(|| ExecError::permanent(format!("run {} is gone", ctx.task.run_id)))?;
     let key = format!(
         "artifacts/{}/{}/{}/{}",
         run.workspace,
@@ -43,10 +41,7 @@ pub async fn put(ctx: &TaskContext, out: Output<'_>) -> Result<Artifact, ExecErr
     let sha256 = hex::encode(sha2::Sha256::digest(&out.bytes));
     let size = out.bytes.len() as u64;
     let storage = &ctx.env.storage;
-    storage
-        .put_bytes(&key, out.bytes, out.content_type)
-        .await
-        .map_err(storage_err)?;
+    storage.put_bytes(&key, out.bytes, out.content_type).await?;
     let artifact = Artifact {
         id: ObjectId::new(),
         workspace: run.workspace.clone(),
@@ -70,10 +65,5 @@ pub async fn put(ctx: &TaskContext, out: Output<'_>) -> Result<Artifact, ExecErr
         created_by: ctx.env.worker_id.clone(),
         created_at: DateTime::now(),
     };
-    ctx.env
-        .store
-        .artifacts()
-        .put(&artifact)
-        .await
-        .map_err(store_err)
+    Ok(ctx.env.store.artifacts().put(&artifact).await?)
 }

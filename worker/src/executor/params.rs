@@ -11,7 +11,7 @@ use super::TaskContext;
 pub fn kind(task: &RunTask) -> Result<TaskKind, ExecError> {
     let params = mongodb::bson::Bson::Document(task.params.clone()).into_relaxed_extjson();
     TaskKind::parse(&task.task_type, &params).map_err(|e| match e {
-        KindError::Unknown => ExecError::Permanent(format!(
+        KindError::Unknown => ExecError::permanent(format!(
             "this worker has no executor for type '{}'",
             task.task_type
         )),
@@ -20,7 +20,7 @@ pub fn kind(task: &RunTask) -> Result<TaskKind, ExecError> {
                 .iter()
                 .map(|(field, m)| format!("params.{field}: {m}"))
                 .collect();
-            ExecError::Permanent(named.join("; "))
+            ExecError::permanent(named.join("; "))
         }
     })
 }
@@ -30,16 +30,15 @@ pub fn kind(task: &RunTask) -> Result<TaskKind, ExecError> {
 pub async fn model(ctx: &TaskContext, explicit: Option<&str>) -> Result<ModelArtifact, ExecError> {
     let id = match explicit {
         Some(id) => ObjectId::parse_str(id)
-            .map_err(|e| ExecError::Permanent(format!("params.model_artifact_id: {e}")))?,
+            .map_err(|e| ExecError::permanent_from("params.model_artifact_id", e))?,
         None => ctx
             .upstream()
             .await?
             .iter()
             .find_map(|t| t.outputs.as_ref()?.get_object_id("model_artifact_id").ok())
             .ok_or_else(|| {
-                ExecError::Permanent(
-                    "no model: give params.model_artifact_id or depend on a model.download task"
-                        .into(),
+                ExecError::permanent(
+                    "no model: give params.model_artifact_id or depend on a model.download task",
                 )
             })?,
     };
@@ -47,9 +46,8 @@ pub async fn model(ctx: &TaskContext, explicit: Option<&str>) -> Result<ModelArt
         .store
         .model_artifacts()
         .get(id)
-        .await
-        .map_err(|e| ExecError::Retryable(e.to_string()))?
-        .ok_or_else(|| ExecError::Permanent(format!("model artifact {id} does not exist")))
+        .await?
+        .ok_or_else(|| ExecError::permanent(format!("model artifact {id} does not exist")))
 }
 
 /// The weights file to load: `wanted`, else the first file with one of `extensions`.
@@ -60,7 +58,7 @@ pub fn weights_file<'a>(
 ) -> Result<&'a str, ExecError> {
     if let Some(w) = wanted {
         return artifact.file(w).map(|f| f.name.as_str()).ok_or_else(|| {
-            ExecError::Permanent(format!(
+            ExecError::permanent(format!(
                 "params.weights: {w} is not in model artifact {}",
                 artifact.id
             ))
@@ -72,20 +70,12 @@ pub fn weights_file<'a>(
         .iter()
         .find_map(|ext| names.iter().find(|n| n.ends_with(ext)).copied())
         .ok_or_else(|| {
-            ExecError::Permanent(format!(
+            ExecError::permanent(format!(
                 "model artifact {} has no {} file",
                 artifact.id,
                 extensions.join(" or ")
             ))
         })
-}
-
-pub fn store_err(e: impl std::fmt::Display) -> ExecError {
-    ExecError::Retryable(format!("mongodb: {e}"))
-}
-
-pub fn storage_err(e: impl std::fmt::Display) -> ExecError {
-    ExecError::Retryable(format!("s3: {e}"))
 }
 
 /// A model from the warm pool, and how it was obtained.
@@ -128,7 +118,7 @@ pub async fn pooled<T: Send + Sync + 'static>(
             let weights = dir.join(weights);
             tokio::task::spawn_blocking(move || load(&dir, &weights, &device))
                 .await
-                .map_err(|e| ExecError::Retryable(format!("loading the model: {e}")))?
+                .map_err(|e| ExecError::retryable_from("loading the model", e))?
                 .map_err(ExecError::from)
         })
         .await?;

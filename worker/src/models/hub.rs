@@ -124,10 +124,10 @@ impl From<HubError> for ExecError {
             HubError::Cancelled | HubError::Lock(LockError::Cancelled) => ExecError::Cancelled,
             // Not found, unauthorised, forbidden: the same request will fail the same way.
             HubError::Status { status, .. } if status.is_client_error() => {
-                ExecError::Permanent(e.to_string())
+                ExecError::permanent_cause(e)
             }
-            HubError::Mismatch { .. } | HubError::Client(_) => ExecError::Permanent(e.to_string()),
-            _ => ExecError::Retryable(e.to_string()),
+            HubError::Mismatch { .. } | HubError::Client(_) => ExecError::permanent_cause(e),
+            _ => ExecError::retryable_cause(e),
         }
     }
 }

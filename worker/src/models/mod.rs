@@ -30,7 +30,7 @@ pub enum ModelError {
 impl From<ModelError> for ExecError {
     // Bad model files fail the same way on every attempt.
     fn from(e: ModelError) -> Self {
-        ExecError::Permanent(e.to_string())
+        ExecError::permanent_cause(e)
     }
 }
 
@@ -55,11 +55,11 @@ impl Models {
                 #[cfg(feature = "cuda")]
                 {
                     let d = candle_core::Device::new_cuda(i as usize)
-                        .map_err(|e| ExecError::Retryable(format!("opening GPU {i}: {e}")))?;
+                        .map_err(|e| ExecError::retryable(format!("opening GPU {i}: {e}")))?;
                     Ok((d, format!("cuda:{i}")))
                 }
                 #[cfg(not(feature = "cuda"))]
-                Err(ExecError::Permanent(format!(
+                Err(ExecError::permanent(format!(
                     "GPU {i} was assigned but this worker was built without the `cuda` feature"
                 )))
             }
@@ -110,19 +110,15 @@ impl Models {
                 }
             }
             let key = f.s3_key.as_deref().ok_or_else(|| {
-                ExecError::Permanent(format!(
+                ExecError::permanent(format!(
                     "model artifact {} file {} has no copy in the bucket",
                     artifact.id, f.name
                 ))
             })?;
-            let bytes = self
-                .storage
-                .get_bytes(key)
-                .await
-                .map_err(|e| ExecError::Retryable(e.to_string()))?;
+            let bytes = self.storage.get_bytes(key).await?;
             let got = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
             if got != f.sha256 {
-                return Err(ExecError::Permanent(format!(
+                return Err(ExecError::permanent(format!(
                     "checksum mismatch for {} (s3://{}/{key}): expected sha256 {}, got {got}",
                     f.name,
                     self.storage.bucket(),
@@ -141,5 +137,5 @@ impl Models {
 }
 
 fn io(e: std::io::Error) -> ExecError {
-    ExecError::Retryable(format!("model cache: {e}"))
+    ExecError::retryable_from("model cache", e)
 }
