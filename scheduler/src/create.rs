@@ -14,7 +14,7 @@ use harmonia_shared::model::{
 };
 use harmonia_shared::resources::ResourceClass;
 use harmonia_shared::store::{Store, StoreError};
-use harmonia_shared::submission::Submission;
+use harmonia_shared::submission::{Submission, TaskSpec};
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{self, DateTime};
 use mongodb::error::Error as MongoError;
@@ -89,42 +89,8 @@ pub fn documents(
         .iter()
         .enumerate()
         .map(|(index, spec)| {
-            Ok(RunTask {
-                id: task_id(run_id, index),
-                run_id,
-                node_id: spec.id.clone(),
-                task_type: spec.task_type.clone(),
-                params: bson::to_document(&spec.params).map_err(MongoError::from)?,
-                upstream_node_ids: spec.depends_on.clone(),
-                downstream_node_ids: downstream.remove(spec.id.as_str()).unwrap_or_default(),
-                waiting_on: spec.depends_on.clone(),
-                resources: spec.resources,
-                class: ResourceClass::from(spec.resources).to_string(),
-                max_attempts: spec.max_attempts,
-                timeout_s: spec.timeout_s,
-                priority: spec.priority,
-                status: TaskStatus::Pending,
-                attempt: 0,
-                attempt_base: 0,
-                publish_due: None,
-                published_epoch: None,
-                lease_token: None,
-                lease_expires_at: None,
-                cancel_requested: false,
-                worker_id: None,
-                gpu_indices: Vec::new(),
-                wait_reason: None,
-                error: None,
-                outputs: None,
-                output_artifact_ids: Vec::new(),
-                log_tail: Vec::new(),
-                progress: None,
-                created_at: now,
-                queued_at: None,
-                started_at: None,
-                finished_at: None,
-                duration_ms: None,
-            })
+            let downstream = downstream.remove(spec.id.as_str()).unwrap_or_default();
+            new_task(run_id, index, spec, downstream, now)
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
     let task_count = u32::try_from(tasks.len()).unwrap_or(u32::MAX);
@@ -152,6 +118,52 @@ pub fn documents(
         schema_version: SCHEMA_VERSION,
     };
     Ok((run, tasks))
+}
+
+/// The `run_tasks` document of task `index` of a new run: pending, nothing run yet.
+fn new_task(
+    run_id: ObjectId,
+    index: usize,
+    spec: &TaskSpec,
+    downstream_node_ids: Vec<String>,
+    now: DateTime,
+) -> Result<RunTask, StoreError> {
+    Ok(RunTask {
+        id: task_id(run_id, index),
+        run_id,
+        node_id: spec.id.clone(),
+        task_type: spec.task_type.clone(),
+        params: bson::to_document(&spec.params).map_err(MongoError::from)?,
+        upstream_node_ids: spec.depends_on.clone(),
+        downstream_node_ids,
+        waiting_on: spec.depends_on.clone(),
+        resources: spec.resources,
+        class: ResourceClass::from(spec.resources).to_string(),
+        max_attempts: spec.max_attempts,
+        timeout_s: spec.timeout_s,
+        priority: spec.priority,
+        status: TaskStatus::Pending,
+        attempt: 0,
+        attempt_base: 0,
+        publish_due: None,
+        published_epoch: None,
+        lease_token: None,
+        lease_expires_at: None,
+        cancel_requested: false,
+        worker_id: None,
+        gpu_indices: Vec::new(),
+        wait_reason: None,
+        error: None,
+        outputs: None,
+        output_artifact_ids: Vec::new(),
+        log_tail: Vec::new(),
+        progress: None,
+        created_at: now,
+        queued_at: None,
+        started_at: None,
+        finished_at: None,
+        duration_ms: None,
+    })
 }
 
 #[cfg(test)]

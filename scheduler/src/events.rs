@@ -4,7 +4,6 @@
 //! read but never acked are taken over after `reclaim_after`.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures::StreamExt;
 
@@ -13,51 +12,19 @@ use harmonia_shared::queue::{Entry, SCHEDULER_GROUP, TaskEvent};
 use mongodb::bson::oid::ObjectId;
 
 use crate::context::Scheduler;
+use crate::reader::GroupReader;
 
 /// Events handled at once.
 const CONCURRENCY: usize = 64;
 
 pub async fn run(ctx: Arc<Scheduler>) {
     let stream = ctx.queue.keys().events();
-    let mut backlog = true;
-    let mut reclaimed_at = Instant::now();
-    loop {
-        let read = async {
-            ctx.queue.ensure_group(&stream, SCHEDULER_GROUP).await?;
-            let consumer = &ctx.options.consumer;
-            let entries = ctx
-                .queue
-                .read_group(&stream, SCHEDULER_GROUP, consumer, backlog, 512)
-                .await?;
-            anyhow::Ok(entries)
-        };
-        let entries = tokio::select! {
-            read = read => read,
-            () = ctx.shutdown.cancelled() => return,
-        };
-        let entries = match entries {
-            Ok(entries) => entries,
-            Err(e) => {
-                tracing::warn!("reading task events: {e:#}");
-                tokio::select! {
-                    () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
-                    () = ctx.shutdown.cancelled() => return,
-                }
-                backlog = true;
-                continue;
-            }
-        };
-        if entries.is_empty() {
-            backlog = false;
-            if reclaimed_at.elapsed() >= ctx.options.reclaim_after / 2 {
-                // Events a dead replica read but never acked: promotion must not wait for repair.
-                backlog = ctx.take_over(&stream, "task events", 512).await;
-                reclaimed_at = Instant::now();
-            }
-            continue;
-        }
+    // Events a dead replica read but never acked: promotion must not wait for repair.
+    let every = ctx.options.reclaim_after / 2;
+    let mut reader = GroupReader::new(stream, "task events", 512, every);
+    while let Some(entries) = reader.next(&ctx).await {
         if !handle_batch(&ctx, entries).await {
-            backlog = true;
+            reader.retry_pending();
         }
     }
 }

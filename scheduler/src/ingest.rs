@@ -19,6 +19,7 @@ use mongodb::bson::DateTime;
 
 use crate::context::Scheduler;
 use crate::create::create_run;
+use crate::reader::GroupReader;
 
 /// Consumer group of all scheduler replicas on the submissions stream.
 pub const GROUP: &str = harmonia_shared::queue::SCHEDULER_GROUP;
@@ -30,45 +31,11 @@ const MAX_STORE_TRIES: u32 = 5;
 /// Runs until the scheduler shuts down. Errors talking to Redis or Mongo are logged and retried; no
 /// submission is lost or acked without its effects.
 pub async fn run(ctx: Arc<Scheduler>) {
-    let (queue, options) = (&ctx.queue, &ctx.options);
-    let stream = queue.keys().submissions();
-    // Not fatal: with Redis away at start the first read fails too, and the error path below
-    // creates the group once Redis answers. (A `?` here let a Redis blip at start-up stop the
-    // whole scheduler.)
-    if let Err(e) = queue.ensure_group(&stream, GROUP).await {
-        tracing::warn!("creating the submissions group: {e:#}");
-    }
-    // Start with entries this consumer was given before a restart ("0"), then new ones (">").
-    let mut backlog = true;
+    let stream = ctx.queue.keys().submissions();
+    // Submissions a dead replica left pending are looked for at every idle read.
+    let mut reader = GroupReader::new(stream, "submissions", 256, Duration::ZERO);
     let mut failures: HashMap<String, u32> = HashMap::new();
-    loop {
-        let read = queue.read_group(&stream, GROUP, &options.consumer, backlog, 256);
-        let entries = tokio::select! {
-            read = read => read,
-            () = ctx.shutdown.cancelled() => return,
-        };
-        let entries = match entries {
-            Ok(entries) => entries,
-            Err(e) => {
-                tracing::warn!("reading submissions: {e:#}");
-                backoff(&ctx).await;
-                // Redis may have lost the group with its data (NOGROUP): recreate it, or every
-                // later read fails the same way.
-                if let Err(e) = queue.ensure_group(&stream, GROUP).await {
-                    tracing::warn!("recreating the submissions group: {e:#}");
-                }
-                backlog = true;
-                continue;
-            }
-        };
-        if entries.is_empty() {
-            if backlog {
-                backlog = false;
-            } else {
-                backlog = ctx.take_over(&stream, "submissions", 256).await;
-            }
-            continue;
-        }
+    while let Some(entries) = reader.next(&ctx).await {
         for entry in &entries {
             if let Err(e) = handle(&ctx, entry).await {
                 let tries = failures.entry(entry.id.clone()).or_insert(0);
@@ -92,7 +59,7 @@ pub async fn run(ctx: Arc<Scheduler>) {
                     &format_args!("{e:#}"),
                 );
                 backoff(&ctx).await;
-                backlog = true;
+                reader.retry_pending();
                 break;
             }
             failures.remove(&entry.id);

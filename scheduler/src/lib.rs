@@ -8,4 +8,5 @@ pub mod create; // submission -> tasks, then the run document (commit marker); i
 pub mod events; // task events -> promote or skip downstream
 pub mod ingest; // the submissions stream: validate, create, reply exactly once
 pub mod publish; // MongoDB `publish_due` -> Redis task streams
+pub mod reader; // reading a stream through the scheduler replicas' group
 pub mod reconcile; // the safety net: lost leases, lost Redis data, lost events, wait reasons

@@ -128,3 +128,11 @@ pub fn submission(request_id: &str, tasks: serde_json::Value) -> serde_json::Val
         "created_by": "tests", "tasks": tasks,
     })
 }
+
+/// The `path` of every error of a rejection reply.
+pub fn error_paths(reply: &serde_json::Value) -> Vec<&str> {
+    reply["errors"]
+        .as_array()
+        .map(|errors| errors.iter().filter_map(|e| e["path"].as_str()).collect())
+        .unwrap_or_default()
+}

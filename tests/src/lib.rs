@@ -14,6 +14,6 @@ pub mod servers; // redis-server and mongod launchers, replica-set initiation
 pub mod services; // per-suite services and per-test scopes
 pub mod wait; // wait_for: polling with a deadline
 
-pub use client::{Client, submission};
+pub use client::{Client, error_paths, submission};
 pub use services::{Scope, services};
 pub use wait::wait_for;

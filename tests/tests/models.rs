@@ -6,7 +6,7 @@
 
 use harmonia_shared::model::{RunStatus, TaskStatus};
 use harmonia_tests::models::{self, MINILM, RUN, SMOLLM, outputs};
-use harmonia_tests::{submission, wait_for};
+use harmonia_tests::{error_paths, submission, wait_for};
 use mongodb::bson::Document;
 use serde_json::json;
 
@@ -396,12 +396,7 @@ async fn bad_model_params_are_rejected_with_their_fields() {
         .await
         .unwrap();
     assert_eq!(reply["status"], "rejected", "{reply}");
-    let paths: Vec<&str> = reply["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["path"].as_str().unwrap())
-        .collect();
+    let paths = error_paths(&reply);
     for want in [
         "tasks[0].params.repo",
         "tasks[0].params.files[0]",

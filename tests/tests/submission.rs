@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use harmonia_shared::queue::Queue;
 use harmonia_shared::store::Store;
-use harmonia_tests::Scope;
+use harmonia_tests::{Scope, error_paths};
 use mongodb::bson::doc;
 use mongodb::bson::oid::ObjectId;
 use redis::AsyncCommands;
@@ -281,12 +281,7 @@ async fn params_with_operator_or_dotted_keys_are_rejected_and_never_stored() {
     api.submit(&s.to_string()).await;
     let reply = api.reply("operator-keys").await;
     assert_eq!(reply["status"], "rejected", "{reply}");
-    let paths: Vec<&str> = reply["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["path"].as_str().unwrap())
-        .collect();
+    let paths = error_paths(&reply);
     assert_eq!(
         paths,
         [

@@ -1,27 +1,22 @@
 //! Repository for `artifacts`: pointers to outputs in the bucket.
 
+use mongodb::IndexModel;
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{self, doc};
 use mongodb::options::{IndexOptions, ReturnDocument};
-use mongodb::{Collection, Database, IndexModel};
 
 use super::StoreError;
 use crate::model::Artifact;
 
 pub const COLLECTION: &str = "artifacts";
 
-#[derive(Debug, Clone)]
-pub struct ArtifactRepo {
-    coll: Collection<Artifact>,
+impl crate::store::Stored for Artifact {
+    const COLLECTION: &'static str = COLLECTION;
 }
 
-impl ArtifactRepo {
-    pub fn new(db: &Database) -> Self {
-        Self {
-            coll: db.collection(COLLECTION),
-        }
-    }
+pub type ArtifactRepo = crate::store::Repo<Artifact>;
 
+impl ArtifactRepo {
     pub async fn create_indexes(&self) -> Result<(), StoreError> {
         self.coll
             .create_indexes([

@@ -1,26 +1,21 @@
 //! Repository for `checksums` (append-only).
 
+use mongodb::IndexModel;
 use mongodb::bson::doc;
 use mongodb::bson::oid::ObjectId;
-use mongodb::{Collection, Database, IndexModel};
 
 use super::StoreError;
 use crate::model::Checksum;
 
 pub const COLLECTION: &str = "checksums";
 
-#[derive(Debug, Clone)]
-pub struct ChecksumRepo {
-    coll: Collection<Checksum>,
+impl crate::store::Stored for Checksum {
+    const COLLECTION: &'static str = COLLECTION;
 }
 
-impl ChecksumRepo {
-    pub fn new(db: &Database) -> Self {
-        Self {
-            coll: db.collection(COLLECTION),
-        }
-    }
+pub type ChecksumRepo = crate::store::Repo<Checksum>;
 
+impl ChecksumRepo {
     pub async fn create_indexes(&self) -> Result<(), StoreError> {
         self.coll
             .create_indexes([

@@ -1,26 +1,21 @@
 //! Repository for `licenses`: one document per SPDX id.
 
+use mongodb::IndexModel;
 use mongodb::bson::{DateTime, doc};
 use mongodb::options::{IndexOptions, ReturnDocument};
-use mongodb::{Collection, Database, IndexModel};
 
 use super::StoreError;
 use crate::model::License;
 
 pub const COLLECTION: &str = "licenses";
 
-#[derive(Debug, Clone)]
-pub struct LicenseRepo {
-    coll: Collection<License>,
+impl crate::store::Stored for License {
+    const COLLECTION: &'static str = COLLECTION;
 }
 
-impl LicenseRepo {
-    pub fn new(db: &Database) -> Self {
-        Self {
-            coll: db.collection(COLLECTION),
-        }
-    }
+pub type LicenseRepo = crate::store::Repo<License>;
 
+impl LicenseRepo {
     pub async fn create_indexes(&self) -> Result<(), StoreError> {
         self.coll
             .create_index(

@@ -99,6 +99,35 @@ pub fn is_transient(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// A document type and the one collection it is stored in.
+pub trait Stored: Send + Sync + 'static {
+    const COLLECTION: &'static str;
+}
+
+/// The repository of `T`'s collection. Each collection's file adds its operations to
+/// `Repo<ItsDocument>` under its own name (`RunRepo`, `TaskRepo`...): one repository per
+/// collection, and only that file knows the collection's name and shape.
+#[derive(Debug)]
+pub struct Repo<T: Send + Sync> {
+    coll: mongodb::Collection<T>,
+}
+
+impl<T: Send + Sync> Clone for Repo<T> {
+    fn clone(&self) -> Self {
+        Self {
+            coll: self.coll.clone(),
+        }
+    }
+}
+
+impl<T: Stored> Repo<T> {
+    pub fn new(db: &Database) -> Self {
+        Self {
+            coll: db.collection(T::COLLECTION),
+        }
+    }
+}
+
 /// A connected database handle.
 #[derive(Debug, Clone)]
 pub struct Store {

@@ -1,9 +1,9 @@
 //! Repository for `model_artifacts`.
 
+use mongodb::IndexModel;
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{self, DateTime, doc};
 use mongodb::options::{IndexOptions, ReturnDocument};
-use mongodb::{Collection, Database, IndexModel};
 
 use super::StoreError;
 use crate::model::{ArtifactFile, ModelArtifact};
@@ -26,18 +26,13 @@ pub struct Registration<'a> {
     pub worker: &'a str,
 }
 
-#[derive(Debug, Clone)]
-pub struct ModelArtifactRepo {
-    coll: Collection<ModelArtifact>,
+impl crate::store::Stored for ModelArtifact {
+    const COLLECTION: &'static str = COLLECTION;
 }
 
-impl ModelArtifactRepo {
-    pub fn new(db: &Database) -> Self {
-        Self {
-            coll: db.collection(COLLECTION),
-        }
-    }
+pub type ModelArtifactRepo = crate::store::Repo<ModelArtifact>;
 
+impl ModelArtifactRepo {
     pub async fn create_indexes(&self) -> Result<(), StoreError> {
         self.coll
             .create_indexes([

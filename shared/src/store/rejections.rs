@@ -1,8 +1,8 @@
 //! Repository for `submission_rejections`.
 
+use mongodb::IndexModel;
 use mongodb::bson::doc;
 use mongodb::options::IndexOptions;
-use mongodb::{Collection, Database, IndexModel};
 
 use super::StoreError;
 use crate::model::SubmissionRejection;
@@ -11,18 +11,13 @@ pub const COLLECTION: &str = "submission_rejections";
 /// Rejections are kept for 30 days.
 const RETENTION_S: u64 = 30 * 24 * 3600;
 
-#[derive(Debug, Clone)]
-pub struct RejectionRepo {
-    coll: Collection<SubmissionRejection>,
+impl crate::store::Stored for SubmissionRejection {
+    const COLLECTION: &'static str = COLLECTION;
 }
 
-impl RejectionRepo {
-    pub fn new(db: &Database) -> Self {
-        Self {
-            coll: db.collection(COLLECTION),
-        }
-    }
+pub type RejectionRepo = crate::store::Repo<SubmissionRejection>;
 
+impl RejectionRepo {
     pub async fn create_indexes(&self) -> Result<(), StoreError> {
         let ttl = IndexOptions::builder()
             .expire_after(std::time::Duration::from_secs(RETENTION_S))

@@ -1,27 +1,22 @@
 //! Repository for `workflow_runs`: the only code that knows that collection's name and shape.
 
+use mongodb::IndexModel;
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{DateTime, doc};
 use mongodb::options::IndexOptions;
-use mongodb::{Collection, Database, IndexModel};
 
 use super::StoreError;
 use crate::model::WorkflowRun;
 
 pub const COLLECTION: &str = "workflow_runs";
 
-#[derive(Debug, Clone)]
-pub struct RunRepo {
-    coll: Collection<WorkflowRun>,
+impl crate::store::Stored for WorkflowRun {
+    const COLLECTION: &'static str = COLLECTION;
 }
 
-impl RunRepo {
-    pub fn new(db: &Database) -> Self {
-        Self {
-            coll: db.collection(COLLECTION),
-        }
-    }
+pub type RunRepo = crate::store::Repo<WorkflowRun>;
 
+impl RunRepo {
     /// The seeds' indexes: idempotency key, project history, status filters.
     pub async fn create_indexes(&self) -> Result<(), StoreError> {
         let unique = IndexOptions::builder().unique(true).build();

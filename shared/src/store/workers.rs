@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use futures::TryStreamExt;
+use mongodb::IndexModel;
 use mongodb::bson::{DateTime, doc};
 use mongodb::options::IndexOptions;
-use mongodb::{Collection, Database, IndexModel};
 
 use super::StoreError;
 use crate::model::{WorkerDoc, WorkerState};
@@ -14,18 +14,13 @@ pub const COLLECTION: &str = "workers";
 /// Stopped or vanished workers are forgotten after a day.
 const RETENTION_S: u64 = 24 * 3600;
 
-#[derive(Debug, Clone)]
-pub struct WorkerRepo {
-    coll: Collection<WorkerDoc>,
+impl crate::store::Stored for WorkerDoc {
+    const COLLECTION: &'static str = COLLECTION;
 }
 
-impl WorkerRepo {
-    pub fn new(db: &Database) -> Self {
-        Self {
-            coll: db.collection(COLLECTION),
-        }
-    }
+pub type WorkerRepo = crate::store::Repo<WorkerDoc>;
 
+impl WorkerRepo {
     pub async fn create_indexes(&self) -> Result<(), StoreError> {
         let ttl = IndexOptions::builder()
             .expire_after(Duration::from_secs(RETENTION_S))

@@ -37,35 +37,9 @@ pub async fn run(ctx: &TaskContext, p: &EmbedParams) -> Result<Document, ExecErr
 
     let n = texts.len();
     let started = Instant::now();
-    let (cancel, progress) = (ctx.cancel.clone(), ctx.clone());
-    let batch = p.batch_size as usize;
-    let normalize = p.normalize;
-    let model = embedder.clone();
-    let vectors = tokio::task::spawn_blocking(move || {
-        model.embed(
-            &texts,
-            batch,
-            normalize,
-            &|| cancel.is_cancelled(),
-            &|done| {
-                progress.progress("embedding", done as f32 * 100.0 / n.max(1) as f32, None);
-            },
-        )
-    })
-    .await
-    .map_err(|e| ExecError::retryable_from("embedding", e))??
-    .ok_or(ExecError::Cancelled)?;
+    let vectors = embed(ctx, embedder.clone(), texts, p).await?;
     let embed_ms = started.elapsed().as_secs_f64() * 1e3;
-
-    let mut body = Vec::with_capacity(n * embedder.dim * 12);
-    for (i, v) in vectors.iter().enumerate() {
-        serde_json::to_writer(
-            &mut body,
-            &serde_json::json!({ "index": i, "embedding": v }),
-        )
-        .map_err(|e| ExecError::permanent_from("writing the embeddings", e))?;
-        body.push(b'\n');
-    }
+    let body = jsonl(&vectors, embedder.dim)?;
     ctx.progress("uploading", 100.0, None);
     let stored = output::put(
         ctx,
@@ -73,8 +47,8 @@ pub async fn run(ctx: &TaskContext, p: &EmbedParams) -> Result<Document, ExecErr
             name: "embeddings.jsonl",
             artifact_type: "embeddings",
             content_type: "application/x-ndjson",
-            bytes: Bytes::from(body),
-            summary: doc! { "count": n as i64, "dim": embedder.dim as i64, "normalized": normalize },
+            bytes: body,
+            summary: doc! { "count": n as i64, "dim": embedder.dim as i64, "normalized": p.normalize },
             lineage: doc! {
                 "model_artifact_id": artifact.id,
                 "model": &artifact.name,
@@ -98,6 +72,44 @@ pub async fn run(ctx: &TaskContext, p: &EmbedParams) -> Result<Document, ExecErr
         "embed_ms": embed_ms,
         "sentences_per_s": n as f64 / (embed_ms / 1e3).max(1e-9),
     })
+}
+
+/// Embeds `texts` on a blocking thread, reporting progress; stops when cancelled.
+async fn embed(
+    ctx: &TaskContext,
+    model: Arc<Embedder>,
+    texts: Vec<String>,
+    p: &EmbedParams,
+) -> Result<Vec<Vec<f32>>, ExecError> {
+    let n = texts.len();
+    let (cancel, progress) = (ctx.cancel.clone(), ctx.clone());
+    let (batch, normalize) = (p.batch_size as usize, p.normalize);
+    tokio::task::spawn_blocking(move || {
+        model.embed(
+            &texts,
+            batch,
+            normalize,
+            &|| cancel.is_cancelled(),
+            &|done| {
+                progress.progress("embedding", done as f32 * 100.0 / n.max(1) as f32, None);
+            },
+        )
+    })
+    .await
+    .map_err(|e| ExecError::retryable_from("embedding", e))??
+    .ok_or(ExecError::Cancelled)
+}
+
+/// One `{"index", "embedding"}` line per vector.
+fn jsonl(vectors: &[Vec<f32>], dim: usize) -> Result<Bytes, ExecError> {
+    let mut body = Vec::with_capacity(vectors.len() * dim * 12);
+    for (i, v) in vectors.iter().enumerate() {
+        let line = serde_json::json!({ "index": i, "embedding": v });
+        serde_json::to_writer(&mut body, &line)
+            .map_err(|e| ExecError::permanent_from("writing the embeddings", e))?;
+        body.push(b'\n');
+    }
+    Ok(Bytes::from(body))
 }
 
 /// Texts from a JSONL object: one `{"text": "..."}` per line.

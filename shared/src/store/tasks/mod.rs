@@ -12,25 +12,20 @@ use futures::TryStreamExt;
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{Document, doc};
 use mongodb::options::IndexOptions;
-use mongodb::{Collection, Database, IndexModel};
+use mongodb::{Collection, IndexModel};
 
 use super::StoreError;
 use crate::model::RunTask;
 
 pub const COLLECTION: &str = "run_tasks";
 
-#[derive(Debug, Clone)]
-pub struct TaskRepo {
-    coll: Collection<RunTask>,
+impl crate::store::Stored for RunTask {
+    const COLLECTION: &'static str = COLLECTION;
 }
 
-impl TaskRepo {
-    pub fn new(db: &Database) -> Self {
-        Self {
-            coll: db.collection(COLLECTION),
-        }
-    }
+pub type TaskRepo = crate::store::Repo<RunTask>;
 
+impl TaskRepo {
     pub async fn create_indexes(&self) -> Result<(), StoreError> {
         let unique = IndexOptions::builder().unique(true).build();
         self.coll
