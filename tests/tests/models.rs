@@ -31,6 +31,56 @@ fn reference() -> Reference {
     }
 }
 
+/// Small batches run side by side, one lane per core (the other path of `Embedder::embed`):
+/// the vectors are the same as sentence-transformers', in the submitted order.
+#[tokio::test(flavor = "multi_thread")]
+async fn small_batches_in_parallel_lanes_match_the_reference() {
+    let mirror = models::serve_mirror(&models::hub_root().unwrap())
+        .await
+        .unwrap();
+    let c = models::cluster("lanes", &mirror, &["2"]).await.unwrap();
+    let reference = reference();
+    let texts = &reference.sentences[..24];
+    let run_id = c
+        .client
+        .start(&submission(
+            "lanes",
+            json!([
+                { "id": "download", "type": "model.download", "params": { "repo": MINILM } },
+                { "id": "embed", "type": "inference.embed", "depends_on": ["download"],
+                  "params": { "texts": texts, "batch_size": 1 } },
+            ]),
+        ))
+        .await
+        .unwrap();
+    let run = c.client.finished(run_id, RUN).await.unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded);
+    let embed = c.client.task(run_id, "embed").await.unwrap();
+    let pointers = c
+        .client
+        .store
+        .artifacts()
+        .for_producer(embed.id)
+        .await
+        .unwrap();
+    let storage = harmonia_shared::storage::Storage::new(&c.scope.config.s3);
+    let body = storage
+        .get_bytes(&pointers[0].storage_ref.key)
+        .await
+        .unwrap();
+    let rows: Vec<serde_json::Value> = std::str::from_utf8(&body)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), texts.len());
+    for (i, row) in rows.iter().enumerate() {
+        let v: Vec<f32> = serde_json::from_value(row["embedding"].clone()).unwrap();
+        let similarity = cosine(&v, &reference.embeddings[i]);
+        assert!(similarity >= 0.9999, "sentence {i}: cosine {similarity}");
+    }
+}
+
 /// The demo workflow: download MiniLM -> embed 100 sentences -> convert to f16 and q8_0. The
 /// embeddings match sentence-transformers' (fixture), and every output has its pointer and
 /// checksums.

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use harmonia_shared::error::ExecError;
 use harmonia_shared::model::{TaskError, TaskKind};
 use harmonia_shared::store::tasks::{Claim, Outcome};
@@ -83,19 +84,24 @@ pub async fn execute(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
 }
 
 async fn record(worker: &Worker, lease_token: &str, outcome: &Outcome) {
-    // MongoDB is the truth: keep trying through a brief outage rather than lose an outcome.
-    // (If the lease expires meanwhile, the write is refused and the retry wins.)
-    let mut delay = Duration::from_millis(50);
-    let after = loop {
-        match worker.store.tasks().finish(lease_token, outcome).await {
-            Ok(after) => break after,
-            Err(e) => {
-                let what = "recording task outcome (will retry)";
-                worker.store.outage().report(what, &format_args!("{e:#}"));
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
+    // MongoDB is the truth: keep trying through an outage, however long, rather than lose an
+    // outcome. (If the lease expires meanwhile, the write is refused and the retry wins.)
+    let forever = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(5))
+        .without_max_times();
+    let tasks = worker.store.tasks();
+    let finish = || tasks.finish(lease_token, outcome);
+    let recorded = finish
+        .retry(forever)
+        .sleep(tokio::time::sleep)
+        .notify(|e, _| {
+            let what = "recording task outcome (will retry)";
+            worker.store.outage().report(what, &format_args!("{e:#}"));
+        })
+        .await;
+    let Ok(after) = recorded else {
+        return; // not reached: the retries never end
     };
     let Some(after) = after else {
         tracing::warn!(%lease_token, "outcome refused: this worker lost the task's lease");

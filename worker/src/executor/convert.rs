@@ -212,39 +212,10 @@ async fn register(
     let mut files = Vec::new();
     let mut checks = Vec::new();
     for (name, path) in uploads {
-        let p = path.clone();
-        let expected = Expected::Sha256(String::new());
-        let digests = blocking(move || {
-            hash_file(&p, &expected, &|| false)
-                .map_err(|e| ModelError::Format(e.to_string()))?
-                .ok_or_else(|| ModelError::Format("hashing stopped".into()))
-        })
-        .await?;
         let key = format!("{prefix}/{name}");
-        storage
-            .put_file(&key, &path, "application/octet-stream")
-            .await?;
-        let of = CheckOf {
-            repo: &source.name,
-            revision: &version,
-            verified_by: &ctx.env.worker_id,
-            task_id: ctx.task.id,
-        };
-        let size = digests.size;
-        checks.push(Checksum::new(
-            of,
-            &name,
-            digests.sha256.clone(),
-            None,
-            ExpectedSource::Produced,
-            size,
-        ));
-        files.push(ArtifactFile {
-            name,
-            size_bytes: digests.size,
-            sha256: digests.sha256,
-            s3_key: Some(key),
-        });
+        let (file, check) = upload_one(ctx, source, &version, name, &path, key).await?;
+        files.push(file);
+        checks.push(check);
     }
     let mut tags = source.tags.clone();
     tags.push(conversion.name().to_owned());
@@ -276,6 +247,51 @@ async fn register(
         )
         .await?;
     Ok(artifact)
+}
+
+/// Hashes one file of the new artifact and uploads it to `key`; returns its record and the
+/// checksum of what this system produced.
+async fn upload_one(
+    ctx: &TaskContext,
+    source: &ModelArtifact,
+    version: &str,
+    name: String,
+    path: &Path,
+    key: String,
+) -> Result<(ArtifactFile, Checksum), ExecError> {
+    let (p, expected) = (path.to_owned(), Expected::Sha256(String::new()));
+    let digests = blocking(move || {
+        hash_file(&p, &expected, &|| false)
+            .map_err(|e| ModelError::Format(e.to_string()))?
+            .ok_or_else(|| ModelError::Format("hashing stopped".into()))
+    })
+    .await?;
+    let storage = &ctx.env.storage;
+    storage
+        .put_file(&key, path, "application/octet-stream")
+        .await?;
+    let of = CheckOf {
+        repo: &source.name,
+        revision: version,
+        verified_by: &ctx.env.worker_id,
+        task_id: ctx.task.id,
+    };
+    let (sha256, size) = (digests.sha256, digests.size);
+    let check = Checksum::new(
+        of,
+        &name,
+        sha256.clone(),
+        None,
+        ExpectedSource::Produced,
+        size,
+    );
+    let file = ArtifactFile {
+        name,
+        size_bytes: size,
+        sha256,
+        s3_key: Some(key),
+    };
+    Ok((file, check))
 }
 
 fn is_weights(name: &str) -> bool {

@@ -129,69 +129,93 @@ impl Embedder {
         // per core. Large ones are compute-bound: one at a time, with candle's matmuls using
         // every core. Measured on 2 cores (MiniLM, 100 sentences): batch 1, 74 -> 121
         // sentences/s with lanes; batch 32, 157 in turn but 109 split over lanes.
-        if batch_size >= LANE_MAX_BATCH || self.lanes.len() < 2 {
-            let mut out = vec![Vec::new(); texts.len()];
-            let mut done = 0;
-            for batch in batches {
-                if cancelled() {
-                    return Ok(None);
-                }
-                let rows = self.forward(batch.iter().map(|&i| &encodings[i]), normalize)?;
-                for (&i, row) in batch.iter().zip(rows) {
-                    out[i] = row;
-                }
-                done += batch.len();
-                progress(done);
+        let rows = if batch_size >= LANE_MAX_BATCH || self.lanes.len() < 2 {
+            self.in_turn(&batches, &encodings, normalize, cancelled, progress)?
+        } else {
+            self.in_lanes(&batches, &encodings, normalize, cancelled, progress)?
+        };
+        let Some(rows) = rows else {
+            return Ok(None); // cancelled
+        };
+        let mut out = vec![Vec::new(); texts.len()];
+        for (batch, rows) in batches.iter().zip(rows) {
+            for (&i, row) in batch.iter().zip(rows) {
+                out[i] = row;
             }
-            return Ok(Some(out));
         }
-        let items = batches;
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let done = std::sync::atomic::AtomicUsize::new(0);
+        Ok(Some(out))
+    }
+
+    /// The batches one after the other, candle using every core for each. Rows per batch;
+    /// `None` when cancelled.
+    fn in_turn(
+        &self,
+        batches: &[&[usize]],
+        encodings: &[tokenizers::Encoding],
+        normalize: bool,
+        cancelled: &(dyn Fn() -> bool + Sync),
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Result<Option<Vec<Vec<Vec<f32>>>>, ModelError> {
+        let mut out = Vec::with_capacity(batches.len());
+        let mut done = 0;
+        for batch in batches {
+            if cancelled() {
+                return Ok(None);
+            }
+            out.push(self.forward(batch.iter().map(|&i| &encodings[i]), normalize)?);
+            done += batch.len();
+            progress(done);
+        }
+        Ok(Some(out))
+    }
+
+    /// The batches side by side, one single-threaded lane per core taking the next batch.
+    /// Rows per batch; `None` when cancelled.
+    fn in_lanes(
+        &self,
+        items: &[&[usize]],
+        encodings: &[tokenizers::Encoding],
+        normalize: bool,
+        cancelled: &(dyn Fn() -> bool + Sync),
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Result<Option<Vec<Vec<Vec<f32>>>>, ModelError> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (next, done) = (AtomicUsize::new(0), AtomicUsize::new(0));
         let results: Vec<std::sync::Mutex<Option<Vec<Vec<f32>>>>> =
             items.iter().map(|_| std::sync::Mutex::new(None)).collect();
         let failed: std::sync::Mutex<Option<ModelError>> = std::sync::Mutex::new(None);
+        let work = || {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= items.len() || cancelled() || lock(&failed).is_some() {
+                    return;
+                }
+                match self.forward(items[i].iter().map(|&j| &encodings[j]), normalize) {
+                    Ok(rows) => {
+                        *lock(&results[i]) = Some(rows);
+                        let n = done.fetch_add(items[i].len(), Ordering::Relaxed);
+                        progress(n + items[i].len());
+                    }
+                    Err(e) => {
+                        *lock(&failed) = Some(e);
+                        return;
+                    }
+                }
+            }
+        };
         std::thread::scope(|scope| {
             for lane in &self.lanes {
-                scope.spawn(|| {
-                    lane.install(|| {
-                        loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            if i >= items.len() || cancelled() || lock(&failed).is_some() {
-                                return;
-                            }
-                            match self.forward(items[i].iter().map(|&j| &encodings[j]), normalize) {
-                                Ok(rows) => {
-                                    *lock(&results[i]) = Some(rows);
-                                    let n = done.fetch_add(
-                                        items[i].len(),
-                                        std::sync::atomic::Ordering::Relaxed,
-                                    );
-                                    progress(n + items[i].len());
-                                }
-                                Err(e) => {
-                                    *lock(&failed) = Some(e);
-                                    return;
-                                }
-                            }
-                        }
-                    });
-                });
+                scope.spawn(|| lane.install(work));
             }
         });
         if let Some(e) = lock(&failed).take() {
             return Err(e);
         }
-        let mut out = vec![Vec::new(); texts.len()];
-        for (item, rows) in items.iter().zip(results) {
-            let Some(rows) = rows.into_inner().unwrap_or_else(|e| e.into_inner()) else {
-                return Ok(None); // cancelled
-            };
-            for (&i, row) in item.iter().zip(rows) {
-                out[i] = row;
-            }
-        }
-        Ok(Some(out))
+        // A batch left undone means the lanes stopped for a cancel.
+        Ok(results
+            .into_iter()
+            .map(|r| r.into_inner().unwrap_or_else(|e| e.into_inner()))
+            .collect())
     }
 
     /// One padded batch through the model: pooled (and normalised) rows in batch order.
