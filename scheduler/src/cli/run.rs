@@ -6,8 +6,10 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use harmonia_shared::Config;
+use harmonia_shared::config::resolve_tuning;
 use harmonia_shared::queue::Queue;
 use harmonia_shared::store::{Store, migrate::migrate};
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -15,41 +17,88 @@ use tokio_util::sync::CancellationToken;
 use crate::context::{Options, Scheduler};
 use crate::{events, ingest, publish, reconcile};
 
-#[derive(Debug, Clone, clap::Args)]
+/// Tuning of the scheduler process. Each setting can also be given in the config file's
+/// `[scheduler]` section (same name, `_` for `-`); a flag or its variable wins over the file.
+#[derive(Debug, Clone, Default, clap::Args, Serialize)]
 pub struct RunArgs {
     /// Consumer name of this replica in the submissions group (default: host-pid).
     #[arg(long, env = "HARMONIA_SCHEDULER_NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Submissions larger than this are rejected without being parsed.
-    #[arg(long, env = "HARMONIA_MAX_SUBMISSION_BYTES", default_value_t = 1 << 20)]
-    pub max_submission_bytes: usize,
-    /// Lifetime of a request's reply stream, in seconds.
-    #[arg(long, env = "HARMONIA_REPLY_TTL_S", default_value_t = 24 * 3600)]
-    pub reply_ttl_s: u64,
+    /// Submissions larger than this are rejected without being parsed [default: 1048576].
+    #[arg(long, env = "HARMONIA_MAX_SUBMISSION_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_submission_bytes: Option<usize>,
+    /// Lifetime of a request's reply stream, in seconds [default: 86400].
+    #[arg(long, env = "HARMONIA_REPLY_TTL_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_ttl_s: Option<u64>,
     /// Submissions and task events pending this long on another (dead) replica are taken
-    /// over, in seconds.
-    #[arg(long, env = "HARMONIA_RECLAIM_AFTER_S", default_value_t = 30)]
-    pub reclaim_after_s: u64,
-    /// First retry delay after a worker lost a task's lease, in ms; doubles per attempt.
-    #[arg(long, env = "HARMONIA_RETRY_BASE_MS", default_value_t = 1000)]
-    pub retry_base_ms: u64,
-    /// A worker that has not heartbeated for this long (ms) no longer counts as live.
-    #[arg(long, env = "HARMONIA_WORKER_TIMEOUT_MS", default_value_t = 15_000)]
-    pub worker_timeout_ms: u64,
-    /// Interval of the reconcile pass (lost leases, lost Redis data, wait reasons), in ms.
-    #[arg(long, env = "HARMONIA_RECONCILE_MS", default_value_t = 1000)]
-    pub reconcile_ms: u64,
-    /// Interval of the full repair of active runs (lost events, exact aggregates), in ms.
-    #[arg(long, env = "HARMONIA_REPAIR_MS", default_value_t = 10_000)]
-    pub repair_ms: u64,
+    /// over, in seconds [default: 30].
+    #[arg(long, env = "HARMONIA_RECLAIM_AFTER_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reclaim_after_s: Option<u64>,
+    /// First retry delay after a worker lost a task's lease, in ms; doubles per attempt
+    /// [default: 1000].
+    #[arg(long, env = "HARMONIA_RETRY_BASE_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_base_ms: Option<u64>,
+    /// A worker that has not heartbeated for this long (ms) no longer counts as live
+    /// [default: 15000].
+    #[arg(long, env = "HARMONIA_WORKER_TIMEOUT_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_timeout_ms: Option<u64>,
+    /// Interval of the reconcile pass (lost leases, lost Redis data, wait reasons), in ms
+    /// [default: 1000].
+    #[arg(long, env = "HARMONIA_RECONCILE_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconcile_ms: Option<u64>,
+    /// Interval of the full repair of active runs (lost events, exact aggregates), in ms
+    /// [default: 10000].
+    #[arg(long, env = "HARMONIA_REPAIR_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repair_ms: Option<u64>,
     /// After SIGTERM, how long the loops may take to finish their current step, in s; past it
     /// the process exits anyway (everything it left undone is redone from MongoDB and the
-    /// streams' pending lists).
-    #[arg(long, env = "HARMONIA_GRACE_S", default_value_t = 10)]
+    /// streams' pending lists) [default: 10].
+    #[arg(long, env = "HARMONIA_GRACE_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grace_s: Option<u64>,
+}
+
+/// [`RunArgs`] resolved: defaults < `[scheduler]` in the file < flags and env.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tuning {
+    pub name: Option<String>,
+    pub max_submission_bytes: usize,
+    pub reply_ttl_s: u64,
+    pub reclaim_after_s: u64,
+    pub retry_base_ms: u64,
+    pub worker_timeout_ms: u64,
+    pub reconcile_ms: u64,
+    pub repair_ms: u64,
     pub grace_s: u64,
 }
 
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            name: None,
+            max_submission_bytes: 1 << 20,
+            reply_ttl_s: 24 * 3600,
+            reclaim_after_s: 30,
+            retry_base_ms: 1000,
+            worker_timeout_ms: 15_000,
+            reconcile_ms: 1000,
+            repair_ms: 10_000,
+            grace_s: 10,
+        }
+    }
+}
+
 pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let args: Tuning = resolve_tuning("scheduler", &config.scheduler, args)?;
     let queue = Queue::connect(&config.redis).await?;
     let store = Store::connect(&config.mongo).await?;
     let before = migrate(&store).await?;

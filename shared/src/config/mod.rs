@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
+use figment::value::Dict;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +53,31 @@ pub struct Config {
     pub mongo: MongoConfig,
     pub s3: S3Config,
     pub models: ModelsConfig,
+    /// `[scheduler]`: `harmonia-scheduler run`'s tuning as the file gives it (names as the
+    /// flags, with `_`); the scheduler resolves it with [`resolve_tuning`].
+    #[serde(default, skip_serializing_if = "Dict::is_empty")]
+    pub scheduler: Dict,
+    /// `[worker]`: `harmonia-worker run`'s tuning, likewise.
+    #[serde(default, skip_serializing_if = "Dict::is_empty")]
+    pub worker: Dict,
+}
+
+/// A `run` subcommand's tuning: `T`'s defaults, then the file's section, then the flags and
+/// their `HARMONIA_*` variables (`args` serializes only the ones given). An unknown or
+/// ill-typed key fails with its section's name.
+pub fn resolve_tuning<T>(
+    section: &'static str,
+    file: &Dict,
+    args: &impl Serialize,
+) -> Result<T, ConfigError>
+where
+    T: Serialize + serde::de::DeserializeOwned + Default,
+{
+    Figment::from(Serialized::defaults(T::default()))
+        .merge(Serialized::defaults(file))
+        .merge(Serialized::defaults(args))
+        .extract()
+        .map_err(|e| ConfigError::invalid(section, e.to_string()))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,6 +147,8 @@ impl Default for Config {
                 secret_access_key: None,
                 retry_for_s: 120,
             },
+            scheduler: Dict::new(),
+            worker: Dict::new(),
             models: ModelsConfig {
                 cache_dir: cache_home.join("harmonia").join("hub"),
                 hub_endpoint: std::env::var("HF_ENDPOINT")
@@ -301,6 +329,56 @@ mod tests {
         let mut argv = vec!["test"];
         argv.extend_from_slice(args);
         Cli::parse_from(argv).config
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Tuning {
+        a: u64,
+        b: u64,
+        c: u64,
+    }
+
+    impl Default for Tuning {
+        fn default() -> Self {
+            Self { a: 1, b: 2, c: 3 }
+        }
+    }
+
+    #[derive(Serialize)]
+    struct TuningArgs {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        b: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        c: Option<u64>,
+    }
+
+    #[test]
+    fn run_tuning_is_defaults_then_the_file_section_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("h.toml");
+        std::fs::write(&file, "[scheduler]\nb = 20\nc = 30\n").unwrap();
+        let args = parse(&["--config", file.to_str().unwrap()]);
+        let config = Config::load(&args).unwrap();
+        let flags = TuningArgs {
+            b: None,
+            c: Some(300),
+        };
+        let tuning: Tuning = resolve_tuning("scheduler", &config.scheduler, &flags).unwrap();
+        assert_eq!(
+            tuning,
+            Tuning {
+                a: 1,
+                b: 20,
+                c: 300
+            }
+        );
+
+        std::fs::write(&file, "[scheduler]\nreconcile_msec = 5\n").unwrap();
+        let config = Config::load(&args).unwrap();
+        let err = resolve_tuning::<Tuning>("scheduler", &config.scheduler, &flags).unwrap_err();
+        assert!(err.to_string().contains("`scheduler`"), "{err}");
+        assert!(err.to_string().contains("reconcile_msec"), "{err}");
     }
 
     #[test]

@@ -7,10 +7,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use harmonia_shared::Config;
+use harmonia_shared::config::resolve_tuning;
 use harmonia_shared::model::WorkerState;
 use harmonia_shared::queue::{Queue, WORKERS_GROUP};
 use harmonia_shared::store::Store;
 use harmonia_shared::store::migrate::migrate;
+use serde::{Deserialize, Serialize};
 
 use crate::devices::Devices;
 use crate::executor::Env;
@@ -19,40 +21,84 @@ use crate::worker::{Options, Shutdown, Worker};
 use crate::{claim, lease, registry};
 use harmonia_shared::storage::Storage;
 
-#[derive(Debug, Clone, clap::Args)]
+/// Tuning of the worker process. Each setting can also be given in the config file's
+/// `[worker]` section (same name, `_` for `-`); a flag or its variable wins over the file.
+#[derive(Debug, Clone, Default, clap::Args, Serialize)]
 pub struct RunArgs {
     /// Name used in the worker id (default: the host name).
     #[arg(long, env = "HARMONIA_WORKER_NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// GPUs to advertise instead of detecting them: `index:name:memory_mb,...`, or `none`.
     #[arg(long, env = "HARMONIA_GPUS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gpus: Option<String>,
     /// CPU tasks run at once (default: the number of CPUs).
     #[arg(long, env = "HARMONIA_CPU_SLOTS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_slots: Option<u32>,
     /// Lease of a claimed task, in ms: renewed every heartbeat; if it lapses the task is retried
-    /// elsewhere.
-    #[arg(long, env = "HARMONIA_LEASE_MS", default_value_t = 30_000)]
-    pub lease_ms: u64,
+    /// elsewhere [default: 30000].
+    #[arg(long, env = "HARMONIA_LEASE_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
     /// Heartbeat interval, in ms (default: a third of the lease).
     #[arg(long, env = "HARMONIA_HEARTBEAT_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub heartbeat_ms: Option<u64>,
-    /// After SIGTERM, how long in-flight tasks may finish before they are handed back, in s.
-    #[arg(long, env = "HARMONIA_GRACE_S", default_value_t = 30)]
-    pub grace_s: u64,
+    /// After SIGTERM, how long in-flight tasks may finish before they are handed back, in s
+    /// [default: 30].
+    #[arg(long, env = "HARMONIA_GRACE_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grace_s: Option<u64>,
     /// Memory the warm model pool may hold on the host, in MiB (least recently used models are
-    /// evicted beyond it).
-    #[arg(long, env = "HARMONIA_MODEL_POOL_RAM_MB", default_value_t = 4096)]
+    /// evicted beyond it) [default: 4096].
+    #[arg(long, env = "HARMONIA_MODEL_POOL_RAM_MB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_pool_ram_mb: Option<u64>,
+    /// GPU memory the warm model pool may hold per GPU, in MiB [default: 16384].
+    #[arg(long, env = "HARMONIA_MODEL_POOL_VRAM_MB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_pool_vram_mb: Option<u64>,
+    /// First retry delay after a retryable failure, in ms; doubles per attempt [default: 1000].
+    #[arg(long, env = "HARMONIA_RETRY_BASE_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_base_ms: Option<u64>,
+}
+
+/// [`RunArgs`] resolved: defaults < `[worker]` in the file < flags and env.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tuning {
+    pub name: Option<String>,
+    pub gpus: Option<String>,
+    pub cpu_slots: Option<u32>,
+    pub lease_ms: u64,
+    pub heartbeat_ms: Option<u64>,
+    pub grace_s: u64,
     pub model_pool_ram_mb: u64,
-    /// GPU memory the warm model pool may hold per GPU, in MiB.
-    #[arg(long, env = "HARMONIA_MODEL_POOL_VRAM_MB", default_value_t = 16384)]
     pub model_pool_vram_mb: u64,
-    /// First retry delay after a retryable failure, in ms; doubles per attempt.
-    #[arg(long, env = "HARMONIA_RETRY_BASE_MS", default_value_t = 1000)]
     pub retry_base_ms: u64,
 }
 
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            name: None,
+            gpus: None,
+            cpu_slots: None,
+            lease_ms: 30_000,
+            heartbeat_ms: None,
+            grace_s: 30,
+            model_pool_ram_mb: 4096,
+            model_pool_vram_mb: 16384,
+            retry_base_ms: 1000,
+        }
+    }
+}
+
 pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let args: Tuning = resolve_tuning("worker", &config.worker, args)?;
     let gpus = registry::gpus(args.gpus.as_deref())?;
     let cpu_slots = args.cpu_slots.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
