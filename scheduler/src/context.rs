@@ -38,6 +38,20 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
+    /// Logs a failed step: a warning, or only a debug line while the service it needed (Redis
+    /// or MongoDB) is in a known outage, whose one warning has been written.
+    pub fn report(&self, what: &str, e: &anyhow::Error) {
+        let redis = e
+            .chain()
+            .any(|c| c.is::<harmonia_shared::queue::QueueError>());
+        let outage = if redis {
+            self.queue.outage()
+        } else {
+            self.store.outage()
+        };
+        outage.report(what, &format_args!("{e:#}"));
+    }
+
     /// Takes over up to `count` entries of `stream` (read through the scheduler replicas' group)
     /// that another replica left pending past `reclaim_after`: it died or stalled between
     /// reading and acking them. True when it took any: they are then in this replica's backlog.

@@ -19,10 +19,7 @@ pub async fn run(ctx: Arc<Scheduler>) {
             // A full batch: there is probably more, go again at once.
             Ok(n) if n as i64 == BATCH => continue,
             Ok(_) => {}
-            Err(e) => ctx
-                .store
-                .outage()
-                .report("publishing due tasks", &format_args!("{e:#}")),
+            Err(e) => ctx.report("publishing due tasks", &e),
         }
         tokio::select! {
             () = ctx.publish.notified() => {}

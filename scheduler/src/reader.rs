@@ -65,7 +65,7 @@ impl GroupReader {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!("reading {}: {e:#}", self.what);
+                    ctx.report(&format!("reading {}", self.what), &e);
                     // Redis may have lost the group with its data (NOGROUP): create it again
                     // before the next read, or every later read fails the same way.
                     self.grouped = false;

@@ -22,9 +22,7 @@ pub async fn run(ctx: Arc<Scheduler>) {
     let mut last_repair: Option<Instant> = None;
     loop {
         if let Err(e) = pass(&ctx, &mut last_repair).await {
-            ctx.store
-                .outage()
-                .report("reconcile", &format_args!("{e:#}"));
+            ctx.report("reconcile", &e);
         }
         tokio::select! {
             () = tokio::time::sleep(ctx.options.reconcile_every) => {}

@@ -313,10 +313,10 @@ async fn a_scheduler_told_to_stop_while_redis_is_down_exits_within_its_grace() {
     .await
     .unwrap();
     redis.process.kill();
-    wait_for("ingest to back off", LONG, || async {
+    wait_for("the loops to back off", LONG, || async {
         Ok(scheduler
             .output()
-            .contains("reading submissions")
+            .contains("Redis unreachable")
             .then_some(()))
     })
     .await

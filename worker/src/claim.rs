@@ -25,7 +25,10 @@ pub async fn run(worker: Arc<Worker>) {
         if classes_at.is_none_or(|t| t.elapsed() >= CLASS_REFRESH) {
             match worker.queue.classes().await {
                 Ok(c) => classes = c,
-                Err(e) => tracing::warn!("listing task classes: {e:#}"),
+                Err(e) => worker
+                    .queue
+                    .outage()
+                    .report("listing task classes", &format_args!("{e:#}")),
             }
             classes_at = Some(Instant::now());
         }
@@ -79,7 +82,8 @@ pub async fn run(worker: Arc<Worker>) {
                     // Redis lost the stream (flush/restart): recreate groups next round.
                     grouped.clear();
                 } else {
-                    tracing::warn!("reading task streams: {e:#}");
+                    let what = "reading task streams";
+                    worker.queue.outage().report(what, &format_args!("{e:#}"));
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }

@@ -55,6 +55,8 @@ pub struct Queue {
     keys: Keys,
     /// For the connections a pool cannot lend (pub/sub). Never printed: it may hold a password.
     url: String,
+    /// Whether Redis answers, as the pool sees it (one log line each way per outage).
+    outage: std::sync::Arc<crate::outage::Outage>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -73,6 +75,7 @@ impl Queue {
             pool,
             keys: Keys::new(config.prefix.clone()),
             url: config.url.clone(),
+            outage: std::sync::Arc::new(crate::outage::Outage::new("Redis")),
         };
         queue.ping().await?;
         Ok(queue)
@@ -82,8 +85,24 @@ impl Queue {
         &self.keys
     }
 
+    /// A pooled connection. The pool checks a connection before lending it, so failing to get
+    /// one means Redis does not answer: that starts an outage, and the next success ends it.
     pub async fn conn(&self) -> Result<deadpool_redis::Connection, QueueError> {
-        Ok(self.pool.get().await?)
+        match self.pool.get().await {
+            Ok(conn) => {
+                self.outage.answered();
+                Ok(conn)
+            }
+            Err(e) => {
+                self.outage.failed(&e);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Redis outages as the pool sees them.
+    pub fn outage(&self) -> &crate::outage::Outage {
+        &self.outage
     }
 
     /// The server's version string, which also proves the connection works.
