@@ -338,3 +338,49 @@ async fn a_scheduler_told_to_stop_while_redis_is_down_exits_within_its_grace() {
     };
     assert!(exited.success(), "{exited:?}\n{}", scheduler.output());
 }
+
+/// More active runs than a repair page (500) and than the old cap (1,000) lost their task
+/// events: the repair pass pages through every one of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_events_of_more_runs_than_a_page_are_all_repaired() {
+    use futures::StreamExt;
+    const RUNS: usize = 1_100;
+    let scope = Scope::new("repair-pages");
+    let client = Client::connect(&scope).await.unwrap();
+    let mut first = scope
+        .spawn("scheduler-1", "harmonia-scheduler", SCHEDULER)
+        .unwrap();
+    let runs: Vec<_> = futures::stream::iter(0..RUNS)
+        .map(|i| {
+            let client = &client;
+            async move { accepted(client, &format!("page-{i}")).await }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    first.kill();
+    // Every `a` "succeeded" with its event lost: only the repair pass can release `b`.
+    let tasks = client
+        .store
+        .db()
+        .collection::<mongodb::bson::Document>("run_tasks");
+    let done = doc! { "$set": { "status": "succeeded", "finished_at": DateTime::now() } };
+    let a = tasks
+        .update_many(doc! { "node_id": "a" }, done)
+        .await
+        .unwrap();
+    assert_eq!(a.modified_count as usize, RUNS);
+
+    let args = ["run", "--reconcile-ms", "200", "--repair-ms", "500"];
+    let second = scope
+        .spawn("scheduler-2", "harmonia-scheduler", &args)
+        .unwrap();
+    let pending = doc! { "node_id": "b", "status": "pending" };
+    wait_for("every b to be released", LONG, || async {
+        let left = tasks.count_documents(pending.clone()).await?;
+        Ok((left == 0).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", second.output()));
+    assert_eq!(runs.len(), RUNS);
+}
