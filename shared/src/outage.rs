@@ -7,6 +7,41 @@ use std::fmt::Display;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Connects to a service with `connect`, waiting for as long as it takes while `transient` says
+/// the failure may pass (containers start in any order; a service may be restarting): one log
+/// line when the wait begins, one when it ends, retries with backoff up to 5 s apart. Any other
+/// error (a bad URI, a standalone mongod) is returned at once.
+pub async fn connect<T, E, F, Fut>(
+    service: &'static str,
+    connect: F,
+    transient: fn(&E) -> bool,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: Display,
+{
+    use backon::{ExponentialBuilder, Retryable};
+    let outage = Outage::new(service);
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times();
+    let connected = connect
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(transient)
+        .notify(|e, _| {
+            outage.failed(e);
+        })
+        .await;
+    if connected.is_ok() {
+        outage.answered();
+    }
+    connected
+}
+
 #[derive(Debug)]
 pub struct Outage {
     service: &'static str,

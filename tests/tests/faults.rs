@@ -384,3 +384,34 @@ async fn lost_events_of_more_runs_than_a_page_are_all_repaired() {
     .unwrap_or_else(|e| panic!("{e:#}\n{}", second.output()));
     assert_eq!(runs.len(), RUNS);
 }
+
+/// A worker started before Redis is up (containers start in any order) waits for it, saying so
+/// once, instead of exiting into a crash loop; then it works.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_started_before_redis_waits_for_it_then_works() {
+    let (scope, mut redis) = Scope::with_own_redis("redis-late").await.unwrap();
+    redis.process.kill();
+    let mut worker = scope
+        .spawn("worker", "harmonia-worker", &cpu_worker())
+        .unwrap();
+    wait_for("the worker to wait for Redis", LONG, || async {
+        Ok(worker.output().contains("Redis unreachable").then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", worker.output()));
+    assert!(worker.try_wait().is_none(), "{}", worker.output());
+
+    redis.restart_empty().await.unwrap();
+    let _scheduler = scope
+        .spawn("scheduler", "harmonia-scheduler", SCHEDULER)
+        .unwrap();
+    let client = Client::connect(&scope).await.unwrap();
+    let run_id = accepted(&client, "redis-late").await;
+    assert_eq!(
+        client.finished(run_id, LONG).await.unwrap().status,
+        RunStatus::Succeeded
+    );
+    let log = worker.output();
+    assert_eq!(log.matches("Redis unreachable").count(), 1, "{log}");
+    assert_eq!(log.matches("Redis answers again").count(), 1, "{log}");
+}

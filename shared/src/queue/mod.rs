@@ -37,6 +37,16 @@ pub enum QueueError {
 }
 
 impl QueueError {
+    /// Redis did not answer (down, restarting, unreachable): trying again can succeed. A bad
+    /// URL or a refused command cannot.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Self::Pool(_) => true,
+            Self::Redis(e) => e.is_io_error() || e.is_connection_refusal() || e.is_timeout(),
+            Self::CreatePool(_) | Self::NoReply { .. } => false,
+        }
+    }
+
     /// Redis has no such consumer group (lost with its data in a flush or an empty restart).
     pub fn is_no_group(&self) -> bool {
         matches!(self, Self::Redis(e) if e.code() == Some("NOGROUP"))
@@ -106,8 +116,9 @@ impl Queue {
     }
 
     /// The server's version string, which also proves the connection works.
+    /// (Not counted as an outage when it fails: `connect` and `check` report that themselves.)
     pub async fn ping(&self) -> Result<String, QueueError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.pool.get().await?;
         let info: redis::InfoDict = redis::cmd("INFO")
             .arg("server")
             .query_async(&mut conn)
