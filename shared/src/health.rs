@@ -27,6 +27,24 @@ impl HealthReport {
     }
 }
 
+/// Connects to Redis and MongoDB for a long-running process, waiting for each while it does not
+/// answer (containers start in any order; see [`crate::outage::connect`]). `None` when SIGTERM
+/// came first.
+pub async fn connect_waiting(config: &Config) -> anyhow::Result<Option<(Queue, Store)>> {
+    use crate::outage::connect;
+    let redis = || Queue::connect(&config.redis);
+    let mongo = || Store::connect(&config.mongo);
+    let both = async {
+        let queue = connect("Redis", redis, crate::queue::QueueError::is_unreachable).await?;
+        let store = connect("MongoDB", mongo, crate::store::StoreError::is_transient).await?;
+        anyhow::Ok((queue, store))
+    };
+    tokio::select! {
+        both = both => both.map(Some),
+        _ = crate::signal::terminated() => Ok(None),
+    }
+}
+
 /// Probes all three services concurrently; never fails, failures are in the report.
 pub async fn check(config: &Config) -> HealthReport {
     let redis = async {

@@ -7,9 +7,8 @@ use std::sync::Arc;
 
 use harmonia_shared::Config;
 use harmonia_shared::config::resolve_tuning;
-use harmonia_shared::outage;
-use harmonia_shared::queue::{Queue, QueueError};
-use harmonia_shared::store::{Store, StoreError, migrate::migrate};
+use harmonia_shared::health;
+use harmonia_shared::store::migrate::migrate;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -100,16 +99,8 @@ impl Default for Tuning {
 
 pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let args: Tuning = resolve_tuning("scheduler", &config.scheduler, args)?;
-    // Services that are not up yet (containers start in any order) are waited for.
-    let redis = || Queue::connect(&config.redis);
-    let queue = tokio::select! {
-        q = outage::connect("Redis", redis, QueueError::is_unreachable) => q?,
-        _ = harmonia_shared::signal::terminated() => return Ok(ExitCode::SUCCESS),
-    };
-    let mongo = || Store::connect(&config.mongo);
-    let store = tokio::select! {
-        s = outage::connect("MongoDB", mongo, StoreError::is_transient) => s?,
-        _ = harmonia_shared::signal::terminated() => return Ok(ExitCode::SUCCESS),
+    let Some((queue, store)) = health::connect_waiting(config).await? else {
+        return Ok(ExitCode::SUCCESS); // SIGTERM while waiting
     };
     let before = migrate(&store).await?;
     tracing::info!(schema_from = before, "database schema is current");

@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use harmonia_shared::Config;
 use harmonia_shared::config::resolve_tuning;
+use harmonia_shared::health;
 use harmonia_shared::model::WorkerState;
-use harmonia_shared::outage;
-use harmonia_shared::queue::{Queue, QueueError, WORKERS_GROUP};
+use harmonia_shared::queue::WORKERS_GROUP;
 use harmonia_shared::store::migrate::migrate;
-use harmonia_shared::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::devices::Devices;
@@ -104,16 +103,8 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let cpu_slots = args.cpu_slots.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
     });
-    // Services that are not up yet (containers start in any order) are waited for.
-    let redis = || Queue::connect(&config.redis);
-    let queue = tokio::select! {
-        q = outage::connect("Redis", redis, QueueError::is_unreachable) => q?,
-        _ = harmonia_shared::signal::terminated() => return Ok(ExitCode::SUCCESS),
-    };
-    let mongo = || Store::connect(&config.mongo);
-    let store = tokio::select! {
-        s = outage::connect("MongoDB", mongo, StoreError::is_transient) => s?,
-        _ = harmonia_shared::signal::terminated() => return Ok(ExitCode::SUCCESS),
+    let Some((queue, store)) = health::connect_waiting(config).await? else {
+        return Ok(ExitCode::SUCCESS); // SIGTERM while waiting
     };
     migrate(&store).await?;
     let id = registry::worker_id(args.name.as_deref());
