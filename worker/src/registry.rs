@@ -12,7 +12,10 @@ pub fn worker_id(name: Option<&str>) -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "worker".into());
-    let suffix = &ObjectId::new().to_hex()[18..];
+    // An ObjectId's middle five bytes are random per process and its last three a counter that
+    // starts at random: unique per container even where host names and pids repeat (every
+    // container's process can be pid 1 on a host called `worker`).
+    let suffix = &ObjectId::new().to_hex()[8..];
     format!("{}-{}-{suffix}", name.unwrap_or(&host), std::process::id())
 }
 
@@ -44,5 +47,20 @@ pub fn document(id: &str, gpus: Vec<Gpu>, cpu_slots: u32) -> WorkerDoc {
         heartbeat_at: now,
         models_cached: Vec::new(),
         models_loaded: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn worker_ids_carry_the_name_the_pid_and_a_random_part() {
+        let (a, b) = (super::worker_id(Some("w")), super::worker_id(Some("w")));
+        assert_ne!(a, b, "two workers of one process still differ");
+        let prefix = format!("w-{}-", std::process::id());
+        for id in [&a, &b] {
+            let suffix = id.strip_prefix(&prefix).unwrap();
+            assert_eq!(suffix.len(), 16, "{id}");
+            assert!(suffix.bytes().all(|c| c.is_ascii_hexdigit()), "{id}");
+        }
     }
 }
