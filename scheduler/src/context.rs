@@ -38,6 +38,14 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
+    /// Waits `delay`, or less if the scheduler shuts down meanwhile; false then.
+    pub async fn pause(&self, delay: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => true,
+            () = self.shutdown.cancelled() => false,
+        }
+    }
+
     /// Logs a failed step: a warning, or only a debug line while the service it needed (Redis
     /// or MongoDB) is in a known outage, whose one warning has been written.
     pub fn report(&self, what: &str, e: &anyhow::Error) {

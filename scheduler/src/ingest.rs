@@ -58,19 +58,13 @@ pub async fn run(ctx: Arc<Scheduler>) {
                     &format!("submission {} not processed yet", entry.id),
                     &format_args!("{e:#}"),
                 );
-                backoff(&ctx).await;
+                // Shutdown is seen by the reader's next wait.
+                ctx.pause(Duration::from_millis(500)).await;
                 reader.retry_pending();
                 break;
             }
             failures.remove(&entry.id);
         }
-    }
-}
-
-async fn backoff(ctx: &Scheduler) {
-    tokio::select! {
-        () = tokio::time::sleep(Duration::from_millis(500)) => {}
-        () = ctx.shutdown.cancelled() => {}
     }
 }
 

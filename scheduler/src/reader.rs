@@ -70,9 +70,8 @@ impl GroupReader {
                     // before the next read, or every later read fails the same way.
                     self.grouped = false;
                     self.backlog = true;
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                        () = ctx.shutdown.cancelled() => return None,
+                    if !ctx.pause(Duration::from_millis(500)).await {
+                        return None;
                     }
                 }
             }

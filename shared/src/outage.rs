@@ -5,6 +5,7 @@
 
 use std::fmt::Display;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Connects to a service with `connect`, waiting for as long as it takes while `transient` says
@@ -45,6 +46,9 @@ where
 #[derive(Debug)]
 pub struct Outage {
     service: &'static str,
+    /// Mirrors `state.down_since.is_some()`, so the every-call `answered` takes no lock while
+    /// the service answers.
+    down: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -63,6 +67,7 @@ impl Outage {
     pub fn new(service: &'static str) -> Self {
         Self {
             service,
+            down: AtomicBool::new(false),
             state: Mutex::new(State {
                 down_since: None,
                 failures: 0,
@@ -81,6 +86,7 @@ impl Outage {
             return false;
         }
         state.down_since = Some(Instant::now());
+        self.down.store(true, Ordering::Release);
         tracing::warn!(
             service = self.service,
             "{} unreachable, retrying with backoff until it answers: {detail}",
@@ -91,10 +97,14 @@ impl Outage {
 
     /// Records a call that succeeded; logs the end of an outage, if one was under way.
     pub fn answered(&self) {
+        if !self.down.load(Ordering::Acquire) {
+            return;
+        }
         let mut state = self.lock();
         let Some(since) = state.down_since.take() else {
             return;
         };
+        self.down.store(false, Ordering::Release);
         let failures = std::mem::take(&mut state.failures);
         state.up_since = Instant::now();
         tracing::info!(
@@ -118,7 +128,7 @@ impl Outage {
     }
 
     pub fn is_down(&self) -> bool {
-        self.lock().down_since.is_some()
+        self.down.load(Ordering::Acquire)
     }
 
     /// How long the service has answered since its last outage ended (or since this tracker

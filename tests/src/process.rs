@@ -68,6 +68,20 @@ impl ChildGuard {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Waits up to `timeout` for the child to exit and returns its status; an error (with its
+    /// output) when it is still running then.
+    pub async fn exits_within(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let output = self.output();
+        let me = std::sync::Mutex::new(self);
+        let exited = crate::wait::wait_for("the process to exit", timeout, || async {
+            Ok(me.lock().unwrap_or_else(|e| e.into_inner()).try_wait())
+        });
+        exited.await.with_context(|| output.clone())
+    }
+
     /// Sends SIGTERM (graceful shutdown) without waiting.
     pub fn terminate(&self) {
         signal(self.pid(), libc::SIGTERM);

@@ -324,18 +324,10 @@ async fn a_scheduler_told_to_stop_while_redis_is_down_exits_within_its_grace() {
 
     scheduler.terminate();
     // The grace is 10 s; a little more for a loaded machine, far less than a hang.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let exited = loop {
-        if let Some(status) = scheduler.try_wait() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still running 15 s after SIGTERM:\n{}",
-            scheduler.output()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await; // polling the exit status
-    };
+    let exited = scheduler
+        .exits_within(Duration::from_secs(15))
+        .await
+        .unwrap_or_else(|e| panic!("still running 15 s after SIGTERM: {e:#}"));
     assert!(exited.success(), "{exited:?}\n{}", scheduler.output());
 }
 

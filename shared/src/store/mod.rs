@@ -55,22 +55,24 @@ impl StoreError {
     /// succeed later, so it is retried rather than failed. Anything else (a document MongoDB
     /// refuses, a newer schema) fails the same way every time.
     pub fn is_transient(&self) -> bool {
-        use mongodb::error::ErrorKind;
-        let Self::Mongo(e) = self else {
-            return false;
-        };
-        let code = match e.kind.as_ref() {
-            ErrorKind::Io(_)
-            | ErrorKind::ServerSelection { .. }
-            | ErrorKind::ConnectionPoolCleared { .. } => return true,
-            ErrorKind::Command(c) => Some(c.code),
-            ErrorKind::Write(mongodb::error::WriteFailure::WriteConcernError(w)) => Some(w.code),
-            _ => None,
-        };
-        code.is_some_and(|c| STATE_CHANGE_CODES.contains(&c))
-            || e.contains_label("RetryableWriteError")
-            || e.contains_label("TransientTransactionError")
+        matches!(self, Self::Mongo(e) if driver_transient(e))
     }
+}
+
+/// See [`StoreError::is_transient`].
+fn driver_transient(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::ErrorKind;
+    let code = match e.kind.as_ref() {
+        ErrorKind::Io(_)
+        | ErrorKind::ServerSelection { .. }
+        | ErrorKind::ConnectionPoolCleared { .. } => return true,
+        ErrorKind::Command(c) => Some(c.code),
+        ErrorKind::Write(mongodb::error::WriteFailure::WriteConcernError(w)) => Some(w.code),
+        _ => None,
+    };
+    code.is_some_and(|c| STATE_CHANGE_CODES.contains(&c))
+        || e.contains_label("RetryableWriteError")
+        || e.contains_label("TransientTransactionError")
 }
 
 /// A unique index refused the write: the document (or one with its key) already exists.
@@ -92,7 +94,7 @@ pub fn is_transient(err: &(dyn std::error::Error + 'static)) -> bool {
             return store.is_transient();
         }
         if let Some(driver) = e.downcast_ref::<mongodb::error::Error>() {
-            return StoreError::Mongo(driver.clone()).is_transient();
+            return driver_transient(driver);
         }
         next = e.source();
     }
