@@ -160,3 +160,49 @@ async fn outputs_written_while_s3_is_down_go_up_when_it_returns_in_the_same_atte
     assert_eq!(count(&log, "S3 unreachable"), 1, "{log}");
     assert_eq!(count(&log, "S3 answers again"), 1, "{log}");
 }
+
+/// A submission that arrives while mongod is frozen waits for it and is accepted once it thaws,
+/// after many failed tries (an outage's failures do not count towards giving up on it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_submission_sent_while_mongod_is_frozen_is_accepted_when_it_thaws() {
+    let (mut scope, mongo) = Scope::with_own_mongo("submit-frozen").await.unwrap();
+    // Fail fast while frozen, so many more than five tries fit in the outage.
+    scope.config.mongo.uri = format!(
+        "{}&serverSelectionTimeoutMS=500&connectTimeoutMS=500&heartbeatFrequencyMS=500",
+        mongo.uri
+    );
+    let scheduler = scope
+        .spawn("scheduler", "harmonia-scheduler", SCHEDULER)
+        .unwrap();
+    wait_for("the scheduler to run", DEADLINE, || async {
+        Ok(scheduler
+            .output()
+            .contains("scheduler running")
+            .then_some(()))
+    })
+    .await
+    .unwrap();
+    let client = harmonia_tests::Client::connect(&scope).await.unwrap();
+
+    signal(mongo.process.pid(), libc::SIGSTOP);
+    let body = submission("frozen", json!([{"id": "a", "type": "debug.noop"}]));
+    let reply = tokio::spawn(async move { client.submit_waiting(&body, DEADLINE).await });
+    wait_for("the scheduler to see the outage", DEADLINE, || async {
+        Ok(scheduler
+            .output()
+            .contains("MongoDB unreachable")
+            .then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", scheduler.output()));
+    tokio::time::sleep(Duration::from_secs(8)).await; // the outage goes on: many failed tries
+    signal(mongo.process.pid(), libc::SIGCONT);
+
+    let reply = reply.await.unwrap().unwrap();
+    assert_eq!(
+        reply["status"],
+        "accepted",
+        "{reply}\n{}",
+        scheduler.output()
+    );
+}
