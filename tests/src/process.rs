@@ -68,6 +68,16 @@ impl ChildGuard {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Waits up to `timeout` until the child's output contains `text` (a line it logs once it
+    /// reached a state); an error with its output otherwise.
+    pub async fn says(&self, text: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
+        let what = format!("{} to say {text:?}", self.name);
+        let said = crate::wait::wait_for(&what, timeout, || async {
+            Ok(self.output().contains(text).then_some(()))
+        });
+        said.await.with_context(|| self.output())
+    }
+
     /// Waits up to `timeout` for the child to exit and returns its status; an error (with its
     /// output) when it is still running then.
     pub async fn exits_within(

@@ -304,23 +304,15 @@ async fn a_scheduler_told_to_stop_while_redis_is_down_exits_within_its_grace() {
     let mut scheduler = scope
         .spawn("scheduler", "harmonia-scheduler", SCHEDULER)
         .unwrap();
-    wait_for("the scheduler to run", LONG, || async {
-        Ok(scheduler
-            .output()
-            .contains("scheduler running")
-            .then_some(()))
-    })
-    .await
-    .unwrap();
+    scheduler
+        .says("scheduler running", LONG)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
     redis.process.kill();
-    wait_for("the loops to back off", LONG, || async {
-        Ok(scheduler
-            .output()
-            .contains("Redis unreachable")
-            .then_some(()))
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", scheduler.output()));
+    scheduler
+        .says("Redis unreachable", LONG)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
 
     scheduler.terminate();
     // The grace is 10 s; a little more for a loaded machine, far less than a hang.
@@ -386,11 +378,10 @@ async fn a_worker_started_before_redis_waits_for_it_then_works() {
     let mut worker = scope
         .spawn("worker", "harmonia-worker", &cpu_worker())
         .unwrap();
-    wait_for("the worker to wait for Redis", LONG, || async {
-        Ok(worker.output().contains("Redis unreachable").then_some(()))
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", worker.output()));
+    worker
+        .says("Redis unreachable", LONG)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(worker.try_wait().is_none(), "{}", worker.output());
 
     redis.restart_empty().await.unwrap();

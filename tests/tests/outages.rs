@@ -10,7 +10,7 @@ use harmonia_shared::model::{RunStatus, TaskStatus};
 use harmonia_shared::storage::Storage;
 use harmonia_tests::cluster::{SCHEDULER, WORKER, cluster_in};
 use harmonia_tests::process::signal;
-use harmonia_tests::{Scope, submission, wait_for};
+use harmonia_tests::{Scope, submission};
 use serde_json::json;
 use sha2::Digest;
 
@@ -116,14 +116,10 @@ async fn outputs_written_while_s3_is_down_go_up_when_it_returns_in_the_same_atte
     let c = cluster_in(scope, SCHEDULER, &[cpu_worker()]).await.unwrap();
     let storage = Storage::new(&c.scope.config.s3);
     storage.ensure_bucket().await.unwrap();
-    wait_for("the worker to register", DEADLINE, || async {
-        Ok(c.workers[0]
-            .output()
-            .contains("worker registered")
-            .then_some(()))
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", c.workers[0].output()));
+    c.workers[0]
+        .says("worker registered", DEADLINE)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
     s3.stop();
 
     let mut runs = Vec::new();
@@ -174,27 +170,19 @@ async fn a_submission_sent_while_mongod_is_frozen_is_accepted_when_it_thaws() {
     let scheduler = scope
         .spawn("scheduler", "harmonia-scheduler", SCHEDULER)
         .unwrap();
-    wait_for("the scheduler to run", DEADLINE, || async {
-        Ok(scheduler
-            .output()
-            .contains("scheduler running")
-            .then_some(()))
-    })
-    .await
-    .unwrap();
+    scheduler
+        .says("scheduler running", DEADLINE)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let client = harmonia_tests::Client::connect(&scope).await.unwrap();
 
     signal(mongo.process.pid(), libc::SIGSTOP);
     let body = submission("frozen", json!([{"id": "a", "type": "debug.noop"}]));
     let reply = tokio::spawn(async move { client.submit_waiting(&body, DEADLINE).await });
-    wait_for("the scheduler to see the outage", DEADLINE, || async {
-        Ok(scheduler
-            .output()
-            .contains("MongoDB unreachable")
-            .then_some(()))
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", scheduler.output()));
+    scheduler
+        .says("MongoDB unreachable", DEADLINE)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
     tokio::time::sleep(Duration::from_secs(8)).await; // the outage goes on: many failed tries
     signal(mongo.process.pid(), libc::SIGCONT);
 
