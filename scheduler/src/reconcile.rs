@@ -64,15 +64,17 @@ async fn pass(ctx: &Scheduler, last_repair: &mut Option<Instant>) -> anyhow::Res
 /// A lease that lapsed while MongoDB was stalled or unreachable was not abandoned: its worker
 /// could not renew it. Leases are judged only once MongoDB has answered for a whole worker
 /// timeout (every live worker heartbeats within it), counted from start-up and from the end of
-/// the last outage. A stall the driver did not report shows as this pass's first steps taking
-/// far longer than they should; it restarts the count the same way.
+/// the last outage. A stall the driver did not report shows as this pass's first steps (Redis's
+/// epoch, then MongoDB) taking far longer than they should; it restarts the count the same way,
+/// whichever of the two stalled.
 fn leases_can_be_judged(ctx: &Scheduler, started: Instant) -> bool {
     let outage = ctx.store.outage();
     let live_within = ctx.options.live_within;
     if started.elapsed() > live_within / 3 {
         tracing::info!(
             took_ms = started.elapsed().as_millis() as u64,
-            "MongoDB stalled: lease expiry waits a worker timeout for heartbeats to catch up"
+            "reconcile pass stalled (a store did not answer): lease expiry waits a worker \
+             timeout for heartbeats to catch up"
         );
         outage.stalled();
     }
