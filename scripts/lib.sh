@@ -106,3 +106,57 @@ ensure_deps() {
   export HARMONIA_MONGOD="${HARMONIA_MONGOD:-$(mongod_path)}"
   export HARMONIA_REDIS_SERVER="${HARMONIA_REDIS_SERVER:-$(command -v redis-server)}"
 }
+
+# --- Containers (scripts/images, scripts/fleet, the fleet tests) ---------------------------------
+BASE_IMAGE_LOCAL="harmonia-base:bookworm"
+IMAGE_TAG="${HARMONIA_IMAGE_TAG:-local}"
+
+ensure_docker() {
+  command -v docker >/dev/null || die "docker not found: install Docker Engine (Debian: docker.io)"
+  docker info >/dev/null 2>&1 || die "the Docker engine does not answer (is dockerd running?)"
+}
+
+# A `docker build` that uses BuildKit, which the Dockerfiles need (stages picked by build args):
+# `docker buildx build` where buildx is installed; else a Docker <= 22 client, whose own BuildKit
+# DOCKER_BUILDKIT=1 turns on (a newer client without buildx cannot build with BuildKit at all).
+docker_build() {
+  if docker buildx version >/dev/null 2>&1; then docker buildx build --load "$@"; return; fi
+  local d v
+  for d in $(type -ap docker); do
+    v="$("$d" version --format '{{.Client.Version}}' 2>/dev/null || true)"
+    if [ -n "$v" ] && [ "${v%%.*}" -lt 23 ]; then DOCKER_BUILDKIT=1 "$d" build "$@"; return; fi
+  done
+  die "no docker client here builds with BuildKit: install docker-buildx (Debian: docker-buildx)"
+}
+
+# harmonia-base:bookworm: Debian 12 minbase from Debian's packages (no registry needed), with
+# tini and CA certificates. The root filesystem is kept under $HARMONIA_HOME/docker so a new
+# engine re-imports it in seconds; the image itself stays in the engine between runs.
+ensure_base_image() {
+  docker image inspect "$BASE_IMAGE_LOCAL" >/dev/null 2>&1 && return 0
+  local tarball="$HARMONIA_HOME/docker/base-bookworm.tar"
+  if [ ! -s "$tarball" ]; then
+    command -v debootstrap >/dev/null || apt_install debootstrap
+    local rootfs; rootfs="$(mktemp -d)"
+    say "debootstrap bookworm (minbase + tini, ca-certificates) into $rootfs"
+    as_root debootstrap --variant=minbase --include=ca-certificates,tini bookworm "$rootfs" \
+      http://deb.debian.org/debian >"$rootfs.log" 2>&1 || { tail -20 "$rootfs.log" >&2; die "debootstrap failed"; }
+    # What debian:bookworm-slim leaves out too: package caches, lists, docs (copyrights kept).
+    as_root rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
+      "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* "$rootfs"/usr/share/locale/*
+    as_root find "$rootfs/usr/share/doc" -type f ! -name copyright -delete
+    mkdir -p "$(dirname "$tarball")"
+    as_root tar -C "$rootfs" -c . >"$tarball.tmp" && mv "$tarball.tmp" "$tarball"
+    as_root rm -rf "$rootfs" "$rootfs.log"
+  fi
+  say "importing $tarball as $BASE_IMAGE_LOCAL"
+  docker import --change 'CMD ["bash"]' --change 'ENV LANG=C.UTF-8' "$tarball" "$BASE_IMAGE_LOCAL" >/dev/null
+}
+
+# `docker compose` (v2) where it works, else Debian's `docker-compose` (v1): same file, same verbs.
+compose() {
+  if docker compose version >/dev/null 2>&1; then docker compose "$@"
+  elif command -v docker-compose >/dev/null; then docker-compose "$@"
+  else die "neither 'docker compose' nor 'docker-compose' found (Debian: docker-compose)"
+  fi
+}

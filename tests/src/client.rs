@@ -18,9 +18,13 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(scope: &crate::Scope) -> anyhow::Result<Self> {
+        Self::for_config(&scope.config).await
+    }
+
+    pub async fn for_config(config: &harmonia_shared::Config) -> anyhow::Result<Self> {
         Ok(Self {
-            queue: Queue::connect(&scope.config.redis).await?,
-            store: Store::connect(&scope.config.mongo).await?,
+            queue: Queue::connect(&config.redis).await?,
+            store: Store::connect(&config.mongo).await?,
         })
     }
 

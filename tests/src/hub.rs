@@ -76,6 +76,7 @@ impl Mirror {
         Router::new()
             .route("/api/models/{org}/{name}/revision/{rev}", get(info))
             .route("/{org}/{name}/resolve/{rev}/{*file}", get(resolve))
+            .route("/_mirror/stats", get(stats))
             .with_state(self)
     }
 
@@ -127,6 +128,14 @@ fn collect(
         }
     }
     Ok(())
+}
+
+/// `{"bytes_served": N}`: what a mirror in another process (a container) has sent, for tests
+/// that count downloads across workers.
+async fn stats(State(mirror): State<Arc<Mirror>>) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({
+        "bytes_served": mirror.bytes_served.load(Ordering::Relaxed),
+    }))
 }
 
 fn not_found(what: &str) -> Response {

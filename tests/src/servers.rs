@@ -139,7 +139,7 @@ impl MongoServer {
                 .arg(dir.join("mongod.log")),
             &dir.join("mongod.stdout"),
         )?;
-        init_replica_set(port)
+        init_replica_set(port, &format!("127.0.0.1:{port}"))
             .await
             .with_context(|| format!("mongod on port {port}; see {}", dir.display()))?;
         Ok(Self {
@@ -150,16 +150,17 @@ impl MongoServer {
     }
 }
 
-/// Initiates a one-node replica set `rs0` on a fresh mongod and waits for it to be a writable
-/// primary. Safe to call again on an initiated node.
-pub async fn init_replica_set(port: u16) -> anyhow::Result<()> {
+/// Initiates a one-node replica set `rs0` on a fresh mongod listening on `port` here, with
+/// `member` (`host:port`) as the address clients are told to use, and waits for it to be a
+/// writable primary. Safe to call again on an initiated node.
+pub async fn init_replica_set(port: u16, member: &str) -> anyhow::Result<()> {
     let uri =
         format!("mongodb://127.0.0.1:{port}/?directConnection=true&serverSelectionTimeoutMS=1000");
     let client = mongodb::Client::with_uri_str(&uri).await?;
     let admin = client.database("admin");
     let config = doc! {
         "_id": "rs0",
-        "members": [{ "_id": 0, "host": format!("127.0.0.1:{port}") }],
+        "members": [{ "_id": 0, "host": member }],
     };
     wait_for("replSetInitiate", Duration::from_secs(30), || async {
         match admin

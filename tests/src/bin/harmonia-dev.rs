@@ -40,6 +40,10 @@ enum Cmd {
     MongoInit {
         #[arg(long)]
         port: u16,
+        /// The member's address as clients must reach it (`host:port`); in a container, the
+        /// service's name on its network. Default: 127.0.0.1:<port>.
+        #[arg(long)]
+        member: Option<String>,
     },
 }
 
@@ -83,6 +87,9 @@ async fn main() -> anyhow::Result<()> {
             })
             .await
         }
-        Cmd::MongoInit { port } => harmonia_tests::servers::init_replica_set(port).await,
+        Cmd::MongoInit { port, member } => {
+            let member = member.unwrap_or_else(|| format!("127.0.0.1:{port}"));
+            harmonia_tests::servers::init_replica_set(port, &member).await
+        }
     }
 }

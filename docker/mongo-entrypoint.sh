@@ -1,0 +1,8 @@
+#!/bin/sh
+# Starts mongod as replica set rs0, initiates it once (a no-op on a volume that already holds an
+# initiated set), then waits on mongod. Extra arguments go to mongod.
+set -eu
+mongod --replSet rs0 --bind_ip_all --port 27017 --dbpath /data/db "$@" &
+pid=$!
+harmonia-dev mongo-init --port 27017 --member "${HARMONIA_MONGO_MEMBER}" || { kill "$pid"; exit 1; }
+wait "$pid"
