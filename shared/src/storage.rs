@@ -247,6 +247,50 @@ impl Storage {
         .await
     }
 
+    /// Deletes an object; deleting one that does not exist succeeds (S3 semantics).
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.retrying(|| async {
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+                .map_err(|e| s3_err("delete_object", key, e))
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Keys under `prefix`, in key order (every page).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .retrying(|| async {
+                    self.client
+                        .list_objects_v2()
+                        .bucket(&self.bucket)
+                        .prefix(prefix)
+                        .set_continuation_token(token.clone())
+                        .send()
+                        .await
+                        .map_err(|e| s3_err("list_objects_v2", prefix, e))
+                })
+                .await?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+            token = page.next_continuation_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(keys);
+            }
+        }
+    }
+
     /// Size of the object, or `None` when it does not exist.
     pub async fn head(&self, key: &str) -> Result<Option<u64>, StorageError> {
         self.retrying(|| async {

@@ -5,6 +5,7 @@
 //! Containers belong to the Docker daemon, not to the test process: [`Fleet`] removes its project
 //! (volumes included) on drop, and a new suite first removes projects of suites that died.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -143,28 +144,52 @@ pub struct Fleet {
     _serial: tokio::sync::MutexGuard<'static, ()>,
 }
 
-/// Worker and scheduler settings of the test fleet: short leases so a partition shows quickly,
-/// a drain long enough for the tasks the tests run.
-const OVERRIDE: &str = r#"
+/// Scheduler settings of the test fleet: fast reconcile and repair, a short worker timeout.
+const SCHEDULER_OVERRIDE: &str = r#"
 services:
   scheduler:
     command: ["run", "--grace-s", "5", "--reconcile-ms", "200", "--repair-ms", "1000",
               "--retry-base-ms", "50", "--worker-timeout-ms", "4000"]
   worker:
-    environment:
-      HARMONIA_CPU_SLOTS: "4"
-      HARMONIA_LEASE_MS: "3000"
-      HARMONIA_HEARTBEAT_MS: "500"
-      HARMONIA_GRACE_S: "15"
-      HARMONIA_RETRY_BASE_MS: "50"
     stop_grace_period: 25s
+    environment:
 "#;
+
+/// Worker settings of the test fleet: short leases so a partition shows quickly, a drain long
+/// enough for the tasks the tests run.
+const WORKER_ENV: &[(&str, &str)] = &[
+    ("HARMONIA_CPU_SLOTS", "4"),
+    ("HARMONIA_LEASE_MS", "3000"),
+    ("HARMONIA_HEARTBEAT_MS", "500"),
+    ("HARMONIA_GRACE_S", "15"),
+    ("HARMONIA_RETRY_BASE_MS", "50"),
+];
+
+/// The compose override of a test fleet, with `extra` worker variables over [`WORKER_ENV`].
+fn override_file_text(extra: &[(&str, &str)]) -> String {
+    let mut env: BTreeMap<&str, &str> = WORKER_ENV.iter().copied().collect();
+    env.extend(extra.iter().copied());
+    let mut yaml = SCHEDULER_OVERRIDE.to_owned();
+    for (key, value) in env {
+        yaml.push_str(&format!("      {key}: \"{value}\"\n"));
+    }
+    yaml
+}
 
 impl Fleet {
     /// Starts the fleet with `workers` worker containers and waits until the scheduler answers
     /// and that many workers have registered. One fleet at a time per suite: two would share the
     /// machine's two cores and every timing with them.
     pub async fn up(test: &str, workers: usize) -> anyhow::Result<Self> {
+        Self::up_with(test, workers, &[]).await
+    }
+
+    /// [`Self::up`] with some worker variables set otherwise (e.g. `HARMONIA_CPU_SLOTS`).
+    pub async fn up_with(
+        test: &str,
+        workers: usize,
+        worker_env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
         let serial = SERIAL.lock().await;
         tokio::task::spawn_blocking(prepare).await??;
@@ -178,7 +203,7 @@ impl Fleet {
             .join(format!("{test}-{n}"));
         std::fs::create_dir_all(&dir)?;
         let override_file = dir.join("compose.test.yaml");
-        std::fs::write(&override_file, OVERRIDE)?;
+        std::fs::write(&override_file, override_file_text(worker_env))?;
         // Built before `up`, so that a half-started fleet is taken down too.
         let project = Project {
             name: project,
@@ -235,6 +260,13 @@ impl Fleet {
         run(Command::new("docker").args(args))
     }
 
+    /// A container's log (stdout and stderr; the binaries log on stderr).
+    pub fn logs(&self, container: &str) -> anyhow::Result<String> {
+        let out = Command::new("docker").args(["logs", container]).output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr))
+    }
+
     /// Container ids of a service, oldest first.
     pub fn containers(&self, service: &str) -> anyhow::Result<Vec<String>> {
         let ids = self.compose(&["ps", "-q", service])?;
@@ -253,9 +285,22 @@ impl Fleet {
         Ok(ids)
     }
 
+    /// The compose project's name (prefix of its containers, networks and volumes).
+    pub fn project_name(&self) -> &str {
+        &self.project.name
+    }
+
+    /// The host address (`127.0.0.1:port`) a service's container port is published on.
+    pub fn published(&self, service: &str, port: u16) -> anyhow::Result<String> {
+        Ok(self
+            .compose(&["port", service, &port.to_string()])?
+            .trim()
+            .to_owned())
+    }
+
     /// The project's network, as `docker network` names it.
     pub fn network(&self) -> String {
-        format!("{}_default", self.project.name)
+        format!("{}_default", self.project_name())
     }
 
     /// Runs `docker-compose up -d --scale worker=N` (existing containers are kept).

@@ -3,7 +3,7 @@
 //! model workflow over a shared model cache. Each test runs its own compose project; they run
 //! one at a time. Without a Docker engine every test says so in one line and passes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use harmonia_shared::model::{RunStatus, RunTask, TaskStatus};
@@ -60,6 +60,28 @@ async fn count(fleet: &Fleet, status: TaskStatus) -> anyhow::Result<u64> {
         .collection::<mongodb::bson::Document>("run_tasks")
         .count_documents(doc! { "status": status.as_str() })
         .await?)
+}
+
+/// Waits until at least `n` tasks of the fleet have `status`.
+async fn at_least(fleet: &Fleet, n: u64, status: TaskStatus) {
+    let what = format!("{n} tasks {}", status.as_str());
+    wait_for(&what, Duration::from_secs(120), || async {
+        Ok((count(fleet, status).await? >= n).then_some(()))
+    })
+    .await
+    .expect("tasks progress");
+}
+
+/// Waits until every run has ended, and asserts each succeeded.
+async fn all_succeed(fleet: &Fleet, runs: &[ObjectId]) {
+    for run in runs {
+        let run = fleet
+            .client
+            .finished(*run, Duration::from_secs(300))
+            .await
+            .expect("run ends");
+        assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    }
 }
 
 async fn all_tasks(fleet: &Fleet, runs: &[ObjectId]) -> anyhow::Result<Vec<RunTask>> {
@@ -123,14 +145,7 @@ async fn scaling_one_worker_container_to_four_mid_run_runs_every_task_exactly_on
         Instant::now(),
         count(&fleet, TaskStatus::Succeeded).await.expect("count"),
     );
-    for run in &runs {
-        let run = fleet
-            .client
-            .finished(*run, Duration::from_secs(300))
-            .await
-            .expect("run ends");
-        assert_eq!(run.status, RunStatus::Succeeded);
-    }
+    all_succeed(&fleet, &runs).await;
     let end = (
         Instant::now(),
         count(&fleet, TaskStatus::Succeeded).await.expect("count"),
@@ -155,4 +170,281 @@ async fn scaling_one_worker_container_to_four_mid_run_runs_every_task_exactly_on
         4,
         "every added worker took tasks: {per_worker:?}"
     );
+}
+
+/// The container a worker runs in: worker ids start with the host name, which Docker sets to
+/// the container id's first 12 characters.
+fn container_of(fleet: &Fleet, worker_id: &str) -> String {
+    fleet
+        .containers("worker")
+        .expect("worker containers")
+        .into_iter()
+        .find(|id| worker_id.starts_with(&id[..12]))
+        .unwrap_or_else(|| panic!("no container runs worker {worker_id}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_stop_drains_two_workers_mid_run_and_no_task_waits_for_a_lease() {
+    if docker().is_none() {
+        return;
+    }
+    let fleet = Fleet::up("drain", 3).await.expect("fleet up");
+    let sleep = json!({"type": "debug.sleep", "params": {"ms": 1500}});
+    let runs = submit_runs(&fleet, "drain", 1, 40, sleep)
+        .await
+        .expect("submit");
+    at_least(&fleet, 8, TaskStatus::Running).await;
+    let workers = fleet.containers("worker").expect("containers");
+    let stopped = &workers[..2];
+    let started = Instant::now();
+    let mut stop = vec!["stop", "-t", "25"];
+    stop.extend(stopped.iter().map(String::as_str));
+    fleet.docker(&stop).expect("docker stop");
+    let took = started.elapsed();
+    eprintln!("drain: docker stop of 2 workers took {took:?} (SIGKILL after 25 s)");
+    for id in stopped {
+        let code = fleet
+            .docker(&["inspect", "-f", "{{.State.ExitCode}}", id])
+            .expect("inspect");
+        assert_eq!(code.trim(), "0", "worker {id} exited by itself, drained");
+        let logs = fleet.logs(id).expect("logs");
+        assert!(logs.contains("SIGTERM: draining"), "{logs}");
+    }
+    assert!(
+        took < Duration::from_secs(15),
+        "drained within the grace period"
+    );
+
+    all_succeed(&fleet, &runs).await;
+    // A task whose lease had to expire would show a second attempt.
+    assert_each_ran_once(&all_tasks(&fleet, &runs).await.expect("tasks"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replacing_every_worker_container_one_by_one_mid_run_completes_the_run() {
+    if docker().is_none() {
+        return;
+    }
+    let fleet = Fleet::up("rolling", 2).await.expect("fleet up");
+    let sleep = json!({"type": "debug.sleep", "params": {"ms": 300}});
+    let runs = submit_runs(&fleet, "rolling", 3, 100, sleep)
+        .await
+        .expect("submit");
+    at_least(&fleet, 20, TaskStatus::Succeeded).await;
+    let originals = fleet.containers("worker").expect("containers");
+    for old in &originals {
+        fleet.docker(&["stop", "-t", "25", old]).expect("stop");
+        fleet.docker(&["rm", old]).expect("rm");
+        fleet.scale_workers(2).expect("replace");
+        let current = fleet.containers("worker").expect("containers");
+        assert!(!current.contains(old));
+        // The replacement registered (its host name is new) before the next is stopped.
+        let fresh: Vec<String> = current
+            .iter()
+            .filter(|c| !originals.contains(c))
+            .cloned()
+            .collect();
+        wait_for(
+            "the replacement to register",
+            Duration::from_secs(60),
+            || async {
+                let live = fleet
+                    .client
+                    .store
+                    .workers()
+                    .live(Duration::from_secs(3))
+                    .await?;
+                Ok(fresh
+                    .iter()
+                    .all(|c| live.iter().any(|w| w.id.starts_with(&c[..12])))
+                    .then_some(()))
+            },
+        )
+        .await
+        .expect("replacement up");
+    }
+    let unfinished = count(&fleet, TaskStatus::Queued).await.expect("count");
+    all_succeed(&fleet, &runs).await;
+    let tasks = all_tasks(&fleet, &runs).await.expect("tasks");
+    assert_each_ran_once(&tasks);
+    let workers: BTreeSet<&str> = tasks
+        .iter()
+        .filter_map(|t| t.worker_id.as_deref())
+        .collect();
+    eprintln!(
+        "rolling restart: {} tasks over {} workers; {unfinished} still queued when the last worker was replaced",
+        tasks.len(),
+        workers.len()
+    );
+    assert!(unfinished > 0, "the run outlasted the rolling restart");
+    assert!(workers.len() >= 3, "replacements took tasks: {workers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_cut_off_past_its_lease_loses_its_task_and_its_late_output_is_refused() {
+    if docker().is_none() {
+        return;
+    }
+    let fleet = Fleet::up("partition", 2).await.expect("fleet up");
+    let body = submission(
+        "partition",
+        json!([{"id": "w", "type": "debug.write", "params": {"bytes": 65536, "after_ms": 5000},
+                "max_attempts": 3}]),
+    );
+    let run_id = fleet.client.start(&body).await.expect("submit");
+    let first = fleet
+        .client
+        .task_reaches(run_id, "w", TaskStatus::Running)
+        .await
+        .expect("runs");
+    let cut = container_of(&fleet, first.worker_id.as_deref().expect("worker"));
+    let network = fleet.network();
+    fleet
+        .docker(&["network", "disconnect", &network, &cut])
+        .expect("disconnect");
+    let run = fleet.client.finished(run_id, Duration::from_secs(90)).await;
+    fleet
+        .docker(&["network", "connect", &network, &cut])
+        .expect("reconnect");
+    assert_eq!(run.expect("run ends").status, RunStatus::Succeeded);
+    let done = fleet.client.task(run_id, "w").await.expect("task");
+    assert_eq!(done.attempt, first.attempt + 1, "re-run elsewhere");
+    assert_ne!(done.worker_id, first.worker_id);
+
+    wait_for(
+        "the cut-off worker to be refused",
+        Duration::from_secs(90),
+        || async {
+            let logs = fleet.logs(&cut)?;
+            Ok((logs.contains("outcome refused") || logs.contains("lease lost")).then_some(()))
+        },
+    )
+    .await
+    .expect("late result refused");
+    let pointers = fleet
+        .client
+        .store
+        .artifacts()
+        .for_producer(done.id)
+        .await
+        .expect("pointers");
+    assert_eq!(pointers.len(), 1, "{pointers:?}");
+    assert_eq!(pointers[0].attempt, done.attempt);
+    assert_eq!(
+        Some(pointers[0].created_by.as_str()),
+        done.worker_id.as_deref()
+    );
+    let storage = harmonia_shared::storage::Storage::new(&fleet.config.s3);
+    let prefix = format!("artifacts/ml/{}/{}/", run_id.to_hex(), done.id.to_hex());
+    let keys = storage.list(&prefix).await.expect("list");
+    assert_eq!(
+        keys,
+        vec![pointers[0].storage_ref.key.clone()],
+        "one object, the pointer's"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_redis_container_replaced_by_an_empty_one_mid_run_loses_no_task() {
+    if docker().is_none() {
+        return;
+    }
+    let fleet = Fleet::up("redis-empty", 2).await.expect("fleet up");
+    let mut runs = Vec::new();
+    for r in 0..4 {
+        let mut tasks: Vec<serde_json::Value> = (0..5)
+            .map(|i| {
+                let after = if i == 0 {
+                    json!([])
+                } else {
+                    json!([format!("c{}", i - 1)])
+                };
+                json!({"id": format!("c{i}"), "type": "debug.sleep", "params": {"ms": 400},
+                       "depends_on": after})
+            })
+            .collect();
+        tasks.extend(
+            (0..30).map(
+                |i| json!({"id": format!("i{i}"), "type": "debug.sleep", "params": {"ms": 200}}),
+            ),
+        );
+        runs.push(
+            fleet
+                .client
+                .start(&submission(&format!("redis-{r}"), json!(tasks)))
+                .await
+                .expect("submit"),
+        );
+    }
+    at_least(&fleet, 20, TaskStatus::Succeeded).await;
+    let volume = format!("{}_redis-data", fleet.project_name());
+    fleet
+        .compose(&["rm", "-s", "-f", "redis"])
+        .expect("remove redis");
+    fleet
+        .docker(&["volume", "rm", &volume])
+        .expect("remove its volume");
+    fleet
+        .compose(&["up", "-d", "redis"])
+        .expect("an empty redis");
+    let left = 140 - count(&fleet, TaskStatus::Succeeded).await.expect("count");
+    all_succeed(&fleet, &runs).await;
+    eprintln!("redis replaced empty with {left} of 140 tasks not yet done");
+    assert!(left > 0, "the runs outlasted the Redis replacement");
+    let tasks = all_tasks(&fleet, &runs).await.expect("tasks");
+    assert!(tasks.iter().all(|t| t.status == TaskStatus::Succeeded));
+}
+
+/// Bytes the fleet's Hub mirror has sent so far.
+async fn mirror_bytes_served(fleet: &Fleet) -> u64 {
+    let hub = fleet.published("hub", 9020).expect("hub port");
+    let stats: serde_json::Value = reqwest::get(format!("http://{hub}/_mirror/stats"))
+        .await
+        .expect("mirror stats")
+        .json()
+        .await
+        .expect("stats json");
+    stats["bytes_served"].as_u64().expect("bytes_served")
+}
+
+/// One task slot per worker, so two downloads of one model run at once on two containers:
+/// they share the host's cache volume, and its per-blob locks let one fetch each file while
+/// the other waits and verifies. Then the whole model workflow runs in the containers.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_worker_containers_sharing_the_model_cache_fetch_each_file_once() {
+    if docker().is_none() {
+        return;
+    }
+    let fleet = Fleet::up_with("models", 2, &[("HARMONIA_CPU_SLOTS", "1")])
+        .await
+        .expect("fleet up");
+    let download = |id: &str| {
+        json!({"id": id, "type": "model.download",
+               "params": {"repo": "sentence-transformers/all-MiniLM-L6-v2"}})
+    };
+    let twice = submission("download-twice", json!([download("d1"), download("d2")]));
+    let run = fleet.client.start(&twice).await.expect("submit");
+    all_succeed(&fleet, &[run]).await;
+    let (d1, d2) = (
+        fleet.client.task(run, "d1").await.expect("d1"),
+        fleet.client.task(run, "d2").await.expect("d2"),
+    );
+    assert_ne!(d1.worker_id, d2.worker_id, "one download per container");
+    let outputs = |t: &RunTask| t.outputs.clone().expect("outputs");
+    let size = outputs(&d1).get_i64("size_bytes").expect("size");
+    let transferred = outputs(&d1).get_i64("bytes_downloaded").expect("bytes")
+        + outputs(&d2).get_i64("bytes_downloaded").expect("bytes");
+    let served = mirror_bytes_served(&fleet).await;
+    eprintln!(
+        "models: 2 downloads on 2 containers; mirror sent {served} bytes, the files are {size}"
+    );
+    assert_eq!(served, size as u64, "each file crossed the network once");
+    assert_eq!(transferred, size, "the workers' own counts agree");
+
+    let workflow = harmonia_tests::servers::workspace_root().join("examples/model-workflow.json");
+    let mut body: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(workflow).expect("example")).expect("json");
+    body["request_id"] = json!("model-workflow");
+    let run = fleet.client.start(&body).await.expect("submit");
+    all_succeed(&fleet, &[run]).await;
 }

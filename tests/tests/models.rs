@@ -167,9 +167,10 @@ async fn download_embed_convert_matches_the_reference() {
     assert_eq!(
         key,
         &format!(
-            "artifacts/ml/{}/{}/embeddings.jsonl",
+            "artifacts/ml/{}/{}/{}/embeddings.jsonl",
             run_id.to_hex(),
-            embed_task.id.to_hex()
+            embed_task.id.to_hex(),
+            embed_task.attempt
         )
     );
     let body = storage.get_bytes(key).await.unwrap();
@@ -376,6 +377,15 @@ async fn a_second_embedding_task_does_not_reload_the_model() {
     assert_eq!(pointers.len(), 1, "{pointers:#?}");
     assert_eq!(pointers[0].attempt, retried.attempt);
     assert_eq!(retried.output_artifact_ids, vec![pointers[0].id]);
+    // The first attempt's object went with its pointer: one object under the task's prefix.
+    let storage = harmonia_shared::storage::Storage::new(&c.scope.config.s3);
+    let prefix = format!(
+        "artifacts/ml/{}/{}/",
+        run_id.to_hex(),
+        second_task.id.to_hex()
+    );
+    let keys = storage.list(&prefix).await.unwrap();
+    assert_eq!(keys, vec![pointers[0].storage_ref.key.clone()]);
 }
 
 /// Greedy generation with the quantized SmolLM2 is deterministic and counts its tokens.

@@ -37,6 +37,7 @@ pub async fn execute(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
         task.clone(),
         alloc.gpu_indices(),
         cancel,
+        lease_token.clone(),
         progress_tx,
     );
     tracing::info!(task = %task_id, %node, r#type = %task.task_type, attempt = ctx.attempt,

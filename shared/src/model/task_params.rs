@@ -24,11 +24,14 @@ pub struct FailParams {
     pub permanent: bool,
 }
 
-/// `debug.write`: stores `bytes` bytes as the task's output.
+/// `debug.write`: works for `after_ms` (default 0; cancellable), then stores `bytes` bytes as
+/// the task's output, as a model task works and then stores its outputs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WriteParams {
     #[serde(deserialize_with = "non_negative")]
     pub bytes: u64,
+    #[serde(default, deserialize_with = "non_negative")]
+    pub after_ms: u64,
 }
 
 /// The most `debug.write` writes: it holds the bytes in memory.

@@ -1,9 +1,9 @@
 //! Repository for `artifacts`: pointers to outputs in the bucket.
 
-use mongodb::IndexModel;
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{self, doc};
 use mongodb::options::{IndexOptions, ReturnDocument};
+use mongodb::{ClientSession, IndexModel};
 
 use super::StoreError;
 use crate::model::Artifact;
@@ -36,37 +36,40 @@ impl ArtifactRepo {
         Ok(())
     }
 
-    /// Saves the pointer for `(producer, name)`, replacing one an earlier attempt left. Returns
-    /// the stored document (its id is stable across attempts).
-    pub async fn put(&self, artifact: &Artifact) -> Result<Artifact, StoreError> {
+    /// Saves the pointer for `(producer, name)` inside `session`'s transaction, replacing one
+    /// an earlier attempt left. Returns the stored pointer (its id is stable across attempts)
+    /// and the pointer it replaced, if any.
+    pub async fn put_in(
+        &self,
+        session: &mut ClientSession,
+        artifact: &Artifact,
+    ) -> Result<(Artifact, Option<Artifact>), StoreError> {
         let mut set = bson::to_document(artifact)?;
         set.remove("_id");
         set.remove("created_at");
-        let update = || {
-            self.coll
-                .find_one_and_update(
-                    doc! {
-                        "producer_type": &artifact.producer_type,
-                        "producer_id": artifact.producer_id,
-                        "name": &artifact.name,
-                    },
-                    doc! {
-                        "$set": set.clone(),
-                        "$setOnInsert": { "_id": artifact.id, "created_at": artifact.created_at },
-                    },
-                )
-                .upsert(true)
-                .return_document(ReturnDocument::After)
-        };
-        let stored = match update().await {
-            Err(e) if super::is_duplicate_key(&e) => update().await?,
-            other => other?,
-        };
-        stored.ok_or_else(|| {
-            StoreError::Mongo(mongodb::error::Error::custom(
-                "upserted artifact not returned",
-            ))
-        })
+        let before = self
+            .coll
+            .find_one_and_update(
+                doc! {
+                    "producer_type": &artifact.producer_type,
+                    "producer_id": artifact.producer_id,
+                    "name": &artifact.name,
+                },
+                doc! {
+                    "$set": set,
+                    "$setOnInsert": { "_id": artifact.id, "created_at": artifact.created_at },
+                },
+            )
+            .upsert(true)
+            .return_document(ReturnDocument::Before)
+            .session(session)
+            .await?;
+        let mut stored = artifact.clone();
+        if let Some(before) = &before {
+            stored.id = before.id;
+            stored.created_at = before.created_at;
+        }
+        Ok((stored, before))
     }
 
     pub async fn for_run(&self, run_id: ObjectId) -> Result<Vec<Artifact>, StoreError> {

@@ -6,6 +6,7 @@ pub mod checksums;
 pub mod licenses;
 pub mod migrate;
 pub mod model_artifacts;
+pub mod outputs;
 pub mod rejections;
 pub mod runs;
 pub mod tasks;

@@ -41,10 +41,13 @@ pub fn crash(ctx: &TaskContext) -> ! {
     std::process::abort()
 }
 
-/// `debug.write`: stores `bytes` bytes as the task's output `debug.bin` (in the bucket, with
-/// its `artifacts` pointer), as a model task stores its outputs.
+/// `debug.write`: works for `after_ms`, then stores `bytes` bytes as the task's output
+/// `debug.bin` (in the bucket, with its `artifacts` pointer), as a model task stores its outputs.
 pub async fn write(ctx: &TaskContext, p: &WriteParams) -> Result<Document, ExecError> {
     let n = usize::try_from(p.bytes).map_err(|_| ExecError::permanent("bytes: too large"))?;
+    if p.after_ms > 0 {
+        sleep(ctx, &SleepParams { ms: p.after_ms }).await?;
+    }
     // Content that differs per task, so a mixed-up object shows in its checksum.
     let seed = ctx.task.id.bytes();
     let bytes: Vec<u8> = (0..n).map(|i| seed[i % seed.len()] ^ (i as u8)).collect();

@@ -37,6 +37,8 @@ pub struct TaskContext {
     pub gpus: Vec<u32>,
     /// Fires on cancellation or worker shutdown; executors must stop promptly.
     pub cancel: CancellationToken,
+    /// The claim's lease token: writes of outputs are fenced by it.
+    pub lease_token: String,
     progress: tokio::sync::watch::Sender<Option<Progress>>,
 }
 
@@ -46,6 +48,7 @@ impl TaskContext {
         task: RunTask,
         gpus: Vec<u32>,
         cancel: CancellationToken,
+        lease_token: String,
         progress: tokio::sync::watch::Sender<Option<Progress>>,
     ) -> Self {
         let attempt = task.attempts_used();
@@ -55,6 +58,7 @@ impl TaskContext {
             attempt,
             gpus,
             cancel,
+            lease_token,
             progress,
         }
     }

@@ -2,6 +2,7 @@
 //! was published with, and every later change must present the claim's lease token. A worker
 //! that lost its lease (it was presumed dead and the task re-queued) can change nothing.
 
+use mongodb::ClientSession;
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{DateTime, Document, doc};
 use mongodb::options::ReturnDocument;
@@ -173,6 +174,39 @@ impl TaskRepo {
             )
             .return_document(ReturnDocument::After)
             .await?)
+    }
+
+    /// Whether the attempt holding `lease_token` still holds task `id` (a fenced read: an
+    /// attempt that lost its lease is told before it stores anything).
+    pub async fn holds_lease(&self, id: ObjectId, lease_token: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .raw()
+            .find_one(doc! { "_id": id, "lease_token": lease_token, "status": "running" })
+            .projection(doc! { "_id": 1 })
+            .await?
+            .is_some())
+    }
+
+    /// Inside `session`'s transaction, lists `artifact_id` among the task's outputs if the
+    /// attempt holding `lease_token` still holds it. The write is the fence: a concurrent
+    /// re-queue of the task conflicts with it, so one of the two transactions retries and
+    /// sees the other. `false`: the lease is gone.
+    pub async fn add_output_in(
+        &self,
+        session: &mut ClientSession,
+        id: ObjectId,
+        lease_token: &str,
+        artifact_id: ObjectId,
+    ) -> Result<bool, StoreError> {
+        let updated = self
+            .coll
+            .update_one(
+                doc! { "_id": id, "lease_token": lease_token, "status": "running" },
+                doc! { "$addToSet": { "output_artifact_ids": artifact_id } },
+            )
+            .session(session)
+            .await?;
+        Ok(updated.matched_count == 1)
     }
 
     /// Extends the leases of a worker's in-flight attempts. Returns the tokens whose attempt
