@@ -22,6 +22,8 @@ pub struct Options {
     /// How often the reconcile pass runs, and how often it repairs every active run in full.
     pub reconcile_every: Duration,
     pub repair_every: Duration,
+    /// Group consumers idle this long with nothing pending are removed (dead processes).
+    pub consumer_idle: Duration,
 }
 
 #[derive(Debug)]

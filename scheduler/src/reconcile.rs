@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use harmonia_shared::model::{TaskError, TaskStatus};
+use harmonia_shared::queue::{SCHEDULER_GROUP, WORKERS_GROUP};
 use harmonia_shared::resources::ResourceClass;
 use harmonia_shared::store::tasks::Outcome;
 
@@ -56,7 +57,35 @@ async fn pass(ctx: &Scheduler, last_repair: &mut Option<Instant>) -> anyhow::Res
     let due = last_repair.get_or_insert_with(Instant::now).elapsed() >= ctx.options.repair_every;
     if epoch.started || due {
         repair_runs(ctx).await?;
+        prune_consumers(ctx).await?;
         *last_repair = Some(Instant::now());
+    }
+    Ok(())
+}
+
+/// Every process that ever read a stream stays a consumer of its group until removed: with
+/// workers replaced all day, the groups would fill with the names of dead ones. Remove those
+/// idle past `consumer_idle` that hold nothing pending (what a dead worker held is taken over
+/// first, by `XAUTOCLAIM`, so nothing it read is dropped).
+async fn prune_consumers(ctx: &Scheduler) -> anyhow::Result<()> {
+    let keys = ctx.queue.keys();
+    let mut groups: Vec<(String, &str)> = ctx
+        .queue
+        .classes()
+        .await?
+        .into_iter()
+        .map(|class| (keys.task_stream(class), WORKERS_GROUP))
+        .collect();
+    groups.push((keys.events(), SCHEDULER_GROUP));
+    groups.push((keys.submissions(), SCHEDULER_GROUP));
+    for (stream, group) in groups {
+        let removed = ctx
+            .queue
+            .prune_consumers(&stream, group, ctx.options.consumer_idle)
+            .await?;
+        if !removed.is_empty() {
+            tracing::info!(%stream, group, ?removed, "removed consumers of processes gone for good");
+        }
     }
     Ok(())
 }

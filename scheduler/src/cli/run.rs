@@ -58,6 +58,11 @@ pub struct RunArgs {
     #[arg(long, env = "HARMONIA_REPAIR_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repair_ms: Option<u64>,
+    /// Consumers (of dead workers or replicas) idle this long with nothing pending are removed
+    /// from the stream groups at each repair pass, in ms [default: 600000].
+    #[arg(long, env = "HARMONIA_CONSUMER_IDLE_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consumer_idle_ms: Option<u64>,
     /// After SIGTERM, how long the loops may take to finish their current step, in s; past it
     /// the process exits anyway (everything it left undone is redone from MongoDB and the
     /// streams' pending lists) [default: 10].
@@ -78,6 +83,7 @@ pub struct Tuning {
     pub worker_timeout_ms: u64,
     pub reconcile_ms: u64,
     pub repair_ms: u64,
+    pub consumer_idle_ms: u64,
     pub grace_s: u64,
 }
 
@@ -92,6 +98,7 @@ impl Default for Tuning {
             worker_timeout_ms: 15_000,
             reconcile_ms: 1000,
             repair_ms: 10_000,
+            consumer_idle_ms: 600_000,
             grace_s: 10,
         }
     }
@@ -117,6 +124,7 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
             live_within: Duration::from_millis(args.worker_timeout_ms),
             reconcile_every: Duration::from_millis(args.reconcile_ms),
             repair_every: Duration::from_millis(args.repair_ms),
+            consumer_idle: Duration::from_millis(args.consumer_idle_ms),
         },
         publish: Notify::new(),
         shutdown: CancellationToken::new(),

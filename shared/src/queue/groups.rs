@@ -5,10 +5,49 @@
 //! read then fails with `NOGROUP`. Readers call [`Queue::ensure_group`] again after any failed
 //! read: it is idempotent and cheap.
 
+use std::sync::LazyLock;
+use std::time::Duration;
+
 use redis::AsyncCommands;
-use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamId};
+use redis::streams::{
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamInfoGroupsReply,
+};
 
 use super::{Queue, QueueError};
+
+/// KEYS: stream. ARGV: group, min idle ms. Removes every consumer of the group that holds no
+/// pending entry and has been idle that long, in one step, so no entry can be delivered to it
+/// between the check and the removal (removing a consumer drops its pending entries). Returns
+/// the removed names. A live consumer removed while idle is recreated by its next read.
+static PRUNE_CONSUMERS: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+        local removed = {}
+        if not ok then return removed end
+        for _, c in ipairs(consumers) do
+            local f = {}
+            for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+            if f['pending'] == 0 and f['idle'] >= tonumber(ARGV[2]) then
+                redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+                table.insert(removed, f['name'])
+            end
+        end
+        return removed
+        ",
+    )
+});
+
+/// What Redis says of one consumer group on a stream (`XINFO GROUPS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    pub consumers: u64,
+    /// Entries delivered to a consumer and not yet acknowledged.
+    pub pending: u64,
+    /// Entries not yet delivered to any consumer. `None` when Redis cannot tell, which happens
+    /// while an entry deleted out of order sits after the oldest one still in the stream.
+    pub lag: Option<u64>,
+}
 
 impl Queue {
     /// Creates a consumer group (and its stream) if missing. Groups start at `0` so entries
@@ -71,6 +110,72 @@ impl Queue {
             Err(e) if e.code() == Some("NOGROUP") => Ok(Vec::new()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The state of `group` on `stream`; `None` when either does not exist.
+    pub async fn group_info(
+        &self,
+        stream: &str,
+        group: &str,
+    ) -> Result<Option<GroupInfo>, QueueError> {
+        let mut conn = self.conn().await?;
+        let reply: redis::RedisResult<StreamInfoGroupsReply> = conn.xinfo_groups(stream).await;
+        let groups = match reply {
+            Ok(reply) => reply.groups,
+            Err(e) if e.to_string().contains("no such key") => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(groups
+            .into_iter()
+            .find(|g| g.name == group)
+            .map(|g| GroupInfo {
+                consumers: g.consumers as u64,
+                pending: g.pending as u64,
+                lag: g.lag.map(|l| l as u64),
+            }))
+    }
+
+    /// The consumers of `group` on `stream` with their pending counts; empty when either does
+    /// not exist.
+    pub async fn consumers(
+        &self,
+        stream: &str,
+        group: &str,
+    ) -> Result<Vec<(String, u64)>, QueueError> {
+        use redis::streams::StreamInfoConsumersReply;
+        let mut conn = self.conn().await?;
+        let reply: redis::RedisResult<StreamInfoConsumersReply> =
+            conn.xinfo_consumers(stream, group).await;
+        match reply {
+            Ok(reply) => Ok(reply
+                .consumers
+                .into_iter()
+                .map(|c| (c.name, c.pending as u64))
+                .collect()),
+            Err(e) if e.code() == Some("NOGROUP") || e.to_string().contains("no such key") => {
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes the consumers of `group` on `stream` that hold no pending entry and have been
+    /// idle for `idle` (dead workers and scheduler replicas, once their entries were taken
+    /// over). Returns their names.
+    pub async fn prune_consumers(
+        &self,
+        stream: &str,
+        group: &str,
+        idle: Duration,
+    ) -> Result<Vec<String>, QueueError> {
+        let mut conn = self.conn().await?;
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        Ok(PRUNE_CONSUMERS
+            .key(stream)
+            .arg(group)
+            .arg(idle_ms)
+            .invoke_async(&mut *conn)
+            .await?)
     }
 
     /// Removes `consumer` from `group` on `stream` if it holds no pending entry (a consumer

@@ -60,7 +60,7 @@ impl Queue {
         classes.sort_unstable();
         classes.dedup();
         for class in &classes {
-            pipe.sadd(self.keys().classes(), class.to_string()).ignore();
+            pipe.sadd(self.keys().classes(), class.to_string());
         }
         for (class, entry) in entries {
             pipe.xadd(
@@ -74,7 +74,25 @@ impl Queue {
             .ignore();
         }
         let mut conn = self.conn().await?;
-        let (epoch,): (Option<String>,) = pipe.query_async(&mut *conn).await?;
+        let (epoch, added): (Option<String>, Vec<i64>) = {
+            let mut values: Vec<redis::Value> = pipe.query_async(&mut *conn).await?;
+            let epoch =
+                redis::from_redis_value(values.remove(0)).map_err(redis::RedisError::from)?;
+            let added = values
+                .into_iter()
+                .map(redis::from_redis_value)
+                .collect::<Result<_, _>>()
+                .map_err(redis::RedisError::from)?;
+            (epoch, added)
+        };
+        drop(conn);
+        // A class new to Redis (first use, or after a loss) gets its `workers` group now, not
+        // at some worker's first read: autoscalers read the group's lag, and with no worker
+        // running yet there would be no group to read.
+        for (class, _) in classes.iter().zip(added).filter(|(_, n)| *n == 1) {
+            self.ensure_group(&self.keys().task_stream(*class), WORKERS_GROUP)
+                .await?;
+        }
         Ok(epoch)
     }
 

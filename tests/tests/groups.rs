@@ -1,0 +1,151 @@
+//! The task streams' consumer group as a fleet sees it: consumers of dead workers are removed
+//! once they hold nothing (never with entries pending), and the group's lag, which autoscalers
+//! read (docs/scaling.md), is the number of tasks waiting for a worker.
+
+use std::time::Duration;
+
+use harmonia_shared::model::RunStatus;
+use harmonia_shared::queue::WORKERS_GROUP;
+use harmonia_shared::resources::ResourceClass;
+use harmonia_tests::cluster::{LONG, SCHEDULER, WORKER, cluster_in};
+use harmonia_tests::{Client, Scope, submission, wait_for};
+use serde_json::json;
+
+fn cpu_worker() -> Vec<&'static str> {
+    let mut args = WORKER.to_vec();
+    args.extend(["--gpus", "none"]);
+    args
+}
+
+/// The test scheduler, removing consumers idle for 1.5 s at each repair pass (every 1 s).
+fn pruning_scheduler() -> Vec<&'static str> {
+    let mut args = SCHEDULER.to_vec();
+    args.extend(["--consumer-idle-ms", "1500"]);
+    args
+}
+
+fn noops(request_id: &str, n: usize) -> serde_json::Value {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| json!({"id": format!("n{i}"), "type": "debug.noop"}))
+        .collect();
+    submission(request_id, json!(tasks))
+}
+
+async fn consumers(client: &Client, stream: &str) -> Vec<(String, u64)> {
+    client
+        .queue
+        .consumers(stream, WORKERS_GROUP)
+        .await
+        .expect("XINFO CONSUMERS")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_consumer_is_removed_only_once_nothing_it_read_is_pending() {
+    let scope = Scope::new("prune-consumers");
+    let c = cluster_in(scope, &pruning_scheduler(), &[]).await.unwrap();
+    let stream = c.client.queue.keys().task_stream(ResourceClass::CPU);
+    let run_id = c.client.start(&noops("ghosts", 3)).await.unwrap();
+    wait_for("3 entries published", LONG, || async {
+        let info = c.client.queue.group_info(&stream, WORKERS_GROUP).await?;
+        Ok(info.is_some_and(|g| g.lag == Some(3)).then_some(()))
+    })
+    .await
+    .unwrap();
+    // Two readers that die without a word: one read an entry (it stays pending), one read
+    // when nothing was left for it.
+    let read = c
+        .client
+        .queue
+        .read_group(&stream, WORKERS_GROUP, "ghost-holding", false, 1);
+    assert_eq!(read.await.unwrap().len(), 1);
+    let read = c
+        .client
+        .queue
+        .read_group(&stream, WORKERS_GROUP, "ghost-empty", true, 1);
+    assert!(read.await.unwrap().is_empty());
+
+    // A repair pass after the idle time removes the empty one and keeps the one holding an
+    // entry: removing it would drop the entry from the group for good.
+    wait_for("the empty ghost to be removed", LONG, || async {
+        let names = consumers(&c.client, &stream).await;
+        Ok((!names.iter().any(|(n, _)| n == "ghost-empty")).then_some(names))
+    })
+    .await
+    .unwrap();
+    let names = consumers(&c.client, &stream).await;
+    assert!(
+        names.contains(&("ghost-holding".to_owned(), 1)),
+        "{names:?}"
+    );
+
+    // A worker takes the entry over (after its reclaim time), runs every task, and the ghost,
+    // holding nothing now, goes too.
+    let worker = c
+        .scope
+        .spawn("worker", "harmonia-worker", &cpu_worker())
+        .unwrap();
+    let run = c.client.finished(run_id, LONG).await.unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded);
+    wait_for("the emptied ghost to be removed", LONG, || async {
+        let names = consumers(&c.client, &stream).await;
+        Ok((!names.iter().any(|(n, _)| n.starts_with("ghost"))).then_some(()))
+    })
+    .await
+    .unwrap();
+    assert!(
+        worker
+            .output()
+            .contains("took over a task entry a dead worker read")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sigkilled_workers_consumer_is_removed_from_the_group() {
+    let scope = Scope::new("prune-killed");
+    let mut c = cluster_in(scope, &pruning_scheduler(), &[cpu_worker()])
+        .await
+        .unwrap();
+    let stream = c.client.queue.keys().task_stream(ResourceClass::CPU);
+    let run_id = c.client.start(&noops("killed", 2)).await.unwrap();
+    c.client.finished(run_id, LONG).await.unwrap();
+    let names = consumers(&c.client, &stream).await;
+    assert_eq!(names.len(), 1, "the worker reads as a consumer: {names:?}");
+    c.workers[0].kill();
+    wait_for("the dead worker's consumer to go", LONG, || async {
+        Ok(consumers(&c.client, &stream).await.is_empty().then_some(()))
+    })
+    .await
+    .unwrap();
+    assert!(
+        c.scheduler
+            .output()
+            .contains("removed consumers of processes gone for good")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_workers_group_lag_is_the_number_of_tasks_waiting_for_a_worker() {
+    let scope = Scope::new("group-lag");
+    let c = cluster_in(scope, SCHEDULER, &[]).await.unwrap();
+    let stream = c.client.queue.keys().task_stream(ResourceClass::CPU);
+    let run_id = c.client.start(&noops("lag", 7)).await.unwrap();
+    wait_for("a lag of 7", LONG, || async {
+        let info = c.client.queue.group_info(&stream, WORKERS_GROUP).await?;
+        Ok(info.is_some_and(|g| g.lag == Some(7)).then_some(()))
+    })
+    .await
+    .unwrap();
+    let _worker = c
+        .scope
+        .spawn("worker", "harmonia-worker", &cpu_worker())
+        .unwrap();
+    c.client.finished(run_id, LONG).await.unwrap();
+    // Claimed entries are deleted: nothing waits, nothing is pending, and Redis can still tell.
+    let info = wait_for("the group to settle", Duration::from_secs(10), || async {
+        let info = c.client.queue.group_info(&stream, WORKERS_GROUP).await?;
+        Ok(info.filter(|g| g.pending == 0))
+    })
+    .await
+    .unwrap();
+    assert_eq!(info.lag, Some(0), "{info:?}");
+}
