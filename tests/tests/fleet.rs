@@ -13,13 +13,20 @@ use mongodb::bson::doc;
 use mongodb::bson::oid::ObjectId;
 use serde_json::json;
 
-/// `None` (and one line on stderr) when there is no Docker engine to test against.
+/// `None` when there is no Docker engine to test against; the suite then says why, once.
 fn docker() -> Option<()> {
-    match fleet::unavailable() {
-        Some(why) => {
-            eprintln!("fleet test skipped: {why}");
+    static WHY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let mut first = false;
+    let why = WHY.get_or_init(|| {
+        first = true;
+        fleet::unavailable()
+    });
+    match why {
+        Some(why) if first => {
+            eprintln!("fleet tests skipped: {why}");
             None
         }
+        Some(_) => None,
         None => Some(()),
     }
 }

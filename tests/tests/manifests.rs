@@ -1,6 +1,7 @@
 //! The Kubernetes manifests under docker/k8s, checked offline: the Kubernetes objects against
-//! the Kubernetes schemas in strict mode (scripts/check-k8s, PyPI's kubernetes-validate), and
-//! the KEDA triggers and drain timings against what Harmonia actually does.
+//! the Kubernetes schemas in strict mode (scripts/check-k8s, PyPI's kubernetes-validate), the
+//! KEDA `ScaledObject`s against KEDA's CRD (as typed by kopium in the crate
+//! kube-custom-resources-rs), and the triggers and drain timings against what Harmonia does.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,6 +55,45 @@ fn the_validator_rejects_a_field_kubernetes_does_not_know() {
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("'terminationGracePeriod' was unexpected")
     );
+}
+
+/// Every `ScaledObject` in keda.yaml reads as KEDA's type and writes back identical: a field
+/// KEDA does not know would be dropped (and the documents differ), a wrong type or a missing
+/// required field fails to parse.
+#[test]
+fn the_keda_scaled_objects_match_kedas_schema() {
+    use kube_custom_resources_rs::keda_sh::v1alpha1::scaledobjects::ScaledObject;
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(k8s("keda.yaml")).unwrap();
+    let mut checked = 0;
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let yaml = serde_yaml::Value::deserialize(doc).unwrap();
+        let json: serde_json::Value = serde_json::to_value(&yaml).unwrap();
+        let typed: ScaledObject = serde_json::from_value(json.clone())
+            .unwrap_or_else(|e| panic!("not a KEDA ScaledObject: {e}\n{json:#}"));
+        assert_eq!(
+            serde_json::to_value(&typed).unwrap(),
+            json,
+            "fields KEDA does not know"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 2, "a ScaledObject per worker pool");
+}
+
+#[test]
+fn the_keda_check_catches_a_misspelled_field() {
+    use kube_custom_resources_rs::keda_sh::v1alpha1::scaledobjects::ScaledObject;
+    let text = std::fs::read_to_string(k8s("keda.yaml")).unwrap();
+    let first = text
+        .split("\n---\n")
+        .next()
+        .unwrap()
+        .replace("cooldownPeriod", "cooldownPeriods");
+    let json: serde_json::Value =
+        serde_json::to_value(serde_yaml::from_str::<serde_yaml::Value>(&first).unwrap()).unwrap();
+    let typed: ScaledObject = serde_json::from_value(json.clone()).unwrap();
+    assert_ne!(serde_json::to_value(&typed).unwrap(), json);
 }
 
 #[test]
