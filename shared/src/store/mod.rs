@@ -288,6 +288,10 @@ fn watch_primary(outage: Arc<Outage>) -> EventHandler<SdamEvent> {
         let SdamEvent::TopologyDescriptionChanged(change) = event else {
             return;
         };
+        // A client being dropped (the process ending) empties its topology: not an outage.
+        if change.new_description.servers().is_empty() {
+            return;
+        }
         let (was, is) = (
             change.previous_description.has_writable_server(),
             change.new_description.has_writable_server(),
