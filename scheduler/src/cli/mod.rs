@@ -1,10 +1,12 @@
 //! The scheduler's command line: one file per subcommand.
 
 mod cancel;
+mod queues;
 mod retry;
 mod run;
 mod status;
 mod submit;
+mod workers;
 
 use clap::{Parser, Subcommand};
 use harmonia_shared::config::ConfigArgs;
@@ -40,6 +42,10 @@ pub enum Command {
     /// Retry a run (as a new run) or a task (and its downstream, in place).
     #[command(subcommand)]
     Retry(retry::RetryArgs),
+    /// List the workers that heartbeated recently: state, liveness, slots, GPUs, models.
+    Workers(workers::WorkersArgs),
+    /// List the streams with their length, pending entries, lag and consumers.
+    Queues(queues::QueuesArgs),
     /// Check that Redis, MongoDB and S3 answer with this configuration.
     Check(CheckArgs),
 }
@@ -52,6 +58,8 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         Command::Status(a) => status::run(&config, a).await,
         Command::Cancel(a) => cancel::run(&config, a).await,
         Command::Retry(a) => retry::run(&config, a).await,
+        Command::Workers(a) => workers::run(&config, a).await,
+        Command::Queues(a) => queues::run(&config, a).await,
         Command::Check(a) => Ok(health::run_check(&config, a).await?),
     }
 }

@@ -6,6 +6,7 @@ pub mod events;
 pub mod groups;
 pub mod keys;
 pub mod replies;
+pub mod stats;
 pub mod submit;
 pub mod tasks;
 

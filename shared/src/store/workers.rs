@@ -83,6 +83,19 @@ impl WorkerRepo {
     }
 
     /// Workers that heartbeated within `within` and still take work.
+    /// Every worker that heartbeated within `within`, whatever its state, newest first.
+    pub async fn seen_within(&self, within: Duration) -> Result<Vec<WorkerDoc>, StoreError> {
+        let since =
+            DateTime::from_millis(DateTime::now().timestamp_millis() - within.as_millis() as i64);
+        Ok(self
+            .coll
+            .find(doc! { "heartbeat_at": { "$gte": since } })
+            .sort(doc! { "heartbeat_at": -1 })
+            .await?
+            .try_collect()
+            .await?)
+    }
+
     pub async fn live(&self, within: Duration) -> Result<Vec<WorkerDoc>, StoreError> {
         let since =
             DateTime::from_millis(DateTime::now().timestamp_millis() - within.as_millis() as i64);

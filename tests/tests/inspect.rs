@@ -1,0 +1,99 @@
+//! The read-only operator commands: `harmonia-scheduler workers` and `queues`, in text and JSON.
+
+use harmonia_shared::model::{RunStatus, TaskStatus};
+use harmonia_shared::queue::WORKERS_GROUP;
+use harmonia_shared::resources::ResourceClass;
+use harmonia_tests::cluster::{LONG, cluster};
+use harmonia_tests::{submission, wait_for};
+use serde_json::{Value, json};
+
+fn cli(c: &harmonia_tests::cluster::Cluster, args: &[&str]) -> String {
+    let out = c.scope.scheduler_cli(args).expect("running the CLI");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// One CPU worker; one CPU task it runs, and two tasks needing a 16 GB GPU nobody has, which
+/// wait in their class stream: `queues` shows that backlog, `workers` the live worker.
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_and_queues_show_the_live_worker_and_the_backlog_it_cannot_take() {
+    let c = cluster("inspect", &["none"]).await.unwrap();
+    let gpu = |id: &str| json!({"id": id, "type": "debug.noop", "resources": {"gpus": 1, "gpu_memory_mb": 16000}});
+    let body = submission(
+        "inspect",
+        json!([{"id": "cpu", "type": "debug.noop"}, gpu("g1"), gpu("g2")]),
+    );
+    let run_id = c.client.start(&body).await.unwrap();
+    let ran = c
+        .client
+        .task_reaches(run_id, "cpu", TaskStatus::Succeeded)
+        .await
+        .unwrap();
+    let class: ResourceClass = "g1m16000".parse().unwrap();
+    let gpu_stream = c.client.queue.keys().task_stream(class);
+    wait_for("2 GPU tasks waiting", LONG, || async {
+        let info = c
+            .client
+            .queue
+            .group_info(&gpu_stream, WORKERS_GROUP)
+            .await?;
+        Ok(info.is_some_and(|g| g.lag == Some(2)).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    let queues: Vec<Value> = serde_json::from_str(&cli(&c, &["queues", "--json"])).unwrap();
+    let of = |stream: &str| {
+        queues
+            .iter()
+            .find(|q| q["stream"] == stream)
+            .unwrap_or_else(|| panic!("{stream} not listed: {queues:#?}"))
+    };
+    let waiting = of(&gpu_stream);
+    assert_eq!(
+        (&waiting["length"], &waiting["lag"], &waiting["pending"]),
+        (&json!(2), &json!(2), &json!(0))
+    );
+    assert_eq!(waiting["group"], WORKERS_GROUP);
+    assert!(
+        waiting["oldest_entry_age_ms"].as_u64().is_some(),
+        "{waiting}"
+    );
+    let cpu = of(&c.client.queue.keys().task_stream(ResourceClass::CPU));
+    assert_eq!(
+        (&cpu["lag"], &cpu["consumers"]),
+        (&json!(0), &json!(1)),
+        "{cpu}"
+    );
+    assert!(
+        queues
+            .iter()
+            .any(|q| q["stream"] == c.client.queue.keys().submissions())
+    );
+    let text = cli(&c, &["queues"]);
+    assert!(
+        text.contains("oldest pending") && text.contains(&gpu_stream),
+        "{text}"
+    );
+
+    let workers: Vec<Value> = serde_json::from_str(&cli(&c, &["workers", "--json"])).unwrap();
+    assert_eq!(workers.len(), 1, "{workers:#?}");
+    let w = &workers[0];
+    assert_eq!(w["_id"].as_str(), ran.worker_id.as_deref());
+    assert_eq!(
+        (&w["state"], &w["live"], &w["cpu_slots"]),
+        (&json!("running"), &json!(true), &json!(4))
+    );
+    let text = cli(&c, &["workers"]);
+    assert!(
+        text.contains(ran.worker_id.as_deref().unwrap()) && text.contains("yes"),
+        "{text}"
+    );
+
+    let run = c.client.store.runs().get(run_id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Running, "the GPU tasks still wait");
+}
