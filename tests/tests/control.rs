@@ -272,3 +272,28 @@ async fn submit_resends_a_submission_redis_lost() {
             .is_some()
     );
 }
+
+/// `submit` with no scheduler running says so within seconds instead of waiting in silence,
+/// and still waits out its timeout (a scheduler may be starting).
+#[tokio::test(flavor = "multi_thread")]
+async fn submit_with_no_scheduler_running_says_so_and_keeps_waiting() {
+    let scope = harmonia_tests::Scope::new("no-scheduler");
+    let file = scope.dir.join("run.json");
+    let body = submission("lonely", json!([{"id": "a", "type": "debug.noop"}]));
+    std::fs::write(&file, body.to_string()).unwrap();
+    let started = std::time::Instant::now();
+    let out = scope
+        .scheduler_cli(&["submit", file.to_str().unwrap(), "--timeout-s", "4"])
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "no reply, no success");
+    assert!(
+        stderr.contains("no scheduler has read this submission after 2 s")
+            && stderr.contains("no scheduler has ever read"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "it waited out --timeout-s"
+    );
+}

@@ -11,6 +11,10 @@ use super::{Queue, QueueError};
 /// How often a waiting client checks that its submission is still in Redis.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
+/// A live scheduler reads a submission within a fraction of a second: one still unread after
+/// this is waiting for a scheduler that is not there, which the client is told.
+const UNREAD_AFTER: Duration = Duration::from_secs(2);
+
 impl Queue {
     /// XADDs `payload` (a submission whose request id is `request_id`) and returns the reply's
     /// payload. Until the reply is written the submission lives only in Redis: if its entry
@@ -23,10 +27,16 @@ impl Queue {
         payload: &str,
         timeout: Duration,
     ) -> Result<String, QueueError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let start = tokio::time::Instant::now();
+        let deadline = start + timeout;
         let mut entry: Option<String> = None;
+        let mut told = false;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !told && start.elapsed() >= UNREAD_AFTER && !left.is_zero() {
+                told = true;
+                self.tell_if_unread(left).await;
+            }
             match self
                 .submit_step(request_id, payload, &mut entry, left)
                 .await
@@ -45,6 +55,28 @@ impl Queue {
                 });
             }
         }
+    }
+
+    /// Warns when the submission is still unread: the stream's group does not exist (no
+    /// scheduler ever ran against this Redis and prefix), or it has entries nobody read.
+    async fn tell_if_unread(&self, left: Duration) {
+        let stream = self.keys().submissions();
+        let why = match self.group_info(&stream, super::SCHEDULER_GROUP).await {
+            Ok(None) => format!("no scheduler has ever read {stream}"),
+            Ok(Some(g)) if g.lag.is_some_and(|lag| lag > 0) => format!(
+                "{} submission(s) unread in {stream}; its {} registered consumer(s) may be gone \
+                 or far behind",
+                g.lag.unwrap_or_default(),
+                g.consumers
+            ),
+            _ => return,
+        };
+        tracing::warn!(
+            "no scheduler has read this submission after {} s: {why}. Is a scheduler running \
+             against this Redis and prefix? Still waiting {:.0} s for a reply (--timeout-s)",
+            UNREAD_AFTER.as_secs(),
+            left.as_secs_f64()
+        );
     }
 
     /// One round: (re)send when there is no live entry, then wait up to a second for the reply.
