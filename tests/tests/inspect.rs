@@ -97,3 +97,44 @@ async fn workers_and_queues_show_the_live_worker_and_the_backlog_it_cannot_take(
     let run = c.client.store.runs().get(run_id).await.unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Running, "the GPU tasks still wait");
 }
+
+/// `completions bash` needs no configuration, and bash, asked to complete
+/// `harmonia-scheduler <TAB>` with it, offers every subcommand.
+#[test]
+fn bash_completions_offer_every_subcommand() {
+    let binary = harmonia_tests::services::binary_path("harmonia-scheduler").unwrap();
+    let out = std::process::Command::new(binary)
+        .args(["completions", "bash"])
+        .env("HARMONIA_CONFIG", "/nonexistent/harmonia.toml")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = std::env::temp_dir().join(format!("harmonia-completions-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("harmonia-scheduler.bash");
+    std::fs::write(&file, &out.stdout).unwrap();
+    // What bash does on TAB: call the function `complete` registered, then read COMPREPLY.
+    let tab = r#"source "$1"
+        f=$(complete -p harmonia-scheduler | sed 's/.*-F \([^ ]*\) .*/\1/')
+        COMP_WORDS=(harmonia-scheduler ""); COMP_CWORD=1
+        COMP_LINE="harmonia-scheduler "; COMP_POINT=${#COMP_LINE}
+        "$f" harmonia-scheduler "" harmonia-scheduler
+        printf '%s\n' "${COMPREPLY[@]}""#;
+    let offered = std::process::Command::new("bash")
+        .args(["-c", tab, "tab"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let offered = String::from_utf8_lossy(&offered.stdout).into_owned();
+    let words: Vec<&str> = offered.lines().collect();
+    for sub in [
+        "run", "submit", "status", "cancel", "retry", "workers", "queues", "check",
+    ] {
+        assert!(words.contains(&sub), "{sub} not offered: {words:?}");
+    }
+}

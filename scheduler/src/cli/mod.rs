@@ -1,6 +1,7 @@
 //! The scheduler's command line: one file per subcommand.
 
 mod cancel;
+mod completions;
 mod queues;
 mod retry;
 mod run;
@@ -48,9 +49,15 @@ pub enum Command {
     Queues(queues::QueuesArgs),
     /// Check that Redis, MongoDB and S3 answer with this configuration.
     Check(CheckArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
 }
 
 pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    // Needs no configuration: it works before any is written.
+    if let Command::Completions(a) = &args.command {
+        return Ok(completions::run(a));
+    }
     let config = harmonia_shared::Config::load(&args.config)?;
     match &args.command {
         Command::Run(a) => run::run(&config, a).await,
@@ -61,5 +68,6 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         Command::Workers(a) => workers::run(&config, a).await,
         Command::Queues(a) => queues::run(&config, a).await,
         Command::Check(a) => Ok(health::run_check(&config, a).await?),
+        Command::Completions(a) => Ok(completions::run(a)),
     }
 }
