@@ -138,3 +138,60 @@ fn bash_completions_offer_every_subcommand() {
         assert!(words.contains(&sub), "{sub} not offered: {words:?}");
     }
 }
+
+/// Two tasks fail for good: both are dead letters. Replaying one retries it in place (it
+/// succeeds the second time, and so does the task it had skipped) and removes its letter;
+/// purging removes the other.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_letter_is_listed_shown_replayed_and_purged() {
+    let c = cluster("dlq", &["none"]).await.unwrap();
+    let body = submission(
+        "dlq",
+        json!([
+            {"id": "f", "type": "debug.fail", "params": {"times": 1}, "max_attempts": 1},
+            {"id": "after", "type": "debug.noop", "depends_on": ["f"]},
+            {"id": "p", "type": "debug.fail", "params": {"permanent": true}, "max_attempts": 1}
+        ]),
+    );
+    let run_id = c.client.start(&body).await.unwrap();
+    assert_eq!(
+        c.client.finished(run_id, LONG).await.unwrap().status,
+        RunStatus::Failed
+    );
+    let letters = wait_for("two dead letters", LONG, || async {
+        let list: Vec<Value> = serde_json::from_str(&cli(&c, &["dlq", "list", "--json"]))?;
+        Ok((list.len() == 2).then_some(list))
+    })
+    .await
+    .unwrap();
+    let of = |node: &str| {
+        letters
+            .iter()
+            .find(|l| l["payload"]["node_id"] == node)
+            .and_then(|l| l["id"].as_str())
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no letter for {node}: {letters:#?}"))
+    };
+    let (f, p) = (of("f"), of("p"));
+    let shown: Value = serde_json::from_str(&cli(&c, &["dlq", "show", &f])).unwrap();
+    assert_eq!(shown["task"]["status"], "failed", "{shown:#}");
+    assert!(cli(&c, &["dlq", "list"]).contains(&format!("{f}  run {}", run_id.to_hex())));
+
+    let replayed: Value = serde_json::from_str(&cli(&c, &["dlq", "replay", &f])).unwrap();
+    assert_eq!(replayed["reset"], json!(["after", "f"]), "{replayed}");
+    c.client
+        .task_reaches(run_id, "after", TaskStatus::Succeeded)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.client.task(run_id, "f").await.unwrap().status,
+        TaskStatus::Succeeded
+    );
+    let left: Vec<Value> = serde_json::from_str(&cli(&c, &["dlq", "list", "--json"])).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["id"].as_str(), Some(p.as_str()));
+
+    let purged: Value = serde_json::from_str(&cli(&c, &["dlq", "purge", "--all"])).unwrap();
+    assert_eq!(purged["removed"], 1);
+    assert_eq!(cli(&c, &["dlq", "list", "--json"]).trim(), "[]");
+}

@@ -2,6 +2,7 @@
 
 mod cancel;
 mod completions;
+mod dlq;
 mod queues;
 mod retry;
 mod run;
@@ -47,6 +48,9 @@ pub enum Command {
     Workers(workers::WorkersArgs),
     /// List the streams with their length, pending entries, lag and consumers.
     Queues(queues::QueuesArgs),
+    /// Tasks that failed for good: list, show, replay (retry in place), purge.
+    #[command(subcommand)]
+    Dlq(dlq::DlqArgs),
     /// Check that Redis, MongoDB and S3 answer with this configuration.
     Check(CheckArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -67,6 +71,7 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         Command::Retry(a) => retry::run(&config, a).await,
         Command::Workers(a) => workers::run(&config, a).await,
         Command::Queues(a) => queues::run(&config, a).await,
+        Command::Dlq(a) => dlq::run(&config, a).await,
         Command::Check(a) => Ok(health::run_check(&config, a).await?),
         Command::Completions(a) => Ok(completions::run(a)),
     }

@@ -1,6 +1,7 @@
 //! Redis: the fast transport. Nothing here is the source of truth; MongoDB is.
 
 pub mod cancels;
+pub mod dead;
 pub mod epoch;
 pub mod events;
 pub mod groups;
