@@ -236,10 +236,7 @@ impl Fleet {
     /// The config a client on the host uses: published ports, MongoDB by direct connection
     /// (the replica set names its member by the container's network name).
     fn host_config(project: &Project) -> anyhow::Result<Config> {
-        let port = |service: &str, port: u16| -> anyhow::Result<String> {
-            let out = run(project.command().args(["port", service, &port.to_string()]))?;
-            Ok(out.trim().to_owned())
-        };
+        let port = |service, port| project.published(service, port);
         let mut config = Config::default();
         config.redis.url = format!("redis://{}", port("redis", 6379)?);
         config.mongo.uri = format!("mongodb://{}/?directConnection=true", port("mongo", 27017)?);
@@ -292,10 +289,7 @@ impl Fleet {
 
     /// The host address (`127.0.0.1:port`) a service's container port is published on.
     pub fn published(&self, service: &str, port: u16) -> anyhow::Result<String> {
-        Ok(self
-            .compose(&["port", service, &port.to_string()])?
-            .trim()
-            .to_owned())
+        self.project.published(service, port)
     }
 
     /// The project's network, as `docker network` names it.
@@ -348,6 +342,11 @@ struct Project {
 impl Project {
     fn command(&self) -> Command {
         compose_command(&self.name, &[&self.override_file])
+    }
+
+    fn published(&self, service: &str, port: u16) -> anyhow::Result<String> {
+        let out = run(self.command().args(["port", service, &port.to_string()]))?;
+        Ok(out.trim().to_owned())
     }
 }
 

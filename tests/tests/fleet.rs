@@ -129,22 +129,20 @@ async fn scaling_one_worker_container_to_four_mid_run_runs_every_task_exactly_on
         .await
         .expect("submit");
 
-    // One worker for a few seconds: its rate.
-    let first = wait_for(
-        "100 tasks done by one worker",
-        Duration::from_secs(120),
-        || async {
-            let done = count(&fleet, TaskStatus::Succeeded).await?;
-            Ok((done >= 100).then_some((Instant::now(), done)))
-        },
-    )
-    .await
-    .expect("one worker works");
-    tokio::time::sleep(Duration::from_secs(3)).await; // a measuring window, not a synchronisation
-    let before = (
-        Instant::now(),
-        count(&fleet, TaskStatus::Succeeded).await.expect("count"),
-    );
+    // One worker's rate, over its tasks 100 to 400 (a window counted in tasks, not seconds).
+    let done_at = |n: u64| {
+        let fleet = &fleet;
+        wait_for(
+            "tasks done by one worker",
+            Duration::from_secs(120),
+            move || async move {
+                let done = count(fleet, TaskStatus::Succeeded).await?;
+                Ok((done >= n).then_some((Instant::now(), done)))
+            },
+        )
+    };
+    let first = done_at(100).await.expect("one worker works");
+    let before = done_at(400).await.expect("one worker works on");
 
     fleet.scale_workers(4).expect("scale to 4");
     fleet.await_workers(4).await.expect("4 workers up");

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use harmonia_shared::queue::{Keys, WORKERS_GROUP};
 use harmonia_tests::servers::workspace_root;
+use kube_custom_resources_rs::keda_sh::v1alpha1::scaledobjects::ScaledObject;
 
 fn k8s(file: &str) -> PathBuf {
     workspace_root().join("docker/k8s").join(file)
@@ -18,15 +19,6 @@ fn check_k8s(files: &[&Path]) -> std::process::Output {
         .args(files)
         .output()
         .expect("running scripts/check-k8s")
-}
-
-/// The values of every `key: value` line of a YAML file (quotes removed).
-fn values(text: &str, key: &str) -> Vec<String> {
-    let prefix = format!("{key}:");
-    text.lines()
-        .filter_map(|l| l.trim().trim_start_matches("- ").strip_prefix(&prefix))
-        .map(|v| v.trim().trim_matches('"').to_owned())
-        .collect()
 }
 
 #[test]
@@ -57,90 +49,88 @@ fn the_validator_rejects_a_field_kubernetes_does_not_know() {
     );
 }
 
+/// The YAML documents of a manifest file, as JSON values.
+fn documents(file: &str) -> Vec<serde_json::Value> {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(k8s(file)).expect("the manifest");
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| {
+            let yaml = serde_yaml::Value::deserialize(doc).expect("valid YAML");
+            serde_json::to_value(yaml).expect("YAML as JSON")
+        })
+        .collect()
+}
+
+/// A document as KEDA's `ScaledObject`, and whether it writes back identical (a field KEDA
+/// does not know is dropped on the way, so the two differ).
+fn as_scaled_object(json: &serde_json::Value) -> (ScaledObject, bool) {
+    let typed: ScaledObject = serde_json::from_value(json.clone())
+        .unwrap_or_else(|e| panic!("not a KEDA ScaledObject: {e}\n{json:#}"));
+    let same = serde_json::to_value(&typed).expect("writes back") == *json;
+    (typed, same)
+}
+
 /// Every `ScaledObject` in keda.yaml reads as KEDA's type and writes back identical: a field
 /// KEDA does not know would be dropped (and the documents differ), a wrong type or a missing
 /// required field fails to parse.
 #[test]
 fn the_keda_scaled_objects_match_kedas_schema() {
-    use kube_custom_resources_rs::keda_sh::v1alpha1::scaledobjects::ScaledObject;
-    use serde::Deserialize;
-    let text = std::fs::read_to_string(k8s("keda.yaml")).unwrap();
-    let mut checked = 0;
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let yaml = serde_yaml::Value::deserialize(doc).unwrap();
-        let json: serde_json::Value = serde_json::to_value(&yaml).unwrap();
-        let typed: ScaledObject = serde_json::from_value(json.clone())
-            .unwrap_or_else(|e| panic!("not a KEDA ScaledObject: {e}\n{json:#}"));
-        assert_eq!(
-            serde_json::to_value(&typed).unwrap(),
-            json,
-            "fields KEDA does not know"
+    let docs = documents("keda.yaml");
+    assert_eq!(docs.len(), 2, "a ScaledObject per worker pool");
+    for doc in &docs {
+        assert!(
+            as_scaled_object(doc).1,
+            "fields KEDA does not know:\n{doc:#}"
         );
-        checked += 1;
     }
-    assert_eq!(checked, 2, "a ScaledObject per worker pool");
 }
 
 #[test]
 fn the_keda_check_catches_a_misspelled_field() {
-    use kube_custom_resources_rs::keda_sh::v1alpha1::scaledobjects::ScaledObject;
-    let text = std::fs::read_to_string(k8s("keda.yaml")).unwrap();
-    let first = text
-        .split("\n---\n")
-        .next()
-        .unwrap()
-        .replace("cooldownPeriod", "cooldownPeriods");
-    let json: serde_json::Value =
-        serde_json::to_value(serde_yaml::from_str::<serde_yaml::Value>(&first).unwrap()).unwrap();
-    let typed: ScaledObject = serde_json::from_value(json.clone()).unwrap();
-    assert_ne!(serde_json::to_value(&typed).unwrap(), json);
+    let mut doc = documents("keda.yaml").remove(0);
+    let spec = doc["spec"].as_object_mut().unwrap();
+    let cooldown = spec.remove("cooldownPeriod").unwrap();
+    spec.insert("cooldownPeriods".into(), cooldown);
+    assert!(!as_scaled_object(&doc).1);
 }
 
 #[test]
 fn the_keda_triggers_read_the_workers_group_of_harmonias_task_streams() {
-    let keda = std::fs::read_to_string(k8s("keda.yaml")).unwrap();
     let keys = Keys::new("harmonia");
-    let streams = values(&keda, "stream");
-    assert!(!streams.is_empty());
-    for stream in &streams {
-        assert!(
-            keys.class_of(stream).is_some(),
-            "{stream} is not a task stream"
-        );
-    }
-    let groups = values(&keda, "consumerGroup");
-    assert_eq!(groups.len(), streams.len());
-    assert!(groups.iter().all(|g| g == WORKERS_GROUP), "{groups:?}");
-    // Lag, not pending entries: a claimed entry is deleted, so pending stays near zero.
-    assert_eq!(values(&keda, "lagCount").len(), streams.len());
-    assert!(values(&keda, "pendingEntriesCount").is_empty());
-    // Each ScaledObject scales a worker Deployment that exists.
-    for target in values(&keda, "name")
-        .iter()
-        .filter(|n| n.starts_with("harmonia-worker-"))
-    {
+    for doc in documents("keda.yaml") {
+        let (scaled, _) = as_scaled_object(&doc);
+        assert!(!scaled.spec.triggers.is_empty());
+        for trigger in &scaled.spec.triggers {
+            let m = &trigger.metadata;
+            assert_eq!(trigger.r#type, "redis-streams");
+            assert!(
+                keys.class_of(&m["stream"]).is_some(),
+                "{m:?}: not a task stream"
+            );
+            assert_eq!(m["consumerGroup"], WORKERS_GROUP);
+            // Lag, not pending entries: a claimed entry is deleted, so pending stays near 0.
+            assert!(m.contains_key("lagCount") && !m.contains_key("pendingEntriesCount"));
+        }
+        // It scales a worker Deployment that exists.
+        let target = &scaled.spec.scale_target_ref.name;
         let file = format!("{}.yaml", target.trim_start_matches("harmonia-"));
-        let deployment = std::fs::read_to_string(k8s(&file)).unwrap();
-        assert_eq!(values(&deployment, "name")[0], *target);
+        let deployment = &documents(&file)[0];
+        assert_eq!(deployment["kind"], "Deployment");
+        assert_eq!(deployment["metadata"]["name"], *target);
     }
 }
 
 #[test]
 fn worker_pods_get_longer_than_their_drain_before_they_are_killed() {
     for file in ["worker-cpu.yaml", "worker-gpu.yaml"] {
-        let text = std::fs::read_to_string(k8s(file)).unwrap();
-        let kill_after: u64 = values(&text, "terminationGracePeriodSeconds")[0]
-            .parse()
-            .unwrap();
-        let grace_line = text
-            .lines()
-            .find(|l| l.contains("name: HARMONIA_GRACE_S"))
-            .expect("HARMONIA_GRACE_S is set");
-        let grace: u64 = grace_line
-            .rsplit("value:")
-            .next()
-            .unwrap()
-            .trim_matches(|c: char| !c.is_ascii_digit())
+        let pod = &documents(file)[0]["spec"]["template"]["spec"];
+        let kill_after = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+        let env = pod["containers"][0]["env"].as_array().unwrap();
+        let grace: u64 = env
+            .iter()
+            .find(|v| v["name"] == "HARMONIA_GRACE_S")
+            .and_then(|v| v["value"].as_str())
+            .expect("HARMONIA_GRACE_S is set")
             .parse()
             .unwrap();
         assert!(
