@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 
-use anyhow::{Context, bail};
 use harmonia_shared::model::{RunTask, TaskStatus, WorkflowRun};
 use harmonia_shared::queue::Queue;
 use harmonia_shared::store::Store;
@@ -12,29 +11,53 @@ use mongodb::bson::oid::ObjectId;
 
 use crate::create;
 
-pub fn parse_run_id(id: &str) -> anyhow::Result<ObjectId> {
-    ObjectId::parse_str(id).with_context(|| format!("'{id}' is not a run id (24 hex digits)"))
+/// Why a control action did not happen. The gateway maps these to 404, 409 and 500.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// No such run, task or letter (or, through the gateway, not one the caller may see).
+    #[error("{0}")]
+    NotFound(String),
+    /// The transition is not legal in the resource's current state.
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] harmonia_shared::store::StoreError),
+    #[error(transparent)]
+    Queue(#[from] harmonia_shared::queue::QueueError),
+    #[error("encoding a task's params: {0}")]
+    Encode(#[from] serde_json::Error),
 }
 
-async fn load_run(store: &Store, id: &str) -> anyhow::Result<WorkflowRun> {
+type Result<T> = std::result::Result<T, ControlError>;
+
+macro_rules! conflict {
+    ($($arg:tt)*) => { return Err(ControlError::Conflict(format!($($arg)*))) };
+}
+
+pub fn parse_run_id(id: &str) -> Result<ObjectId> {
+    ObjectId::parse_str(id)
+        .map_err(|_| ControlError::NotFound(format!("'{id}' is not a run id (24 hex digits)")))
+}
+
+pub async fn load_run(store: &Store, id: &str) -> Result<WorkflowRun> {
     let run_id = parse_run_id(id)?;
     store
         .runs()
         .get(run_id)
         .await?
-        .with_context(|| format!("no run with id {id}"))
+        .ok_or_else(|| ControlError::NotFound(format!("no run with id {id}")))
 }
 
-async fn load_task(store: &Store, run: &WorkflowRun, node: &str) -> anyhow::Result<RunTask> {
+async fn load_task(store: &Store, run: &WorkflowRun, node: &str) -> Result<RunTask> {
     store
         .tasks()
         .by_node(run.id, node)
         .await?
-        .with_context(|| format!("run {} has no task '{node}'", run.id))
+        .ok_or_else(|| ControlError::NotFound(format!("run {} has no task '{node}'", run.id)))
 }
 
 /// Signals the workers running these tasks (they also learn it from their lease renewal).
-async fn signal_cancel(queue: &Queue, ids: &[ObjectId]) -> anyhow::Result<()> {
+async fn signal_cancel(queue: &Queue, ids: &[ObjectId]) -> Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
@@ -43,10 +66,10 @@ async fn signal_cancel(queue: &Queue, ids: &[ObjectId]) -> anyhow::Result<()> {
 }
 
 /// Cancels a whole run. Returns (tasks cancelled now, running tasks signalled).
-pub async fn cancel_run(queue: &Queue, store: &Store, id: &str) -> anyhow::Result<(u64, usize)> {
+pub async fn cancel_run(queue: &Queue, store: &Store, id: &str) -> Result<(u64, usize)> {
     let run = load_run(store, id).await?;
     if run.status.is_terminal() {
-        bail!(
+        conflict!(
             "run {id} has already {}; there is nothing to cancel",
             past(run.status)
         );
@@ -64,11 +87,11 @@ pub async fn cancel_task(
     store: &Store,
     id: &str,
     node: &str,
-) -> anyhow::Result<(u64, usize)> {
+) -> Result<(u64, usize)> {
     let run = load_run(store, id).await?;
     let task = load_task(store, &run, node).await?;
     if task.status.is_terminal() {
-        bail!(
+        conflict!(
             "task '{node}' of run {id} is already {}",
             task.status.as_str()
         );
@@ -86,11 +109,11 @@ pub async fn cancel_task(
 
 /// Resets a finished task and its whole downstream subtree on the same run, bumping the task's
 /// attempt. Returns the nodes reset.
-pub async fn retry_task(store: &Store, id: &str, node: &str) -> anyhow::Result<Vec<String>> {
+pub async fn retry_task(store: &Store, id: &str, node: &str) -> Result<Vec<String>> {
     let run = load_run(store, id).await?;
     let task = load_task(store, &run, node).await?;
     if !task.status.is_terminal() {
-        bail!(
+        conflict!(
             "task '{node}' of run {id} is {}; only finished tasks (failed, cancelled, skipped, succeeded) can be retried",
             task.status.as_str()
         );
@@ -101,7 +124,7 @@ pub async fn retry_task(store: &Store, id: &str, node: &str) -> anyhow::Result<V
         .filter_map(|n| graph.get(n).map(|s| (n, s)))
         .find(|(_, s)| matches!(s.status, TaskStatus::Running))
     {
-        bail!(
+        conflict!(
             "task '{busy}' downstream of '{node}' is {}; cancel it or wait before retrying",
             state.status.as_str()
         );
@@ -136,10 +159,10 @@ fn subtree(
 }
 
 /// Creates a new run with fresh tasks from an existing one, linked by `retry_of`.
-pub async fn retry_run(store: &Store, id: &str) -> anyhow::Result<ObjectId> {
+pub async fn retry_run(store: &Store, id: &str) -> Result<ObjectId> {
     let run = load_run(store, id).await?;
     if !run.status.is_terminal() {
-        bail!(
+        conflict!(
             "run {id} is still {:?}; cancel it or wait before retrying",
             run.status
         );
@@ -162,7 +185,7 @@ pub async fn retry_run(store: &Store, id: &str) -> anyhow::Result<ObjectId> {
                 priority: t.priority,
             })
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<std::result::Result<Vec<_>, serde_json::Error>>()?;
     let sub = Submission {
         request_id: format!("retry-{}", ObjectId::new().to_hex()),
         workspace: run.workspace.clone(),

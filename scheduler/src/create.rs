@@ -102,6 +102,11 @@ pub fn documents(
         name: sub.name.clone(),
         created_by: sub.created_by.clone(),
         tags: sub.tags.clone(),
+        task_types: {
+            let types: std::collections::BTreeSet<&str> =
+                sub.tasks.iter().map(|t| t.task_type.as_str()).collect();
+            types.into_iter().map(str::to_owned).collect()
+        },
         status: RunStatus::Queued,
         task_count,
         counts: TaskCounts {

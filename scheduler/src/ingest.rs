@@ -81,6 +81,10 @@ async fn handle(ctx: &Scheduler, entry: &Entry) -> anyhow::Result<()> {
     };
     let raw = raw.unwrap_or_default();
     // `None`: the shared rejections stream (no request id to reply to).
+    let parsed = match parsed {
+        Ok(sub) => admit(store, sub).await?,
+        refused => refused,
+    };
     let (to, reply): (Option<String>, Reply) = match parsed {
         Ok(sub) => {
             let created = create_run(store, &sub, None).await?;
@@ -135,6 +139,25 @@ async fn handle(ctx: &Scheduler, entry: &Entry) -> anyhow::Result<()> {
         .ack_and_reply(GROUP, &entry.id, to, &reply, options.reply_ttl_s)
         .await?;
     Ok(())
+}
+
+/// A valid submission, or its rejection when its workspace or project is not open for runs.
+/// A resent submission whose run exists is let through (idempotency wins even if the workspace
+/// was archived since).
+async fn admit(
+    store: &Store,
+    sub: submission::Submission,
+) -> anyhow::Result<Result<submission::Submission, Refusal>> {
+    let errors = crate::admit::check(store, &sub).await?;
+    // Only a refused submission pays for the lookup (create_run makes it anyway).
+    if errors.is_empty() || store.runs().by_request_id(&sub.request_id).await?.is_some() {
+        Ok(Ok(sub))
+    } else {
+        Ok(Err(Refusal::Rejected {
+            request_id: sub.request_id,
+            errors,
+        }))
+    }
 }
 
 /// Rejects a submission that could not be stored after [`MAX_STORE_TRIES`].

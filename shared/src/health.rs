@@ -118,7 +118,7 @@ impl std::fmt::Display for HealthReport {
 #[derive(Debug, Clone, clap::Args)]
 pub struct CheckArgs {
     /// Print the report as JSON.
-    #[arg(long)]
+    #[arg(long, env = "HARMONIA_JSON")]
     pub json: bool,
 }
 

@@ -21,11 +21,52 @@ impl Client {
         Self::for_config(&scope.config).await
     }
 
+    /// Connects, and registers the workspaces and projects the tests and examples submit to
+    /// (`ml/tests`, `ml/demo`, `demo/harmonia`): the scheduler takes runs for registered ones
+    /// only.
     pub async fn for_config(config: &harmonia_shared::Config) -> anyhow::Result<Self> {
-        Ok(Self {
+        let client = Self {
             queue: Queue::connect(&config.redis).await?,
             store: Store::connect(&config.mongo).await?,
-        })
+        };
+        harmonia_shared::store::migrate::migrate(&client.store).await?;
+        for (workspace, project) in [("ml", "tests"), ("ml", "demo"), ("demo", "harmonia")] {
+            client.open_project(workspace, project).await?;
+        }
+        Ok(client)
+    }
+
+    /// Registers an active workspace and project (no-op for those that exist).
+    pub async fn open_project(&self, workspace: &str, project: &str) -> anyhow::Result<()> {
+        use harmonia_shared::model::{Lifecycle, Project, Workspace};
+        let now = mongodb::bson::DateTime::now();
+        self.store
+            .workspaces()
+            .create(&Workspace {
+                id: ObjectId::new(),
+                slug: workspace.into(),
+                name: workspace.into(),
+                status: Lifecycle::Active,
+                created_by: "tests".into(),
+                created_at: now,
+                updated_at: now,
+            })
+            .await?;
+        self.store
+            .projects()
+            .create(&Project {
+                id: ObjectId::new(),
+                workspace: workspace.into(),
+                slug: project.into(),
+                name: project.into(),
+                description: String::new(),
+                status: Lifecycle::Active,
+                created_by: "tests".into(),
+                created_at: now,
+                updated_at: now,
+            })
+            .await?;
+        Ok(())
     }
 
     /// Submits as the protocol says (resending if Redis loses it) and returns the scheduler's

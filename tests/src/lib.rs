@@ -7,6 +7,7 @@ pub mod chaos; // the chaos workload and its verdict
 pub mod client; // submit, await replies and runs
 pub mod cluster; // a scheduler + workers with test timings
 pub mod fleet; // the compose fleet in containers
+pub mod gateway; // the HTTP gateway process, tokens
 pub mod hub; // Hub-compatible model mirror over a directory
 pub mod models; // real models from the local mirror, test repos
 pub mod process; // children that die with the test process

@@ -215,6 +215,7 @@ async fn submit_resends_a_submission_redis_lost() {
     let (scope, _redis) = harmonia_tests::Scope::with_own_redis("resubmit")
         .await
         .unwrap();
+    harmonia_tests::Client::connect(&scope).await.unwrap(); // registers its workspace
     let file = scope.dir.join("submission.json");
     let body = submission("lost-once", json!([{ "id": "a", "type": "debug.noop" }]));
     std::fs::write(&file, body.to_string()).unwrap();

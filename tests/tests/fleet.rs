@@ -124,6 +124,21 @@ async fn scaling_one_worker_container_to_four_mid_run_runs_every_task_exactly_on
         return;
     }
     let fleet = Fleet::up("scale-out", 1).await.expect("fleet up");
+    // The gateway container serves beside them.
+    let gateway = format!(
+        "http://{}",
+        fleet.published("gateway", 8080).expect("gateway port")
+    );
+    wait_for(
+        "the gateway container to be ready",
+        Duration::from_secs(60),
+        || async {
+            let ready = reqwest::get(format!("{gateway}/readyz")).await;
+            Ok(ready.ok().filter(|r| r.status().is_success()).map(|_| ()))
+        },
+    )
+    .await
+    .expect("gateway ready");
     let sleep = json!({"type": "debug.sleep", "params": {"ms": 20}});
     let runs = submit_runs(&fleet, "scale", 20, 100, sleep)
         .await

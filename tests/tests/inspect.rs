@@ -1,4 +1,4 @@
-//! The read-only operator commands: `harmonia-scheduler workers` and `queues`, in text and JSON.
+//! The read-only operator commands: `harmonia-scheduler workers`, `queues` (text and JSON) and `watch`.
 
 use harmonia_shared::model::{RunStatus, TaskStatus};
 use harmonia_shared::queue::WORKERS_GROUP;
@@ -194,4 +194,64 @@ async fn a_dead_letter_is_listed_shown_replayed_and_purged() {
     let purged: Value = serde_json::from_str(&cli(&c, &["dlq", "purge", "--all"])).unwrap();
     assert_eq!(purged["removed"], 1);
     assert_eq!(cli(&c, &["dlq", "list", "--json"]).trim(), "[]");
+}
+
+/// `watch` follows a run to its end: on a pseudo-terminal it draws progress bars, through a
+/// pipe it prints one line per change; both end with the summary and exit 0 on success.
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_renders_bars_on_a_terminal_and_lines_through_a_pipe() {
+    let c = cluster("watch", &["none"]).await.unwrap();
+    let body = |id: &str| {
+        submission(
+            id,
+            json!([
+                {"id": "sleep", "type": "debug.sleep", "params": {"ms": 1500}},
+                {"id": "after", "type": "debug.noop", "depends_on": ["sleep"]},
+            ]),
+        )
+    };
+    // Through a pipe: plain lines, one per change, the sleep's progress among them.
+    let run = c.client.start(&body("watch-pipe")).await.unwrap();
+    let out = cli(&c, &["watch", &run.to_hex()]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("sleep running") && l.contains("sleeping")),
+        "{out}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("after succeeded 100%")),
+        "{out}"
+    );
+    assert!(
+        !out.contains('\u{1b}'),
+        "no escape codes in a pipe: {out:?}"
+    );
+    let last = lines.last().copied().unwrap_or_default();
+    assert!(last.contains("succeeded: 2/2 succeeded"), "{last}");
+
+    // On a pseudo-terminal (util-linux `script` gives the command one): indicatif bars.
+    let run = c.client.start(&body("watch-tty")).await.unwrap();
+    let bin = harmonia_tests::services::binary_path("harmonia-scheduler").unwrap();
+    let mut script = std::process::Command::new("script");
+    script
+        .args([
+            "-qfec",
+            &format!("{} watch {}", bin.display(), run.to_hex()),
+            "/dev/null",
+        ])
+        .envs(c.scope.env());
+    let out = script.output().expect("script (util-linux)");
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{tty}");
+    assert!(
+        tty.contains('\u{1b}'),
+        "a terminal gets escape codes: {tty:?}"
+    );
+    assert!(
+        tty.contains("█") || tty.contains("░"),
+        "bars are drawn: {tty:?}"
+    );
+    assert!(tty.contains("succeeded: 2/2 succeeded"), "{tty:?}");
 }

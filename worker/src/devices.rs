@@ -79,6 +79,15 @@ impl Devices {
         self.released.notify_waiters();
     }
 
+    /// GPUs not allocated now.
+    pub fn free_gpus(&self) -> usize {
+        self.free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .gpus
+            .len()
+    }
+
     /// Allocations held: claims in progress and attempts running.
     pub fn held(&self) -> u32 {
         self.free.lock().unwrap_or_else(|e| e.into_inner()).held

@@ -12,8 +12,17 @@ use crate::devices::Alloc;
 use crate::executor::{self, TaskContext};
 use crate::worker::{Inflight, Worker};
 
-/// Runs the claimed attempt, records its outcome, and gives the devices back.
+/// Runs the claimed attempt, records its outcome, and gives the devices back. Everything it
+/// logs carries the run id, task id and attempt (a `task` span).
 pub async fn execute(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
+    use tracing::Instrument;
+    let t = &claim.task;
+    let span =
+        tracing::info_span!("task", run_id = %t.run_id, task_id = %t.id, attempt = t.attempt);
+    attempt(worker, claim, alloc).instrument(span).await;
+}
+
+async fn attempt(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
     let Claim { task, lease_token } = claim;
     let (task_id, run_id, node) = (task.id, task.run_id, task.node_id.clone());
     let cancel = worker.shutdown.hand_back.child_token();
@@ -26,6 +35,18 @@ pub async fn execute(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
     worker
         .inflight()
         .insert(lease_token.clone(), attempt.clone());
+    occupancy(&worker);
+    let started = std::time::Instant::now();
+    let queued_for = task.queued_at.and_then(|q| {
+        let ms = mongodb::bson::DateTime::now().timestamp_millis() - q.timestamp_millis();
+        u64::try_from(ms).ok().map(Duration::from_millis)
+    });
+    crate::metrics::task_started(&task.task_type, queued_for);
+    let reporter = tokio::spawn(crate::lease::report_progress(
+        worker.clone(),
+        lease_token.clone(),
+        attempt.progress.clone(),
+    ));
     if worker.first_start_of(run_id)
         && let Err(e) = worker.store.runs().mark_started(run_id).await
     {
@@ -76,12 +97,31 @@ pub async fn execute(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
             }
         }
     };
+    reporter.abort();
     record(&worker, &lease_token, &outcome).await;
+    crate::metrics::task_finished(&task.task_type, outcome_label(&outcome), started.elapsed());
     if uses_models {
         advertise_models(&worker).await;
     }
     worker.inflight().remove(&lease_token);
     worker.devices.release(alloc);
+    occupancy(&worker);
+}
+
+fn occupancy(worker: &Worker) {
+    crate::metrics::occupancy(worker.inflight().len(), worker.devices.free_gpus());
+}
+
+fn outcome_label(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Succeeded { .. } => "succeeded",
+        Outcome::Failed {
+            retry_at: Some(_), ..
+        } => "retry",
+        Outcome::Failed { .. } => "failed",
+        Outcome::Cancelled => "cancelled",
+        Outcome::HandedBack => "handed_back",
+    }
 }
 
 async fn record(worker: &Worker, lease_token: &str, outcome: &Outcome) {

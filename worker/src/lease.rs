@@ -73,6 +73,29 @@ async fn beat(worker: &Worker) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How often, at most, one attempt's progress is written between heartbeats.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Writes an attempt's progress to MongoDB as it changes, at most once per
+/// [`PROGRESS_EVERY`], so watchers see stages and byte counts within a second rather than at
+/// the next heartbeat. Ends when the attempt drops its sender (or is aborted); the write is
+/// fenced by the lease token, so a lost lease writes nothing.
+pub async fn report_progress(
+    worker: Arc<Worker>,
+    token: String,
+    mut progress: tokio::sync::watch::Receiver<Option<harmonia_shared::model::Progress>>,
+) {
+    while progress.changed().await.is_ok() {
+        let latest = progress.borrow_and_update().clone();
+        if let Some(p) = latest
+            && let Err(e) = worker.store.tasks().report_progress(&token, &p).await
+        {
+            tracing::debug!("writing progress: {e:#}");
+        }
+        tokio::time::sleep(PROGRESS_EVERY).await;
+    }
+}
+
 /// Listens for cancel signals (comma-separated task ids) and stops matching attempts.
 pub async fn cancel_listener(worker: Arc<Worker>) {
     loop {

@@ -7,6 +7,7 @@ pub mod devices; // free GPUs and CPU slots
 pub mod execute; // one attempt: executor, timeout, fenced outcome
 pub mod executor; // the Executor trait and one file per task type
 pub mod lease; // heartbeats, lease renewal, cancel signals
+pub mod metrics; // Prometheus: tasks, queue wait, run time, downloads, pool
 pub mod models; // hub downloads (verified), cache, warm pool, candle models
 pub mod registry; // worker id, advertised resources
 pub mod worker; // what the loops share

@@ -7,7 +7,7 @@ use harmonia_shared::Config;
 use harmonia_shared::queue::Queue;
 use harmonia_shared::store::Store;
 
-use crate::control;
+use crate::ops::{Operator, cli_actor};
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum CancelArgs {
@@ -20,11 +20,14 @@ pub enum CancelArgs {
 pub async fn run(config: &Config, args: &CancelArgs) -> anyhow::Result<ExitCode> {
     let queue = Queue::connect(&config.redis).await?;
     let store = Store::connect(&config.mongo).await?;
+    let op = Operator {
+        queue,
+        store,
+        actor: cli_actor(),
+    };
     let (now, running) = match args {
-        CancelArgs::Run { run_id } => control::cancel_run(&queue, &store, run_id).await?,
-        CancelArgs::Task { run_id, node_id } => {
-            control::cancel_task(&queue, &store, run_id, node_id).await?
-        }
+        CancelArgs::Run { run_id } => op.cancel_run(run_id).await?,
+        CancelArgs::Task { run_id, node_id } => op.cancel_task(run_id, node_id).await?,
     };
     writeln!(
         std::io::stdout().lock(),

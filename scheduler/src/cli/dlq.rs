@@ -8,7 +8,7 @@ use harmonia_shared::queue::Queue;
 use harmonia_shared::queue::dead::DeadLetter;
 use harmonia_shared::store::Store;
 
-use crate::control;
+use crate::ops::{Operator, cli_actor};
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum DlqArgs {
@@ -34,6 +34,13 @@ pub enum DlqArgs {
 
 pub async fn run(config: &Config, args: &DlqArgs) -> anyhow::Result<ExitCode> {
     let queue = Queue::connect(&config.redis).await?;
+    let op = || async {
+        anyhow::Ok(Operator {
+            queue: queue.clone(),
+            store: Store::connect(&config.mongo).await?,
+            actor: cli_actor(),
+        })
+    };
     let mut out = std::io::stdout().lock();
     match args {
         DlqArgs::List { count, json } => {
@@ -64,29 +71,19 @@ pub async fn run(config: &Config, args: &DlqArgs) -> anyhow::Result<ExitCode> {
             writeln!(out)?;
         }
         DlqArgs::Replay { id } => {
-            let letter = find(&queue, id).await?;
-            let (Some(run_id), Some(node)) = (
-                letter.payload["run_id"].as_str(),
-                letter.payload["node_id"].as_str(),
-            ) else {
-                anyhow::bail!("dead letter {id} names no run and node: {}", letter.payload);
-            };
-            let store = Store::connect(&config.mongo).await?;
-            let reset = control::retry_task(&store, run_id, node).await?;
-            queue.remove_dead_letters(std::slice::from_ref(id)).await?;
+            let op = op().await?;
+            let letter = op.letter(id).await?;
+            let (run_id, reset) = op.replay(&letter).await?;
             let doc = serde_json::json!({ "replayed": id, "run_id": run_id, "reset": reset });
             writeln!(out, "{doc}")?;
         }
         DlqArgs::Purge { ids, all } => {
-            let removed = if *all {
-                queue.purge_dead_letters().await?
-            } else {
-                anyhow::ensure!(
-                    !ids.is_empty(),
-                    "name the dead letters to remove, or pass --all"
-                );
-                queue.remove_dead_letters(ids).await?
-            };
+            anyhow::ensure!(
+                *all || !ids.is_empty(),
+                "name the dead letters to remove, or pass --all"
+            );
+            let ids = (!*all).then_some(ids.as_slice());
+            let removed = op().await?.purge(ids, "*").await?;
             writeln!(out, "{}", serde_json::json!({ "removed": removed }))?;
         }
     }

@@ -1,14 +1,19 @@
 //! The scheduler's command line: one file per subcommand.
 
+mod audit;
 mod cancel;
 mod completions;
 mod dlq;
-mod queues;
+mod list;
+pub mod queues;
 mod retry;
 mod run;
 mod status;
 mod submit;
+mod tokens;
+mod watch;
 mod workers;
+mod workspaces;
 
 use clap::{Parser, Subcommand};
 use harmonia_shared::config::ConfigArgs;
@@ -51,6 +56,24 @@ pub enum Command {
     /// Tasks that failed for good: list, show, replay (retry in place), purge.
     #[command(subcommand)]
     Dlq(dlq::DlqArgs),
+    /// Follow a run live until it ends: per-task status, stage and progress (exit 1 unless it
+    /// succeeded).
+    Watch(watch::WatchArgs),
+    /// List runs: filter by project, status, task type, tag, submitter, dates, name; page on.
+    List(list::ListArgs),
+    /// Serve the HTTP API (tokens, runs, artifacts, fleet, OpenAPI, metrics).
+    Gateway(crate::gateway::GatewayArgs),
+    /// Bearer tokens of the HTTP API: create (shown once), list, revoke.
+    #[command(subcommand)]
+    Tokens(tokens::TokensArgs),
+    /// Workspaces: the boundary of runs, artifacts and tokens.
+    #[command(subcommand)]
+    Workspaces(workspaces::WorkspacesArgs),
+    /// Projects of a workspace: a submission names one.
+    #[command(subcommand)]
+    Projects(workspaces::ProjectsArgs),
+    /// The audit log of operator actions, newest first.
+    Audit(audit::AuditArgs),
     /// Check that Redis, MongoDB and S3 answer with this configuration.
     Check(CheckArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -72,6 +95,13 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         Command::Workers(a) => workers::run(&config, a).await,
         Command::Queues(a) => queues::run(&config, a).await,
         Command::Dlq(a) => dlq::run(&config, a).await,
+        Command::List(a) => list::run(&config, a).await,
+        Command::Watch(a) => watch::run(&config, a).await,
+        Command::Gateway(a) => crate::gateway::run(&config, a).await,
+        Command::Tokens(a) => tokens::run(&config, a).await,
+        Command::Workspaces(a) => workspaces::workspaces(&config, a).await,
+        Command::Projects(a) => workspaces::projects(&config, a).await,
+        Command::Audit(a) => audit::run(&config, a).await,
         Command::Check(a) => Ok(health::run_check(&config, a).await?),
         Command::Completions(a) => Ok(completions::run(a)),
     }

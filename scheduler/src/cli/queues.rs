@@ -16,6 +16,21 @@ pub struct QueuesArgs {
 
 pub async fn run(config: &Config, args: &QueuesArgs) -> anyhow::Result<ExitCode> {
     let queue = Queue::connect(&config.redis).await?;
+    let all = collect(&queue).await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &all)?;
+        writeln!(out)?;
+    } else {
+        print_table(&mut out, &all)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every stream Harmonia uses: submissions, events, one per task class, dead letters.
+pub async fn collect(
+    queue: &Queue,
+) -> Result<Vec<StreamStats>, harmonia_shared::queue::QueueError> {
     let keys = queue.keys().clone();
     let mut streams: Vec<(String, Option<&str>)> = vec![
         (keys.submissions(), Some(SCHEDULER_GROUP)),
@@ -33,14 +48,7 @@ pub async fn run(config: &Config, args: &QueuesArgs) -> anyhow::Result<ExitCode>
     for (stream, group) in streams {
         all.push(queue.stream_stats(&stream, group).await?);
     }
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer_pretty(&mut out, &all)?;
-        writeln!(out)?;
-    } else {
-        print_table(&mut out, &all)?;
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(all)
 }
 
 fn print_table(out: &mut impl Write, all: &[StreamStats]) -> std::io::Result<()> {

@@ -4,9 +4,10 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use harmonia_shared::Config;
+use harmonia_shared::queue::Queue;
 use harmonia_shared::store::Store;
 
-use crate::control;
+use crate::ops::{Operator, cli_actor};
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum RetryArgs {
@@ -17,11 +18,15 @@ pub enum RetryArgs {
 }
 
 pub async fn run(config: &Config, args: &RetryArgs) -> anyhow::Result<ExitCode> {
-    let store = Store::connect(&config.mongo).await?;
+    let op = Operator {
+        queue: Queue::connect(&config.redis).await?,
+        store: Store::connect(&config.mongo).await?,
+        actor: cli_actor(),
+    };
     let mut out = std::io::stdout().lock();
     match args {
         RetryArgs::Run { run_id } => {
-            let new = control::retry_run(&store, run_id).await?;
+            let new = op.retry_run(run_id).await?;
             writeln!(
                 out,
                 "{}",
@@ -29,7 +34,7 @@ pub async fn run(config: &Config, args: &RetryArgs) -> anyhow::Result<ExitCode> 
             )?;
         }
         RetryArgs::Task { run_id, node_id } => {
-            let nodes = control::retry_task(&store, run_id, node_id).await?;
+            let nodes = op.retry_task(run_id, node_id).await?;
             writeln!(
                 out,
                 "{}",

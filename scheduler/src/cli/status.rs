@@ -11,7 +11,7 @@ use mongodb::bson::oid::ObjectId;
 pub struct StatusArgs {
     pub run_id: String,
     /// Print the run and its tasks as JSON.
-    #[arg(long)]
+    #[arg(long, env = "HARMONIA_JSON")]
     pub json: bool,
 }
 

@@ -15,11 +15,11 @@ pub struct SubmitArgs {
     /// `request_id` is generated.
     pub file: String,
     /// How long to wait for the scheduler's reply, in seconds.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, env = "HARMONIA_SUBMIT_TIMEOUT_S", default_value_t = 30)]
     pub timeout_s: u64,
     /// After the reply, wait for the run to finish and print its final status (exit 1 unless
     /// it succeeded).
-    #[arg(long)]
+    #[arg(long, env = "HARMONIA_SUBMIT_WAIT")]
     pub wait: bool,
 }
 
@@ -50,6 +50,15 @@ pub async fn run(config: &Config, args: &SubmitArgs) -> anyhow::Result<ExitCode>
         .await?;
     writeln!(std::io::stdout().lock(), "{payload}")?;
     let reply: Reply = serde_json::from_str(&payload)?;
+    if let Reply::Accepted { run_id } = &reply {
+        let op = crate::ops::Operator {
+            queue,
+            store: harmonia_shared::store::Store::connect(&config.mongo).await?,
+            actor: crate::ops::cli_actor(),
+        };
+        op.submitted(ObjectId::parse_str(run_id)?, &request_id)
+            .await?;
+    }
     match reply {
         Reply::Rejected { .. } => Ok(ExitCode::FAILURE),
         Reply::Accepted { run_id } if args.wait => wait(config, &run_id).await,

@@ -16,6 +16,28 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
+    pub const ALL: [Self; 5] = [
+        Self::Queued,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
+    }
+
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
     }
@@ -45,6 +67,9 @@ pub struct WorkflowRun {
     pub name: String,
     pub created_by: String,
     pub tags: Vec<String>,
+    /// The distinct task types of the run, sorted (for listing runs by type).
+    #[serde(default)]
+    pub task_types: Vec<String>,
     pub status: RunStatus,
     pub task_count: u32,
     pub counts: TaskCounts,

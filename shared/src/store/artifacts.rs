@@ -72,6 +72,10 @@ impl ArtifactRepo {
         Ok((stored, before))
     }
 
+    pub async fn get(&self, id: ObjectId) -> Result<Option<Artifact>, StoreError> {
+        Ok(self.coll.find_one(doc! { "_id": id }).await?)
+    }
+
     pub async fn for_run(&self, run_id: ObjectId) -> Result<Vec<Artifact>, StoreError> {
         super::find_all(
             &self.coll,

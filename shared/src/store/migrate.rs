@@ -33,6 +33,13 @@ pub async fn migrate(store: &Store) -> Result<i32, StoreError> {
     store.licenses().create_indexes().await?;
     store.artifacts().create_indexes().await?;
     // Version 3: tasks record the Redis epoch they were published in (a new index on tasks).
+    // Version 4: workspaces, projects, tokens, the audit log; runs record their task types
+    // (listing by type; runs stored before have none and are not found by that filter).
+    store.runs().create_list_indexes().await?;
+    store.workspaces().create_indexes().await?;
+    store.projects().create_indexes().await?;
+    store.tokens().create_indexes().await?;
+    store.audit().create_indexes().await?;
     meta.update_one(
         doc! { "_id": "schema", "version": { "$not": { "$gt": SCHEMA_VERSION } } },
         doc! { "$set": { "version": SCHEMA_VERSION } },

@@ -2,24 +2,34 @@
 //! names and document shapes.
 
 pub mod artifacts;
+pub mod audit;
 pub mod checksums;
 pub mod licenses;
 pub mod migrate;
 pub mod model_artifacts;
 pub mod outputs;
+pub mod projects;
 pub mod rejections;
+pub mod run_list;
 pub mod runs;
 pub mod tasks;
+pub mod tokens;
 pub mod workers;
+pub mod workspaces;
 
 pub use artifacts::ArtifactRepo;
+pub use audit::{AuditQuery, AuditRepo};
 pub use checksums::ChecksumRepo;
 pub use licenses::LicenseRepo;
 pub use model_artifacts::ModelArtifactRepo;
+pub use projects::ProjectRepo;
 pub use rejections::RejectionRepo;
+pub use run_list::{Order, RunPage, RunQuery, RunSort};
 pub use runs::RunRepo;
 pub use tasks::TaskRepo;
+pub use tokens::TokenRepo;
 pub use workers::WorkerRepo;
+pub use workspaces::WorkspaceRepo;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -208,6 +218,22 @@ impl Store {
 
     pub fn artifacts(&self) -> ArtifactRepo {
         ArtifactRepo::new(&self.db)
+    }
+
+    pub fn workspaces(&self) -> WorkspaceRepo {
+        WorkspaceRepo::new(&self.db)
+    }
+
+    pub fn projects(&self) -> ProjectRepo {
+        ProjectRepo::new(&self.db)
+    }
+
+    pub fn tokens(&self) -> TokenRepo {
+        TokenRepo::new(&self.db)
+    }
+
+    pub fn audit(&self) -> AuditRepo {
+        AuditRepo::new(&self.db)
     }
 
     /// Called after a task of the run reached a final state: when none is left to run, the

@@ -64,6 +64,12 @@ impl RunRepo {
         }
     }
 
+    /// Inserts many runs at once (benchmarks and imports; not the submission path).
+    pub async fn insert_many(&self, runs: &[WorkflowRun]) -> Result<(), StoreError> {
+        self.coll.insert_many(runs).await?;
+        Ok(())
+    }
+
     /// Marks the run running when its first task starts (matches nothing afterwards).
     pub async fn mark_started(&self, run_id: ObjectId) -> Result<(), StoreError> {
         self.coll

@@ -64,6 +64,11 @@ pub struct RunArgs {
     #[arg(long, env = "HARMONIA_RETRY_BASE_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_base_ms: Option<u64>,
+    /// Serve Prometheus metrics at `http://<this address>/metrics` (e.g. `0.0.0.0:9100`);
+    /// none when absent.
+    #[arg(long, env = "HARMONIA_WORKER_METRICS_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// [`RunArgs`] resolved: defaults < `[worker]` in the file < flags and env.
@@ -79,6 +84,7 @@ pub struct Tuning {
     pub model_pool_ram_mb: u64,
     pub model_pool_vram_mb: u64,
     pub retry_base_ms: u64,
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for Tuning {
@@ -93,6 +99,7 @@ impl Default for Tuning {
             model_pool_ram_mb: 4096,
             model_pool_vram_mb: 16384,
             retry_base_ms: 1000,
+            metrics_listen: None,
         }
     }
 }
@@ -103,6 +110,9 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let cpu_slots = args.cpu_slots.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
     });
+    if let Some(listen) = args.metrics_listen {
+        crate::metrics::serve(listen)?;
+    }
     let Some((queue, store)) = health::connect_waiting(config).await? else {
         return Ok(ExitCode::SUCCESS); // SIGTERM while waiting
     };

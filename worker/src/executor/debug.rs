@@ -8,12 +8,32 @@ use mongodb::bson::{Document, doc};
 
 use super::{TaskContext, output};
 
-/// `debug.sleep`: sleeps, reporting progress, and stops at once when cancelled.
+/// `debug.sleep`: sleeps, reporting its progress four times a second (like a long download
+/// would), and stops at once when cancelled.
 pub async fn sleep(ctx: &TaskContext, p: &SleepParams) -> Result<Document, ExecError> {
-    ctx.progress("sleeping", 0.0, Some(format!("{} ms", p.ms)));
-    tokio::select! {
-        () = tokio::time::sleep(Duration::from_millis(p.ms)) => {}
-        () = ctx.cancel.cancelled() => return Err(ExecError::Cancelled),
+    let total = Duration::from_millis(p.ms);
+    let start = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        let elapsed = start.elapsed().min(total);
+        let pct = if total.is_zero() {
+            100.0
+        } else {
+            elapsed.as_secs_f32() * 100.0 / total.as_secs_f32()
+        };
+        ctx.progress(
+            "sleeping",
+            pct,
+            Some(format!("{} of {} ms", elapsed.as_millis(), p.ms)),
+        );
+        if elapsed >= total {
+            break;
+        }
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = tokio::time::sleep(total - elapsed) => {}
+            () = ctx.cancel.cancelled() => return Err(ExecError::Cancelled),
+        }
     }
     ctx.progress("done", 100.0, None);
     Ok(doc! { "slept_ms": p.ms as i64 })

@@ -305,6 +305,7 @@ impl Hub {
                     });
                 }
                 Err(_) => {
+                    crate::metrics::verification_failed();
                     // Corrupted on disk since it was verified: fetch it again.
                     tracing::warn!(%repo, %file, "cached blob fails verification; re-fetching");
                     cache.forget(commit, file, &blob_id);
@@ -317,6 +318,7 @@ impl Hub {
             .stream_to(&url, file, &part, size, expected, cancel, progress)
             .await?;
         if let Err((want, got)) = digests.check(expected) {
+            crate::metrics::verification_failed();
             // Never cached, never used.
             let _ = std::fs::remove_file(&part);
             cache.forget(commit, file, &blob_id);

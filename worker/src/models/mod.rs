@@ -118,6 +118,7 @@ impl Models {
             let bytes = self.storage.get_bytes(key).await?;
             let got = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
             if got != f.sha256 {
+                crate::metrics::verification_failed();
                 return Err(ExecError::permanent(format!(
                     "checksum mismatch for {} (s3://{}/{key}): expected sha256 {}, got {got}",
                     f.name,

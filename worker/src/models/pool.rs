@@ -94,6 +94,7 @@ impl Pool {
         let model = model
             .downcast::<T>()
             .unwrap_or_else(|_| unreachable!("pool key {full_key} holds another model type"));
+        crate::metrics::pool_lookup(loaded_now.is_none());
         Ok(Checkout {
             model,
             hit: loaded_now.is_none(),

@@ -145,6 +145,7 @@ async fn receive(
             Some(Ok(c)) => c,
         };
         transferred += chunk.len() as u64;
+        crate::metrics::downloaded(chunk.len() as u64);
         if tx.send(chunk).await.is_err() {
             break Ok(()); // the writer failed; its error is reported by the caller
         }
