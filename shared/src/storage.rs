@@ -174,14 +174,7 @@ impl Storage {
 
     /// Creates the bucket if it does not exist yet (idempotent; safe for concurrent callers).
     pub async fn ensure_bucket(&self) -> Result<(), StorageError> {
-        if self
-            .client
-            .head_bucket()
-            .bucket(&self.bucket)
-            .send()
-            .await
-            .is_ok()
-        {
+        if self.bucket_exists().await {
             return Ok(());
         }
         match self
@@ -196,13 +189,25 @@ impl Storage {
                 let owned = err.as_service_error().is_some_and(|e| {
                     e.is_bucket_already_owned_by_you() || e.is_bucket_already_exists()
                 });
-                if owned {
+                // Processes starting together race to create it. S3 answers the loser
+                // BucketAlreadyOwnedByYou; some servers (s3s-fs: check, then mkdir) answer 500.
+                // Either way the bucket is there, which is all that was asked.
+                if owned || self.bucket_exists().await {
                     Ok(())
                 } else {
                     Err(s3_err("create_bucket", &self.bucket, err))
                 }
             }
         }
+    }
+
+    async fn bucket_exists(&self) -> bool {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .is_ok()
     }
 
     pub async fn put_bytes(

@@ -90,6 +90,29 @@ async fn mongo_transactions_commit_and_abort() {
     );
 }
 
+/// Workers, the scheduler and tests all ensure the bucket at start; when they start together
+/// every one of them must succeed, whichever created it.
+#[tokio::test(flavor = "multi_thread")]
+async fn processes_racing_to_create_the_bucket_all_succeed() {
+    let scope = Scope::new("s3-bucket-race");
+    for round in 0..5 {
+        let mut config = scope.config.s3.clone();
+        config.bucket = format!("{}-{round}", config.bucket);
+        let racers: Vec<_> = (0..16)
+            .map(|_| {
+                let storage = Storage::new(&config);
+                tokio::spawn(async move { storage.ensure_bucket().await })
+            })
+            .collect();
+        for racer in racers {
+            racer
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        }
+    }
+}
+
 #[tokio::test]
 async fn s3_multipart_upload_and_presigned_get() {
     let scope = Scope::new("s3-multipart");
