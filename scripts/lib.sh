@@ -107,6 +107,15 @@ ensure_deps() {
   export HARMONIA_REDIS_SERVER="${HARMONIA_REDIS_SERVER:-$(command -v redis-server)}"
 }
 
+# Headless Chromium and its WebDriver, from Debian's packages, for the dashboard's browser tests.
+ensure_browser() {
+  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    apt_install chromium chromium-driver fonts-dejavu-core
+  fi
+  export HARMONIA_CHROMIUM="${HARMONIA_CHROMIUM:-$(command -v chromium)}"
+  export HARMONIA_CHROMEDRIVER="${HARMONIA_CHROMEDRIVER:-$(command -v chromedriver)}"
+}
+
 # --- Containers (scripts/images, scripts/fleet, the fleet tests) ---------------------------------
 BASE_IMAGE_LOCAL="harmonia-base:bookworm"
 IMAGE_TAG="${HARMONIA_IMAGE_TAG:-local}"

@@ -168,6 +168,7 @@ fn new_task(
         started_at: None,
         finished_at: None,
         duration_ms: None,
+        attempts: Vec::new(),
     })
 }
 

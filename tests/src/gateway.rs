@@ -102,3 +102,70 @@ impl Token {
         format!("Bearer {}", self.secret)
     }
 }
+
+/// A browser's dashboard session over plain HTTP: the session cookie and the CSRF token its
+/// pages carry, got by signing in as a browser does (the sign-in form's own CSRF cookie first).
+#[derive(Debug, Clone)]
+pub struct DashboardSession {
+    /// `hm_session=<secret>`, ready for a `Cookie` header.
+    pub cookie: String,
+    /// The `Set-Cookie` the sign-in answered, with its attributes.
+    pub set_cookie: String,
+    pub csrf: String,
+}
+
+fn cookie_named(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(str::to_owned)
+}
+
+/// The value of the first hidden `csrf` field of a page.
+pub fn hidden_csrf(html: &str) -> Option<String> {
+    const FIELD: &str = r#"name="csrf" value=""#;
+    let at = html.find(FIELD)? + FIELD.len();
+    html[at..].split('"').next().map(str::to_owned)
+}
+
+impl DashboardSession {
+    pub async fn sign_in(gw: &Gateway, token: &Token) -> anyhow::Result<Self> {
+        let page = gw.http.get(gw.url("/login")).send().await?;
+        let login = cookie_named(&page, "hm_login_csrf").context("no sign-in CSRF cookie")?;
+        let pair = login.split(';').next().unwrap_or_default().to_owned();
+        let csrf = hidden_csrf(&page.text().await?).context("no csrf field on /login")?;
+        let r = gw
+            .http
+            .post(gw.url("/login"))
+            .header("cookie", &pair)
+            .form(&[
+                ("token", token.secret.as_str()),
+                ("csrf", &csrf),
+                ("next", "/runs"),
+            ])
+            .send()
+            .await?;
+        anyhow::ensure!(
+            r.status() == reqwest::StatusCode::SEE_OTHER,
+            "sign-in answered {}",
+            r.status()
+        );
+        let set_cookie = cookie_named(&r, "hm_session").context("no session cookie")?;
+        let cookie = set_cookie.split(';').next().unwrap_or_default().to_owned();
+        let html = gw
+            .http
+            .get(gw.url("/runs"))
+            .header("cookie", &cookie)
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(Self {
+            csrf: hidden_csrf(&html).context("no csrf field on /runs")?,
+            cookie,
+            set_cookie,
+        })
+    }
+}

@@ -3,6 +3,7 @@
 //!
 //! Also home of the dev servers the scripts and the demo run (`harmonia-dev`).
 
+pub mod browser; // headless Chromium through chromedriver, for the dashboard
 pub mod chaos; // the chaos workload and its verdict
 pub mod client; // submit, await replies and runs
 pub mod cluster; // a scheduler + workers with test timings

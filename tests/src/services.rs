@@ -271,6 +271,17 @@ impl Scope {
         Ok(self.command("harmonia-scheduler")?.args(args).output()?)
     }
 
+    /// Runs the scheduler's CLI, which must succeed; its stdout.
+    pub fn scheduler_cli_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.scheduler_cli(args)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "harmonia-scheduler {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Spawns a workspace binary (e.g. `harmonia-worker`) as a child that dies with the test.
     pub fn spawn(&self, label: &str, binary: &str, args: &[&str]) -> anyhow::Result<ChildGuard> {
         let mut cmd = self.command(binary)?;

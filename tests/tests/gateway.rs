@@ -10,13 +10,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 fn cli_ok(scope: &Scope, args: &[&str]) -> String {
-    let out = scope.scheduler_cli(args).expect("cli");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    scope.scheduler_cli_ok(args).expect("the CLI succeeds")
 }
 
 async fn json_of(r: reqwest::Response) -> (StatusCode, Value) {
@@ -360,6 +354,7 @@ async fn the_openapi_document_lists_every_route() {
         ("post", "/api/v1/runs/{id}/tasks/{node}/retry"),
         ("get", "/api/v1/projects"),
         ("post", "/api/v1/projects"),
+        ("get", "/api/v1/runs/{id}/events"),
         ("get", "/api/v1/artifacts/{id}"),
         ("get", "/api/v1/artifacts/{id}/download"),
         ("get", "/api/v1/workers"),

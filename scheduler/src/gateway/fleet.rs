@@ -142,7 +142,7 @@ pub async fn dead_letters(
 }
 
 /// The letter, if it is about a run of the caller's workspace.
-async fn own_letter(
+pub(crate) async fn own_letter(
     state: &AppState,
     caller: &Caller,
     id: &str,

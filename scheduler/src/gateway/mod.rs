@@ -4,7 +4,9 @@
 //! Stateless: run any number of replicas behind a load balancer.
 
 pub mod auth;
+pub mod dashboard;
 pub mod fleet;
+pub mod live;
 pub mod metrics;
 pub mod problem;
 pub mod projects;
@@ -52,6 +54,17 @@ pub struct GatewayArgs {
     /// Submissions larger than this are refused (keep it equal to the scheduler's).
     #[arg(long, env = "HARMONIA_MAX_SUBMISSION_BYTES", default_value_t = 1 << 20)]
     pub max_submission_bytes: usize,
+    /// How long a dashboard sign-in lasts, in hours (the session also ends when its token is
+    /// revoked, or on sign-out).
+    #[arg(long, env = "HARMONIA_GATEWAY_SESSION_HOURS", default_value_t = 12)]
+    pub session_hours: u64,
+    /// Mark the dashboard's cookies `Secure` (browsers then send them over HTTPS only). Set it
+    /// whenever the gateway is reached through TLS.
+    #[arg(long, env = "HARMONIA_GATEWAY_COOKIE_SECURE", default_value_t = false)]
+    pub cookie_secure: bool,
+    /// How often the queues page's history samples every stream, in seconds.
+    #[arg(long, env = "HARMONIA_GATEWAY_QUEUE_SAMPLE_S", default_value_t = 15)]
+    pub queue_sample_s: u64,
 }
 
 /// What every handler shares.
@@ -65,6 +78,11 @@ pub struct AppState {
     pub submit_timeout: Duration,
     pub max_submission_bytes: usize,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    pub session_lifetime: Duration,
+    pub cookie_secure: bool,
+    /// The queues page's last hour.
+    pub history: Arc<dashboard::sampler::QueueHistory>,
+    pub sample_every: Duration,
 }
 
 impl AppState {
@@ -104,11 +122,13 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// Every route, and the OpenAPI document generated from the same handlers.
+/// Every route (the API, its OpenAPI document, the dashboard), with the API generated from the
+/// same handlers as its document.
 pub fn router(state: Arc<AppState>) -> Router {
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(runs::submit, runs::list))
         .routes(routes!(runs::get))
+        .routes(routes!(live::events))
         .routes(routes!(runs::cancel_run))
         .routes(routes!(runs::retry_run))
         .routes(routes!(runs::cancel_task))
@@ -129,6 +149,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .split_for_parts();
     let api = Arc::new(api);
     router
+        .merge(dashboard::router(state))
         .route(
             "/api/v1/openapi.json",
             axum::routing::get(move || {
@@ -158,7 +179,16 @@ pub async fn run(config: &Config, args: &GatewayArgs) -> anyhow::Result<ExitCode
         submit_timeout: Duration::from_secs(args.submit_timeout_s),
         max_submission_bytes: args.max_submission_bytes,
         metrics: metrics::install()?,
+        session_lifetime: Duration::from_secs(args.session_hours.max(1) * 3600),
+        cookie_secure: args.cookie_secure,
+        history: Arc::default(),
+        sample_every: Duration::from_secs(args.queue_sample_s.max(1)),
     });
+    let sampler = tokio::spawn(dashboard::sampler::run(
+        state.queue.clone(),
+        state.history.clone(),
+        state.sample_every,
+    ));
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, "gateway serving");
     axum::serve(listener, router(state))
@@ -166,6 +196,7 @@ pub async fn run(config: &Config, args: &GatewayArgs) -> anyhow::Result<ExitCode
             let _ = harmonia_shared::signal::terminated().await;
         })
         .await?;
+    sampler.abort();
     tracing::info!("gateway stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -171,7 +171,7 @@ pub async fn get(
 }
 
 /// Loads the run for a write action, as its workspace's token may see it.
-async fn writable(state: &AppState, caller: &Caller, id: &str) -> ApiResult<()> {
+pub(crate) async fn writable(state: &AppState, caller: &Caller, id: &str) -> ApiResult<()> {
     caller.require(TokenScope::RunsWrite)?;
     let run_id = control::parse_run_id(id)?;
     caller.own(state.store.runs().get(run_id).await?, id)?;

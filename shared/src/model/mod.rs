@@ -7,6 +7,7 @@ pub mod license; // licenses
 pub mod model_artifact; // model_artifacts
 pub mod rejection; // submission_rejections
 pub mod run; // workflow_runs
+pub mod session; // dashboard_sessions
 pub mod task; // run_tasks
 pub mod task_kind; // every task type, with its typed params: the one list to extend
 pub mod task_params; // typed params of each task kind and their submit-time checks
@@ -21,7 +22,8 @@ pub use license::License;
 pub use model_artifact::{ArtifactFile, Lineage, ModelArtifact};
 pub use rejection::{FieldError, SubmissionRejection};
 pub use run::{RunStatus, TaskCounts, WorkflowRun};
-pub use task::{Progress, Resources, RunTask, TaskError, TaskStatus};
+pub use session::Session;
+pub use task::{AttemptRecord, Progress, Resources, RunTask, TaskError, TaskStatus};
 pub use task_kind::{KindError, TaskKind};
 pub use token::{ApiToken, TokenScope};
 pub use worker::{WorkerDoc, WorkerState};
@@ -30,4 +32,5 @@ pub use workspace::{Lifecycle, Project, Workspace};
 /// Version of the document shapes; `store::migrate` brings a database up to it.
 /// 2: model_artifacts, checksums, licenses, artifacts.
 /// 4: workspaces, projects, api_tokens, audit_logs; runs record their task types.
-pub const SCHEMA_VERSION: i32 = 4;
+/// 5: dashboard_sessions; tasks keep the history of their attempts.
+pub const SCHEMA_VERSION: i32 = 5;

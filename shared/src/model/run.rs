@@ -56,6 +56,27 @@ pub struct TaskCounts {
     pub skipped: u32,
 }
 
+impl TaskCounts {
+    /// Counts of these statuses.
+    pub fn tally(statuses: impl IntoIterator<Item = super::TaskStatus>) -> Self {
+        use super::TaskStatus as S;
+        let mut c = Self::default();
+        for s in statuses {
+            let n = match s {
+                S::Pending => &mut c.pending,
+                S::Queued => &mut c.queued,
+                S::Running => &mut c.running,
+                S::Succeeded => &mut c.succeeded,
+                S::Failed => &mut c.failed,
+                S::Cancelled => &mut c.cancelled,
+                S::Skipped => &mut c.skipped,
+            };
+            *n += 1;
+        }
+        c
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkflowRun {
     #[serde(rename = "_id")]

@@ -108,7 +108,29 @@ pub struct RunTask {
     pub started_at: Option<DateTime>,
     pub finished_at: Option<DateTime>,
     pub duration_ms: Option<i64>,
+    /// How each attempt ended, oldest first (the last `ATTEMPTS_KEPT`); written by the same
+    /// fenced update that ends the attempt. Tasks stored before schema 5 have none.
+    #[serde(default)]
+    pub attempts: Vec<AttemptRecord>,
 }
+
+/// One ended attempt of a task: who ran it, on which GPUs, when, and how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    /// `succeeded`, `failed`, `retrying` (failed, re-queued), `cancelled`, `handed_back` (not
+    /// run: the worker was stopping).
+    pub outcome: String,
+    pub worker_id: Option<String>,
+    #[serde(default)]
+    pub gpu_indices: Vec<u32>,
+    pub started_at: Option<DateTime>,
+    pub finished_at: DateTime,
+    pub error: Option<TaskError>,
+}
+
+/// How many ended attempts a task keeps.
+pub const ATTEMPTS_KEPT: i32 = 20;
 
 impl RunTask {
     /// Attempts used in the current round (a manual retry starts a new round): 1 for the first.

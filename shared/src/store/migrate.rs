@@ -40,6 +40,9 @@ pub async fn migrate(store: &Store) -> Result<i32, StoreError> {
     store.projects().create_indexes().await?;
     store.tokens().create_indexes().await?;
     store.audit().create_indexes().await?;
+    // Version 5: dashboard sessions (expired by a TTL index); tasks gain `attempts`, which
+    // older documents read as empty.
+    store.sessions().create_indexes().await?;
     meta.update_one(
         doc! { "_id": "schema", "version": { "$not": { "$gt": SCHEMA_VERSION } } },
         doc! { "$set": { "version": SCHEMA_VERSION } },

@@ -12,6 +12,7 @@ pub mod projects;
 pub mod rejections;
 pub mod run_list;
 pub mod runs;
+pub mod sessions;
 pub mod tasks;
 pub mod tokens;
 pub mod workers;
@@ -26,6 +27,7 @@ pub use projects::ProjectRepo;
 pub use rejections::RejectionRepo;
 pub use run_list::{Order, RunPage, RunQuery, RunSort};
 pub use runs::RunRepo;
+pub use sessions::SessionRepo;
 pub use tasks::TaskRepo;
 pub use tokens::TokenRepo;
 pub use workers::WorkerRepo;
@@ -234,6 +236,10 @@ impl Store {
 
     pub fn audit(&self) -> AuditRepo {
         AuditRepo::new(&self.db)
+    }
+
+    pub fn sessions(&self) -> SessionRepo {
+        SessionRepo::new(&self.db)
     }
 
     /// Called after a task of the run reached a final state: when none is left to run, the

@@ -121,6 +121,29 @@ impl ModelArtifactRepo {
         Ok(self.coll.find_one(doc! { "_id": id }).await?)
     }
 
+    /// The newest `limit` snapshots, conversions included.
+    pub async fn newest(&self, limit: i64) -> Result<Vec<ModelArtifact>, StoreError> {
+        use futures::TryStreamExt;
+        Ok(self
+            .coll
+            .find(doc! {})
+            .sort(doc! { "_id": -1 })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    /// The conversions made from `source`.
+    pub async fn derived_from(&self, source: ObjectId) -> Result<Vec<ModelArtifact>, StoreError> {
+        super::find_all(
+            &self.coll,
+            doc! { "lineage.source_artifact_id": source },
+            doc! { "_id": 1 },
+        )
+        .await
+    }
+
     pub async fn by_name_version(
         &self,
         name: &str,

@@ -186,6 +186,38 @@ impl RunQuery {
 }
 
 impl RunRepo {
+    /// How many of the workspace's runs have each status, read from the
+    /// `(workspace, status, ...)` index alone (a covered query).
+    pub async fn count_by_status_in(
+        &self,
+        workspace: &str,
+    ) -> Result<Vec<(RunStatus, u64)>, StoreError> {
+        let mut cursor = self
+            .coll
+            .aggregate([
+                doc! { "$match": { "workspace": workspace } },
+                doc! { "$project": { "_id": 0, "status": 1 } },
+                doc! { "$group": { "_id": "$status", "n": { "$sum": 1 } } },
+            ])
+            .hint(mongodb::options::Hint::Keys(doc! {
+                "workspace": 1, "status": 1, "created_at": -1, "_id": -1,
+            }))
+            .await?;
+        let mut counts = Vec::new();
+        while let Some(group) = cursor.try_next().await? {
+            let status = group.get_str("_id").ok().and_then(RunStatus::parse);
+            let n = match group.get("n") {
+                Some(Bson::Int32(n)) => u64::try_from(*n).unwrap_or(0),
+                Some(Bson::Int64(n)) => u64::try_from(*n).unwrap_or(0),
+                _ => 0,
+            };
+            if let Some(status) = status {
+                counts.push((status, n));
+            }
+        }
+        Ok(counts)
+    }
+
     /// The indexes behind [`RunRepo::list`]: one per filter, each ending in the sort keys, so
     /// the first filter the planner picks also gives the order.
     pub async fn create_list_indexes(&self) -> Result<(), StoreError> {

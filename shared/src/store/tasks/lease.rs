@@ -8,6 +8,7 @@ use mongodb::bson::{DateTime, Document, doc};
 use mongodb::options::ReturnDocument;
 
 use super::TaskRepo;
+use crate::model::task::ATTEMPTS_KEPT;
 use crate::model::{Progress, RunTask, TaskError, TaskStatus};
 use crate::store::StoreError;
 
@@ -68,6 +69,47 @@ fn requeued(publish_due: mongodb::bson::Bson) -> Document {
         "worker_id": null,
         "gpu_indices": [],
     }
+}
+
+/// A value as a pipeline constant: a string inside it that starts with `$` (an error message
+/// can) is not read as a field path.
+fn literal<T: serde::Serialize>(value: &T) -> Result<Document, StoreError> {
+    Ok(doc! { "$literal": mongodb::bson::to_bson(value)? })
+}
+
+/// The expression that appends the ending attempt to `attempts`, keeping the last
+/// [`ATTEMPTS_KEPT`].
+fn attempt_record(outcome: &Outcome) -> Result<Document, StoreError> {
+    let (name, error) = match outcome {
+        Outcome::Succeeded { .. } => ("succeeded", None),
+        Outcome::Failed {
+            error,
+            retry_at: Some(_),
+        } => ("retrying", Some(error)),
+        Outcome::Failed {
+            error,
+            retry_at: None,
+        } => ("failed", Some(error)),
+        Outcome::Cancelled => ("cancelled", None),
+        Outcome::HandedBack => ("handed_back", None),
+    };
+    let error = match error {
+        Some(e) => mongodb::bson::Bson::Document(literal(e)?),
+        None => mongodb::bson::Bson::Null,
+    };
+    let record = doc! {
+        "attempt": "$attempt",
+        "outcome": name,
+        "worker_id": "$worker_id",
+        "gpu_indices": "$gpu_indices",
+        "started_at": "$started_at",
+        "finished_at": "$$NOW",
+        "error": error,
+    };
+    Ok(doc! { "$slice": [
+        { "$concatArrays": [{ "$ifNull": ["$attempts", []] }, [record]] },
+        -ATTEMPTS_KEPT,
+    ] })
 }
 
 impl TaskRepo {
@@ -144,7 +186,7 @@ impl TaskRepo {
                 retry_at: Some(at),
             } => {
                 let mut set = requeued((*at).into());
-                set.insert("error", mongodb::bson::to_bson(error)?);
+                set.insert("error", literal(error)?);
                 set
             }
             Outcome::Failed {
@@ -152,7 +194,7 @@ impl TaskRepo {
                 retry_at: None,
             } => {
                 let mut set = finished(TaskStatus::Failed);
-                set.insert("error", mongodb::bson::to_bson(error)?);
+                set.insert("error", literal(error)?);
                 set
             }
             Outcome::Cancelled => {
@@ -166,6 +208,10 @@ impl TaskRepo {
                 set
             }
         };
+        let mut set = set;
+        // Within one `$set` stage every expression reads the document as it was before the
+        // stage, so the record sees the attempt's worker and GPUs before `set` clears them.
+        set.insert("attempts", attempt_record(outcome)?);
         Ok(self
             .coll
             .find_one_and_update(

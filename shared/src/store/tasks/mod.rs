@@ -4,6 +4,7 @@
 
 pub mod graph;
 mod lease;
+mod watch;
 
 pub use graph::{NodeState, Published};
 pub use lease::{Claim, Outcome};
@@ -137,6 +138,16 @@ impl TaskRepo {
     /// Untyped access for projections (status maps of big runs).
     fn raw(&self) -> Collection<Document> {
         self.coll.clone_with_type()
+    }
+
+    /// The tasks running on these workers (the workers page: which GPU runs what).
+    pub async fn running_on(&self, worker_ids: &[String]) -> Result<Vec<RunTask>, StoreError> {
+        Ok(self
+            .coll
+            .find(doc! { "status": "running", "worker_id": { "$in": worker_ids } })
+            .await?
+            .try_collect()
+            .await?)
     }
 
     /// All tasks of a run, in dependency order (ids are allocated in that order).
