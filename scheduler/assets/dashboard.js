@@ -13,7 +13,19 @@ function bySelector(node) {
   return '[data-node="' + CSS.escape(node) + '"]';
 }
 
+// As the server writes them (page.rs human_ms): 812 ms, 1.2 s, 3 min 4 s, 2 h 5 min.
+function humanMs(ms) {
+  if (ms === null || ms === undefined) return '';
+  ms = Math.max(0, ms);
+  if (ms < 1000) return ms + ' ms';
+  if (ms < 60000) return (ms / 1000).toFixed(1) + ' s';
+  if (ms < 3600000) return Math.floor(ms / 60000) + ' min ' + Math.floor(ms % 60000 / 1000) + ' s';
+  return Math.floor(ms / 3600000) + ' h ' + Math.floor(ms % 3600000 / 60000) + ' min';
+}
+
+// As the server writes it (runs.rs progress_text): a succeeded task is at 100%.
 function progressText(t) {
+  if (t.status === 'succeeded') return '100%';
   if (!t.progress) return '';
   const pct = Math.round(t.progress.percent);
   return (t.progress.stage ? t.progress.stage + ' ' : '') + pct + '%';
@@ -29,7 +41,7 @@ function applyTask(t) {
       set('.n-pct', progressText(t));
       set('.n-attempt', t.attempt + '/' + t.max_attempts);
       set('.n-worker', t.worker_id || '');
-      set('.n-duration', t.duration || '');
+      set('.n-duration', humanMs(t.duration_ms));
       applyFilter();
     } else {
       el.setAttribute('class', 'node st-' + t.status);
@@ -56,7 +68,7 @@ function applyRun(r) {
   const counts = document.getElementById('run-counts');
   if (counts) counts.textContent = r.succeeded + ' succeeded · ' + r.failed + ' failed · ' + r.running + ' running · ' + r.task_count + ' in all';
   const duration = document.getElementById('run-duration');
-  if (duration && r.duration) duration.textContent = r.duration;
+  if (duration && r.duration_ms !== null && r.duration_ms !== undefined) duration.textContent = humanMs(r.duration_ms);
 }
 
 function applyFilter() {
@@ -83,7 +95,7 @@ function follow(run) {
 
 document.addEventListener('DOMContentLoaded', () => {
   const run = document.getElementById('run');
-  if (run) follow(run.dataset.run);
+  if (run && run.dataset.live === 'true') follow(run.dataset.run);
   const select = document.getElementById('task-filter');
   if (select) select.addEventListener('change', applyFilter);
 });

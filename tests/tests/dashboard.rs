@@ -116,6 +116,15 @@ async fn signing_in_filtering_runs_and_watching_a_run_turn_succeeded_without_rel
     .unwrap();
     let counts = b.text("#run-counts").await.unwrap().unwrap();
     assert!(counts.starts_with("3 succeeded"), "{counts}");
+    // Cells filled in live read as the server writes them.
+    let row = r#"#tasks tr[data-node="first"]"#;
+    let took = b.text(&format!("{row} .n-duration")).await.unwrap();
+    assert!(
+        took.as_deref().is_some_and(|d| d.ends_with(" s")),
+        "{took:?}"
+    );
+    let pct = b.text(&format!("{row} .n-pct")).await.unwrap();
+    assert_eq!(pct.as_deref(), Some("100%"));
     let mark = b
         .client
         .execute("return window.harmoniaMark || null;", vec![])
@@ -142,6 +151,16 @@ async fn signing_in_filtering_runs_and_watching_a_run_turn_succeeded_without_rel
     let names = b.texts("#runs tbody td:first-child a").await.unwrap();
     assert_eq!(names, ["nightly-embed"]);
     assert!(b.path().await.unwrap().contains("q=night"));
+    b.open("/runs?limit=1").await.unwrap();
+    let names = b.texts("#runs tbody td:first-child a").await.unwrap();
+    assert_eq!(names, ["live-chain"]);
+    b.click_through("a[rel=next]").await.unwrap();
+    let names = b.texts("#runs tbody td:first-child a").await.unwrap();
+    assert_eq!(names, ["nightly-embed"]);
+    assert!(
+        b.text("a[rel=next]").await.unwrap().is_none(),
+        "the last page"
+    );
     b.open("/runs?tag=live").await.unwrap();
     let names = b.texts("#runs tbody td:first-child a").await.unwrap();
     assert_eq!(names, ["live-chain"]);

@@ -33,6 +33,8 @@ pub struct ModelRow {
     pub verified: String,
     pub license: String,
     pub source: Option<String>,
+    /// The source's name and version where it is known, else its id.
+    pub source_label: String,
     pub conversion: String,
 }
 
@@ -97,6 +99,11 @@ async fn row(
         verified: verified(m, &checks),
         license: license_text(lic.as_ref()),
         source: m.lineage.as_ref().map(|l| l.source_artifact_id.to_hex()),
+        source_label: m
+            .lineage
+            .as_ref()
+            .map(|l| l.source_artifact_id.to_hex())
+            .unwrap_or_default(),
         conversion: m
             .lineage
             .as_ref()
@@ -117,8 +124,14 @@ pub async fn list(State(state): State<Arc<AppState>>, viewer: Viewer) -> PageRes
     viewer.caller().require(TokenScope::RunsRead)?;
     let mut cache = HashMap::new();
     let mut models = Vec::new();
-    for m in state.store.model_artifacts().newest(LISTED).await? {
-        models.push(row(&state.store, &mut cache, &m).await?);
+    let newest = state.store.model_artifacts().newest(LISTED).await?;
+    for m in &newest {
+        models.push(row(&state.store, &mut cache, m).await?);
+    }
+    for r in &mut models {
+        if let Some(src) = newest.iter().find(|m| Some(m.id.to_hex()) == r.source) {
+            r.source_label = format!("{} {}", src.name, src.version);
+        }
     }
     Ok(page::render(&ModelsPage {
         chrome: Chrome::new(&viewer, "models"),

@@ -30,6 +30,8 @@ pub struct Filters {
     pub until: String,
     pub sort: String,
     pub order: String,
+    /// Runs a page, when the query set it (kept across pages).
+    pub limit: String,
 }
 
 impl Filters {
@@ -46,6 +48,7 @@ impl Filters {
             until: s(&p.until),
             sort: s(&p.sort),
             order: s(&p.order),
+            limit: p.limit.map(|l| l.to_string()).unwrap_or_default(),
         }
     }
 
@@ -62,6 +65,7 @@ impl Filters {
             ("until", &self.until),
             ("sort", &self.sort),
             ("order", &self.order),
+            ("limit", &self.limit),
             ("cursor", cursor.unwrap_or("")),
         ];
         let query: Vec<String> = pairs
