@@ -444,6 +444,14 @@ async fn without_a_session_every_page_redirects_to_sign_in_and_no_action_runs() 
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER, "the old cookie is dead");
+    // Revoking the token ends its sessions at once, pages and API reads alike.
+    let s = DashboardSession::sign_in(&gw, &token).await.unwrap();
+    let page = |path: &str| gw.http.get(gw.url(path)).header("cookie", &s.cookie).send();
+    assert_eq!(page("/runs").await.unwrap().status(), StatusCode::OK);
+    cli_ok(&c.scope, &["tokens", "revoke", &token.id]);
+    assert_eq!(page("/runs").await.unwrap().status(), StatusCode::SEE_OTHER);
+    let api = page(&format!("/api/v1/runs/{run}")).await.unwrap();
+    assert_eq!(api.status(), StatusCode::UNAUTHORIZED);
 }
 
 fn urlencoding_encode(s: &str) -> String {

@@ -293,6 +293,24 @@ async fn a_worker_stalled_past_its_lease_stops_its_attempt_and_its_outcome_is_re
         "succeeded once, on the second attempt"
     );
     assert_eq!(done.worker_id, second.worker_id);
+    // The history keeps both: the expired attempt with its worker and why, then the success.
+    let history: Vec<(u32, &str, Option<&str>)> = done
+        .attempts
+        .iter()
+        .map(|a| (a.attempt, a.outcome.as_str(), a.worker_id.as_deref()))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            (first.attempt, "retrying", Some(owner.as_str())),
+            (second.attempt, "succeeded", second.worker_id.as_deref()),
+        ]
+    );
+    let why = done.attempts[0].error.as_ref().map(|e| e.message.as_str());
+    assert!(
+        why.is_some_and(|m| m.contains("stopped renewing its lease")),
+        "{why:?}"
+    );
 }
 
 /// SIGTERM while every loop is backing off from a Redis that is gone: the scheduler still
