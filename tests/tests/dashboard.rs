@@ -647,3 +647,63 @@ async fn the_events_stream_starts_with_a_snapshot_then_sends_each_change_and_pro
     let again = read_events(r, |e| e.len() >= 3).await;
     assert_eq!(again[0].1["status"], "succeeded");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_too_large_to_draw_shows_its_layers_with_counts_and_every_task_in_the_table() {
+    // No worker: every task stays waiting, so the counts are known.
+    let c = cluster("dash-large", &[]).await.unwrap();
+    let token = Token::create(&c.scope, "ml", "runs:read").unwrap();
+    let gw = Gateway::start(&c.scope, &[]).await.unwrap();
+    let tasks: Vec<Value> = (0..300)
+        .map(|i| {
+            let deps: Vec<String> = if i < 100 {
+                vec![]
+            } else {
+                vec![format!("t{:03}", i - 100)]
+            };
+            json!({ "id": format!("t{i:03}"), "type": "debug.noop", "depends_on": deps })
+        })
+        .collect();
+    let run = c
+        .client
+        .start(&submission("large", Value::Array(tasks)))
+        .await
+        .unwrap();
+    let b = Browser::start(&c.scope, &gw.base).await.unwrap();
+    b.open(&format!("/runs/{run}")).await.unwrap();
+    b.sign_in(&token.secret).await.unwrap();
+    assert!(
+        b.text("#dag").await.unwrap().is_none(),
+        "no node-by-node graph"
+    );
+    let layers = b.texts("#layers g.layer text.n-id").await.unwrap();
+    assert_eq!(
+        layers,
+        [
+            "layer 1 · 100 tasks",
+            "layer 2 · 100 tasks",
+            "layer 3 · 100 tasks"
+        ]
+    );
+    let rows = b.texts("#tasks tbody tr td:first-child").await.unwrap();
+    assert_eq!(rows.len(), 300);
+    // The status filter hides the other rows without a round trip.
+    b.client
+        .find(Locator::Id("task-filter"))
+        .await
+        .unwrap()
+        .select_by_label("pending")
+        .await
+        .unwrap();
+    let shown = b
+        .client
+        .execute(
+            "return document.querySelectorAll('#tasks tbody tr:not([hidden])').length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(shown, json!(200), "the second and third layers wait");
+    b.screenshot("run-layers").await.unwrap();
+    b.close().await.unwrap();
+}

@@ -244,6 +244,9 @@ pub struct Graph {
     pub nodes: Vec<GraphNode>,
 }
 
+/// Where each layer box starts after the previous (`run.html` draws them 176 wide).
+const LAYER_STEP: u32 = 188;
+
 /// One layer of a DAG too large to draw node by node.
 #[derive(Debug, Default)]
 pub struct LayerBox {
@@ -352,7 +355,7 @@ fn layer_boxes(tasks: &[RunTask]) -> Vec<LayerBox> {
     let mut boxes: Vec<LayerBox> = (0..count)
         .map(|i| LayerBox {
             index: i + 1,
-            x: 8 + i as u32 * 162,
+            x: 8 + i as u32 * LAYER_STEP,
             ..LayerBox::default()
         })
         .collect();
@@ -417,7 +420,7 @@ pub async fn run(
         graph: drawn.then(|| graph(&tasks)),
         node_w: NODE_W,
         node_h: NODE_H,
-        layers_width: 16 + layers.len() as u32 * 162,
+        layers_width: 16 + layers.len() as u32 * LAYER_STEP,
         layers,
         tasks: tasks.iter().map(TaskRow::from).collect(),
         row_actions: can_write && drawn,
