@@ -11,6 +11,7 @@ pub mod fleet; // the compose fleet in containers
 pub mod gateway; // the HTTP gateway process, tokens
 pub mod hub; // Hub-compatible model mirror over a directory
 pub mod models; // real models from the local mirror, test repos
+pub mod peer; // the apalis-redis peer of scripts/bench
 pub mod process; // children that die with the test process
 pub mod s3; // S3 over a directory (s3s-fs), in-process or as `harmonia-dev s3`
 pub mod servers; // redis-server and mongod launchers, replica-set initiation

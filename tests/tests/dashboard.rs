@@ -53,8 +53,24 @@ async fn signing_in_filtering_runs_and_watching_a_run_turn_succeeded_without_rel
         .await
         .unwrap();
     c.client.finished(other, LONG).await.unwrap();
+
+    // The browser starts and signs in first (slow on a loaded machine), so that the run below
+    // is still running when its page opens.
+    let b = Browser::start(&c.scope, &gw.base).await.unwrap();
+    // Any page without a session goes to sign-in, and back to the page after it.
+    b.open(&format!("/runs/{other}")).await.unwrap();
+    assert_eq!(
+        b.path().await.unwrap(),
+        format!("/login?next=%2Fruns%2F{other}")
+    );
+    b.sign_in("hm_not_a_token").await.unwrap();
+    let refused = b.text("#login-error").await.unwrap().unwrap_or_default();
+    assert!(refused.contains("not a Harmonia token"), "{refused}");
+    b.sign_in(&token.secret).await.unwrap();
+    assert_eq!(b.path().await.unwrap(), format!("/runs/{other}"));
+
     let chain = json!([
-        { "id": "first", "type": "debug.sleep", "params": { "ms": 2500 } },
+        { "id": "first", "type": "debug.sleep", "params": { "ms": 4000 } },
         { "id": "second", "type": "debug.sleep", "params": { "ms": 1500 }, "depends_on": ["first"] },
         { "id": "third", "type": "debug.noop", "depends_on": ["first"] },
     ]);
@@ -67,19 +83,7 @@ async fn signing_in_filtering_runs_and_watching_a_run_turn_succeeded_without_rel
         .task_reaches(run, "first", TaskStatus::Running)
         .await
         .unwrap();
-
-    let b = Browser::start(&c.scope, &gw.base).await.unwrap();
-    // Any page without a session goes to sign-in, and back to the page after it.
     b.open(&format!("/runs/{run}")).await.unwrap();
-    assert_eq!(
-        b.path().await.unwrap(),
-        format!("/login?next=%2Fruns%2F{run}")
-    );
-    b.sign_in("hm_not_a_token").await.unwrap();
-    let refused = b.text("#login-error").await.unwrap().unwrap_or_default();
-    assert!(refused.contains("not a Harmonia token"), "{refused}");
-    b.sign_in(&token.secret).await.unwrap();
-    assert_eq!(b.path().await.unwrap(), format!("/runs/{run}"));
 
     // The page is live: mark this document, then wait for the nodes to change under it.
     b.client
@@ -583,7 +587,7 @@ async fn the_events_stream_starts_with_a_snapshot_then_sends_each_change_and_pro
     let foreign = Token::create(&c.scope, "other", "runs:read").unwrap();
     let gw = Gateway::start(&c.scope, &[]).await.unwrap();
     let tasks = json!([
-        { "id": "a", "type": "debug.sleep", "params": { "ms": 2500 } },
+        { "id": "a", "type": "debug.sleep", "params": { "ms": 4000 } },
         { "id": "b", "type": "debug.noop", "depends_on": ["a"] },
     ]);
     let run = c.client.start(&submission("events", tasks)).await.unwrap();

@@ -15,7 +15,7 @@ use super::task_params::{
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskKind {
-    /// `debug.noop`: succeeds at once.
+    /// `debug.noop`: succeeds at once; outputs `started_unix_us` (when it ran, wall clock).
     Noop,
     /// `debug.sleep {ms}`
     Sleep(SleepParams),

@@ -36,9 +36,36 @@ struct Args {
     /// Tasks of the big DAG (layers of 1,000, each task depending on two of the layer above).
     #[arg(long, default_value_t = 100_000)]
     dag_tasks: usize,
-    /// Phases to run.
-    #[arg(long, value_delimiter = ',', default_value = "throughput,latency,dag")]
+    /// Phases to run; `peer` runs the apalis-redis peer with the throughput and latency
+    /// phases' sizes and prints Harmonia / apalis from this invocation.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "throughput,latency,peer,dag"
+    )]
     phases: Vec<String>,
+    /// The peer's binary (`scripts/bench` builds `scripts/peers/apalis`).
+    #[arg(long, env = "HARMONIA_BENCH_APALIS")]
+    apalis: Option<std::path::PathBuf>,
+    /// Concurrency of the peer's one worker process.
+    #[arg(long, default_value_t = 8)]
+    apalis_conc: u32,
+    /// Jobs per peer throughput round. apalis-redis 1.0 moves every due job with one Lua
+    /// `unpack`, which Debian's redis-server 7.0 refuses beyond ~8,000 results, so the peer
+    /// cannot queue 50,000 at once; it runs three rounds of this many and the median is used.
+    #[arg(long, default_value_t = 7_000)]
+    apalis_tasks: usize,
+}
+
+/// What the phases measured, for the ratios against the peer.
+#[derive(Debug, Default)]
+struct Figures {
+    /// Tasks per second, submission to the run's end.
+    end_to_end: Option<f64>,
+    /// Tasks per second, first start to last finish.
+    executing: Option<f64>,
+    /// Submit (XADD) -> the no-op started, microseconds: p50, p99.
+    start_us: Option<(f64, f64)>,
 }
 
 async fn cluster(name: &str, args: &Args) -> anyhow::Result<Cluster> {
@@ -95,7 +122,7 @@ fn rss_mb(pid: u32) -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-async fn throughput(args: &Args) -> anyhow::Result<()> {
+async fn throughput(args: &Args, fig: &mut Figures) -> anyhow::Result<()> {
     let c = cluster("bench-throughput", args).await?;
     let tasks: Vec<_> = (0..args.tasks)
         .map(|i| json!({"id": format!("t{i}"), "type": "debug.noop"}))
@@ -148,10 +175,12 @@ async fn throughput(args: &Args) -> anyhow::Result<()> {
     );
     let (rss, peak) = rss_mb(c.scheduler.pid());
     println!("  scheduler RSS {rss:.0} MB (peak {peak:.0} MB)");
+    fig.end_to_end = Some(n / total.as_secs_f64());
+    fig.executing = Some(n / window.max(0.001));
     Ok(())
 }
 
-async fn latency(args: &Args) -> anyhow::Result<()> {
+async fn latency(args: &Args, fig: &mut Figures) -> anyhow::Result<()> {
     let c = cluster("bench-latency", args).await?;
     // Warm up: workers learn the task stream exists within their class refresh (500 ms);
     // measure steady state, not that.
@@ -168,12 +197,12 @@ async fn latency(args: &Args) -> anyhow::Result<()> {
     let mut conn = c.client.queue.conn().await?;
     let stream = c.client.queue.keys().submissions();
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / args.rate));
+    let mut sent_us = std::collections::HashMap::new();
     for i in 0..n {
         tick.tick().await;
-        let sub = submission(
-            &format!("lat-{i}"),
-            json!([{"id": "t", "type": "debug.noop"}]),
-        );
+        let request_id = format!("lat-{i}");
+        let sub = submission(&request_id, json!([{"id": "t", "type": "debug.noop"}]));
+        sent_us.insert(request_id, unix_us());
         let _: String = conn
             .xadd(&stream, "*", &[("payload", sub.to_string())])
             .await?;
@@ -198,6 +227,135 @@ async fn latency(args: &Args) -> anyhow::Result<()> {
         percentile(&lat, 0.99),
         lat.last().copied().unwrap_or(0)
     );
+    let mut us = submit_to_started_us(&c, &sent_us).await?;
+    us.sort_by(f64::total_cmp);
+    let p = |q: f64| {
+        us.get(((us.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    println!(
+        "  submit (XADD) -> started (the no-op's own clock, 1 us resolution): p50 {:.0} us, p99 {:.0} us, max {:.0} us ({} tasks)",
+        p(0.5),
+        p(0.99),
+        p(1.0),
+        us.len()
+    );
+    fig.start_us = Some((p(0.5), p(0.99)));
+    Ok(())
+}
+
+fn unix_us() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// For each latency run: its no-op's `started_unix_us` minus when its submission was XADDed.
+async fn submit_to_started_us(
+    c: &Cluster,
+    sent_us: &std::collections::HashMap<String, i64>,
+) -> anyhow::Result<Vec<f64>> {
+    let db = c.client.store.db();
+    let mut request_of = std::collections::HashMap::new();
+    let mut runs = db
+        .collection::<Document>("workflow_runs")
+        .find(doc! { "request_id": { "$regex": "^lat-" } })
+        .projection(doc! { "request_id": 1 })
+        .await?;
+    while let Some(r) = runs.try_next().await? {
+        request_of.insert(r.get_object_id("_id")?, r.get_str("request_id")?.to_owned());
+    }
+    let mut out = Vec::new();
+    let mut tasks = db
+        .collection::<Document>("run_tasks")
+        .find(doc! { "run_id": { "$in": request_of.keys().collect::<Vec<_>>() } })
+        .projection(doc! { "run_id": 1, "outputs.started_unix_us": 1 })
+        .await?;
+    while let Some(t) = tasks.try_next().await? {
+        let started = t
+            .get_document("outputs")
+            .and_then(|o| o.get_i64("started_unix_us"));
+        let sent = request_of
+            .get(&t.get_object_id("run_id")?)
+            .and_then(|r| sent_us.get(r));
+        if let (Ok(started), Some(sent)) = (started, sent) {
+            out.push((started - sent) as f64);
+        }
+    }
+    Ok(out)
+}
+
+/// The apalis-redis peer with the same sizes, in this invocation, and the ratios.
+async fn peer(args: &Args, fig: &Figures) -> anyhow::Result<()> {
+    let Some(binary) = args.apalis.as_deref() else {
+        println!("peer: skipped (no --apalis binary; scripts/bench builds scripts/peers/apalis)");
+        return Ok(());
+    };
+    let dir = harmonia_tests::Scope::new("bench-peer").dir;
+    let conc = args.apalis_conc.to_string();
+    let n = args.apalis_tasks.to_string();
+    let t = harmonia_tests::peer::apalis(
+        binary,
+        &dir,
+        "throughput",
+        &["--conc", &conc, "--n", &n, "--reps", "3"],
+    )
+    .await?;
+    let median = |k: &str, per: bool| {
+        let mut v: Vec<f64> = t["runs"]
+            .as_array()
+            .map(|runs| runs.iter().filter_map(|r| r[k].as_f64()).collect())
+            .unwrap_or_default();
+        if per {
+            v = v.iter().map(|s| args.apalis_tasks as f64 / s).collect();
+        }
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let (enq, proc, wall) = (
+        median("enq_rate", false),
+        median("proc_rate", false),
+        median("wall_s", true),
+    );
+    println!(
+        "peer: apalis 1.0 + apalis-redis 1.0, one worker process x {conc}, 3 rounds of {n} no-op jobs (push_bulk, then process; median)"
+    );
+    println!("  enqueue {enq:.0} jobs/s, process {proc:.0} jobs/s, end to end {wall:.0} jobs/s");
+    if let (Some(h), Some(x)) = (fig.end_to_end, fig.executing) {
+        println!(
+            "  harmonia / apalis: end to end {h:.0} / {wall:.0} = {:.2}x; executing {x:.0} / {proc:.0} = {:.2}x",
+            h / wall,
+            x / proc
+        );
+    }
+    let latency_n = (args.rate * args.latency_s).to_string();
+    let rate_s = args.rate.to_string();
+    let l = harmonia_tests::peer::apalis(
+        binary,
+        &dir,
+        "latency",
+        &["--conc", &conc, "--n", &latency_n, "--rate", &rate_s],
+    )
+    .await?;
+    let ms = |k: &str| l["start"][k].as_f64().unwrap_or(f64::NAN) * 1000.0;
+    println!(
+        "  apalis push -> handler start at {}/s: p50 {:.0} us, p99 {:.0} us, max {:.0} us",
+        args.rate,
+        ms("p50"),
+        ms("p99"),
+        ms("max")
+    );
+    if let Some((p50, p99)) = fig.start_us {
+        println!(
+            "  harmonia / apalis start latency (lower is better): p50 {p50:.0} / {:.0} us = {:.2}x; p99 {p99:.0} / {:.0} us = {:.2}x",
+            ms("p50"),
+            p50 / ms("p50"),
+            ms("p99"),
+            p99 / ms("p99")
+        );
+    }
     Ok(())
 }
 
@@ -253,12 +411,14 @@ async fn main() -> anyhow::Result<()> {
         "harmonia-bench on {} CPUs",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    let mut fig = Figures::default();
     for phase in &args.phases {
         match phase.as_str() {
-            "throughput" => throughput(&args).await?,
-            "latency" => latency(&args).await?,
+            "throughput" => throughput(&args, &mut fig).await?,
+            "latency" => latency(&args, &mut fig).await?,
+            "peer" => peer(&args, &fig).await?,
             "dag" => dag(&args).await?,
-            other => anyhow::bail!("unknown phase {other} (throughput, latency, dag)"),
+            other => anyhow::bail!("unknown phase {other} (throughput, latency, peer, dag)"),
         }
     }
     Ok(())

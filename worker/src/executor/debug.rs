@@ -8,6 +8,16 @@ use mongodb::bson::{Document, doc};
 
 use super::{TaskContext, output};
 
+/// `debug.noop`: succeeds at once, saying when it ran (wall clock, microseconds since the Unix
+/// epoch) so a benchmark on the same host can time submit -> started finer than MongoDB's
+/// millisecond dates.
+pub fn noop() -> Document {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    doc! { "started_unix_us": i64::try_from(now.as_micros()).unwrap_or(i64::MAX) }
+}
+
 /// `debug.sleep`: sleeps, reporting its progress four times a second (like a long download
 /// would), and stops at once when cancelled.
 pub async fn sleep(ctx: &TaskContext, p: &SleepParams) -> Result<Document, ExecError> {

@@ -92,7 +92,7 @@ impl TaskContext {
 /// Returns the outputs recorded on the task.
 pub async fn run(ctx: &TaskContext, kind: &TaskKind) -> Result<Document, ExecError> {
     match kind {
-        TaskKind::Noop => Ok(Document::new()),
+        TaskKind::Noop => Ok(debug::noop()),
         TaskKind::Sleep(p) => debug::sleep(ctx, p).await,
         TaskKind::Fail(p) => debug::fail(ctx, p),
         TaskKind::Crash => debug::crash(ctx),
