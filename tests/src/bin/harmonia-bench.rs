@@ -227,13 +227,20 @@ async fn latency(args: &Args, fig: &mut Figures) -> anyhow::Result<()> {
         percentile(&lat, 0.99),
         lat.last().copied().unwrap_or(0)
     );
-    let mut us = submit_to_started_us(&c, &sent_us).await?;
+    let (mut us, mut queued) = submit_to_started_us(&c, &sent_us).await?;
+    queued.sort_by(f64::total_cmp);
     us.sort_by(f64::total_cmp);
-    let p = |q: f64| {
-        us.get(((us.len() as f64 - 1.0) * q).round() as usize)
+    let at = |v: &[f64], q: f64| {
+        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
             .copied()
             .unwrap_or(0.0)
     };
+    println!(
+        "  submit (XADD) -> queued (MongoDB queued_at, 1 ms resolution): p50 {:.0} ms, p99 {:.0} ms",
+        at(&queued, 0.5) / 1000.0,
+        at(&queued, 0.99) / 1000.0
+    );
+    let p = |q: f64| at(&us, q);
     println!(
         "  submit (XADD) -> started (the no-op's own clock, 1 us resolution): p50 {:.0} us, p99 {:.0} us, max {:.0} us ({} tasks)",
         p(0.5),
@@ -252,11 +259,12 @@ fn unix_us() -> i64 {
     i64::try_from(now.as_micros()).unwrap_or(i64::MAX)
 }
 
-/// For each latency run: its no-op's `started_unix_us` minus when its submission was XADDed.
+/// For each latency run: its no-op's `started_unix_us`, and its `queued_at`, minus when its
+/// submission was XADDed (µs).
 async fn submit_to_started_us(
     c: &Cluster,
     sent_us: &std::collections::HashMap<String, i64>,
-) -> anyhow::Result<Vec<f64>> {
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let db = c.client.store.db();
     let mut request_of = std::collections::HashMap::new();
     let mut runs = db
@@ -267,11 +275,11 @@ async fn submit_to_started_us(
     while let Some(r) = runs.try_next().await? {
         request_of.insert(r.get_object_id("_id")?, r.get_str("request_id")?.to_owned());
     }
-    let mut out = Vec::new();
+    let (mut out, mut queued) = (Vec::new(), Vec::new());
     let mut tasks = db
         .collection::<Document>("run_tasks")
         .find(doc! { "run_id": { "$in": request_of.keys().collect::<Vec<_>>() } })
-        .projection(doc! { "run_id": 1, "outputs.started_unix_us": 1 })
+        .projection(doc! { "run_id": 1, "queued_at": 1, "outputs.started_unix_us": 1 })
         .await?;
     while let Some(t) = tasks.try_next().await? {
         let started = t
@@ -283,8 +291,11 @@ async fn submit_to_started_us(
         if let (Ok(started), Some(sent)) = (started, sent) {
             out.push((started - sent) as f64);
         }
+        if let (Ok(q), Some(sent)) = (t.get_datetime("queued_at"), sent) {
+            queued.push((q.timestamp_millis() * 1000 - sent) as f64);
+        }
     }
-    Ok(out)
+    Ok((out, queued))
 }
 
 /// The apalis-redis peer with the same sizes, in this invocation, and the ratios.
