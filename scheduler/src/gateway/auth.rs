@@ -85,6 +85,16 @@ async fn from_session(parts: &Parts, state: &AppState) -> Result<Option<ApiToken
     Ok(signed_in(state, cookie.value()).await?.map(|(_, t)| t))
 }
 
+/// The token `presented` (`hm_<id>_<secret>`) names, if it exists, is not revoked and the
+/// secret is its own: the one check behind bearer requests and dashboard sign-in.
+pub async fn verify(state: &AppState, presented: &str) -> Result<Option<ApiToken>, StoreError> {
+    let Some((id, secret)) = token::split(presented.trim()) else {
+        return Ok(None);
+    };
+    let found = state.store.tokens().get(id).await?;
+    Ok(found.filter(|t| t.secret_matches(secret)))
+}
+
 async fn from_bearer(parts: &Parts, state: &AppState) -> Result<ApiToken, Problem> {
     let header = parts
         .headers
@@ -94,14 +104,11 @@ async fn from_bearer(parts: &Parts, state: &AppState) -> Result<ApiToken, Proble
     let presented = header
         .strip_prefix("Bearer ")
         .ok_or_else(|| unauthorized("the Authorization header must be 'Bearer <token>'"))?;
-    let (id, secret) =
-        token::split(presented.trim()).ok_or_else(|| unauthorized("not a Harmonia token"))?;
-    state
-        .store
-        .tokens()
-        .get(id)
+    if token::split(presented.trim()).is_none() {
+        return Err(unauthorized("not a Harmonia token"));
+    }
+    verify(state, presented)
         .await?
-        .filter(|t| t.secret_matches(secret))
         .ok_or_else(|| unauthorized("unknown or revoked token"))
 }
 

@@ -1,5 +1,6 @@
 //! Artifacts, workers, queues, dead letters, the audit log, health.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use harmonia_shared::model::{Artifact, TokenScope};
+use harmonia_shared::model::{Artifact, TokenScope, WorkflowRun};
 use harmonia_shared::store::AuditQuery;
 use mongodb::bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
@@ -119,26 +120,43 @@ pub async fn dead_letters(
     caller: Caller,
     Query(p): Query<CountParams>,
 ) -> ApiResult<Json<Vec<DeadLetterView>>> {
-    caller.require(TokenScope::Admin)?;
-    let op = state.operator(&caller);
-    let letters = state
-        .queue
-        .dead_letters(p.count.unwrap_or(50).min(1000))
-        .await?;
-    let mut mine = Vec::new();
-    for l in letters {
-        if op
-            .letter_run(&l)
-            .await?
-            .is_some_and(|r| r.workspace == caller.workspace())
-        {
-            mine.push(DeadLetterView {
+    let mine = own_letters(&state, &caller, p.count.unwrap_or(50).min(1000)).await?;
+    Ok(Json(
+        mine.into_iter()
+            .map(|(l, _)| DeadLetterView {
                 id: l.id,
                 payload: l.payload,
-            });
+            })
+            .collect(),
+    ))
+}
+
+/// The newest `count` dead letters that are about runs of the caller's workspace, each with
+/// its run (admin). Each run is read once, however many letters name it.
+pub(crate) async fn own_letters(
+    state: &AppState,
+    caller: &Caller,
+    count: usize,
+) -> ApiResult<Vec<(harmonia_shared::queue::dead::DeadLetter, WorkflowRun)>> {
+    caller.require(TokenScope::Admin)?;
+    let op = state.operator(caller);
+    let mut runs: HashMap<String, Option<WorkflowRun>> = HashMap::new();
+    let mut mine = Vec::new();
+    for l in state.queue.dead_letters(count).await? {
+        let key = l.payload["run_id"].as_str().unwrap_or_default().to_owned();
+        let run = match runs.get(&key) {
+            Some(known) => known.clone(),
+            None => {
+                let found = op.letter_run(&l).await?;
+                runs.insert(key, found.clone());
+                found
+            }
+        };
+        if let Some(run) = run.filter(|r| r.workspace == caller.workspace()) {
+            mine.push((l, run));
         }
     }
-    Ok(Json(mine))
+    Ok(mine)
 }
 
 /// The letter, if it is about a run of the caller's workspace.

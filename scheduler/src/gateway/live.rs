@@ -96,13 +96,8 @@ struct Follow {
 
 impl Follow {
     fn run_event(&self) -> Event {
-        let counts = TaskCounts::tally(self.statuses.values().copied());
-        let failed = self
-            .statuses
-            .iter()
-            .filter(|(_, s)| **s == TaskStatus::Failed)
-            .map(|(n, _)| n.clone())
-            .collect();
+        let (counts, failed) =
+            TaskCounts::of_nodes(self.statuses.iter().map(|(n, s)| (n.as_str(), *s)));
         event(
             "run",
             &RunEvent::from(&self.run.with_aggregates(counts, failed)),

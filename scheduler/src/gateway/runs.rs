@@ -160,8 +160,9 @@ pub async fn get(
 ) -> ApiResult<Json<RunDetail>> {
     caller.require(TokenScope::RunsRead)?;
     let run_id = control::parse_run_id(&id)?;
-    let run = caller.own(state.store.recount_run(run_id).await?, &id)?;
-    let tasks = state.store.tasks().for_run(run_id).await?;
+    let (run, tasks) = state.store.run_with_tasks(run_id).await?.unzip();
+    let run = caller.own(run, &id)?;
+    let tasks = tasks.unwrap_or_default();
     let artifacts = state.store.artifacts().for_run(run_id).await?;
     Ok(Json(RunDetail {
         run: RunSummary::from(&run),

@@ -57,6 +57,22 @@ pub struct TaskCounts {
 }
 
 impl TaskCounts {
+    /// Counts of the tasks' statuses, and the failed ones' node ids (sorted): what
+    /// [`WorkflowRun::with_aggregates`] takes, from tasks already in hand.
+    pub fn of_nodes<'a>(
+        tasks: impl IntoIterator<Item = (&'a str, super::TaskStatus)>,
+    ) -> (Self, Vec<String>) {
+        let mut failed = Vec::new();
+        let counts = Self::tally(tasks.into_iter().map(|(node, status)| {
+            if status == super::TaskStatus::Failed {
+                failed.push(node.to_owned());
+            }
+            status
+        }));
+        failed.sort();
+        (counts, failed)
+    }
+
     /// Counts of these statuses.
     pub fn tally(statuses: impl IntoIterator<Item = super::TaskStatus>) -> Self {
         use super::TaskStatus as S;

@@ -59,6 +59,12 @@ impl ChecksumRepo {
         .await
     }
 
+    /// The checks of any of these artifacts, in one query.
+    pub async fn for_artifacts(&self, ids: &[ObjectId]) -> Result<Vec<Checksum>, StoreError> {
+        let filter = doc! { "artifact_id": { "$in": ids } };
+        super::find_all(&self.coll, filter, doc! { "verified_at": 1 }).await
+    }
+
     pub async fn for_artifact(&self, artifact_id: ObjectId) -> Result<Vec<Checksum>, StoreError> {
         let filter = doc! { "artifact_id": artifact_id };
         super::find_all(&self.coll, filter, doc! { "verified_at": 1 }).await

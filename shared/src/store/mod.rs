@@ -277,6 +277,22 @@ impl Store {
         Ok(Some(run.with_aggregates(counts, failed)))
     }
 
+    /// The run with exact aggregates and its tasks, from one read of each: the aggregates are
+    /// counted from the tasks read (for pages that show both).
+    pub async fn run_with_tasks(
+        &self,
+        run_id: mongodb::bson::oid::ObjectId,
+    ) -> Result<Option<(crate::model::WorkflowRun, Vec<crate::model::RunTask>)>, StoreError> {
+        let Some(run) = self.runs().get(run_id).await? else {
+            return Ok(None);
+        };
+        let tasks = self.tasks().for_run(run_id).await?;
+        let (counts, failed) = crate::model::TaskCounts::of_nodes(
+            tasks.iter().map(|t| (t.node_id.as_str(), t.status)),
+        );
+        Ok(Some((run.with_aggregates(counts, failed), tasks)))
+    }
+
     /// Registers (or merges into) a model artifact and records the checks of its files against
     /// it: what `model.download` and `model.convert` both end with.
     pub async fn register_model(

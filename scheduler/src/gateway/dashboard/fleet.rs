@@ -16,7 +16,7 @@ use super::page::{self, Chrome, PageResult, human_ms, when};
 use super::sampler::{self, Sample};
 use super::session::Viewer;
 use crate::gateway::AppState;
-use crate::gateway::fleet::own_letter;
+use crate::gateway::fleet::{own_letter, own_letters};
 
 /// A worker whose heartbeat is older than this is shown as silent.
 const ALIVE_WITHIN: Duration = Duration::from_secs(30);
@@ -234,17 +234,8 @@ pub struct LettersPage {
 
 /// `GET /dead-letters`: the newest 200 letters about this workspace's runs.
 pub async fn dead_letters(State(state): State<Arc<AppState>>, viewer: Viewer) -> PageResult {
-    let caller = viewer.caller();
-    caller.require(TokenScope::Admin)?;
-    let op = state.operator(&caller);
     let mut letters = Vec::new();
-    for l in state.queue.dead_letters(200).await? {
-        let Some(run) = op.letter_run(&l).await? else {
-            continue;
-        };
-        if run.workspace != viewer.token.workspace {
-            continue;
-        }
+    for (l, run) in own_letters(&state, &viewer.caller(), 200).await? {
         let field = |k: &str| match &l.payload[k] {
             serde_json::Value::String(s) => s.clone(),
             serde_json::Value::Null => String::new(),

@@ -53,7 +53,7 @@ fn license_text(l: Option<&License>) -> String {
 }
 
 /// `3 of 3 files ok`: files whose latest check matched.
-fn verified(m: &ModelArtifact, checks: &[Checksum]) -> String {
+fn verified(m: &ModelArtifact, checks: &[&Checksum]) -> String {
     let ok = m
         .files
         .iter()
@@ -82,22 +82,17 @@ async fn license(
     Ok(found)
 }
 
-async fn row(
-    store: &Store,
-    cache: &mut HashMap<ObjectId, Option<License>>,
-    m: &ModelArtifact,
-) -> Result<ModelRow, StoreError> {
-    let checks = store.checksums().for_artifact(m.id).await?;
-    let lic = license(store, cache, m.license_id).await?;
-    Ok(ModelRow {
+/// A model's row, from its checks and licence (read by the caller: one query for a list).
+fn row(m: &ModelArtifact, checks: &[&Checksum], lic: Option<&License>) -> ModelRow {
+    ModelRow {
         id: m.id.to_hex(),
         name: m.name.clone(),
         version: m.version.clone(),
         format: m.format.clone(),
         size: human_bytes(m.size_bytes),
         files: m.files.len(),
-        verified: verified(m, &checks),
-        license: license_text(lic.as_ref()),
+        verified: verified(m, checks),
+        license: license_text(lic),
         source: m.lineage.as_ref().map(|l| l.source_artifact_id.to_hex()),
         source_label: m
             .lineage
@@ -109,7 +104,7 @@ async fn row(
             .as_ref()
             .map(|l| l.conversion.clone())
             .unwrap_or_default(),
-    })
+    }
 }
 
 #[derive(Debug, Template)]
@@ -123,10 +118,17 @@ pub struct ModelsPage {
 pub async fn list(State(state): State<Arc<AppState>>, viewer: Viewer) -> PageResult {
     viewer.caller().require(TokenScope::RunsRead)?;
     let mut cache = HashMap::new();
-    let mut models = Vec::new();
     let newest = state.store.model_artifacts().newest(LISTED).await?;
+    let ids: Vec<ObjectId> = newest.iter().map(|m| m.id).collect();
+    let checks = state.store.checksums().for_artifacts(&ids).await?;
+    let mut models = Vec::with_capacity(newest.len());
     for m in &newest {
-        models.push(row(&state.store, &mut cache, m).await?);
+        let mine: Vec<&Checksum> = checks
+            .iter()
+            .filter(|c| c.artifact_id == Some(m.id))
+            .collect();
+        let lic = license(&state.store, &mut cache, m.license_id).await?;
+        models.push(row(m, &mine, lic.as_ref()));
     }
     for r in &mut models {
         if let Some(src) = newest.iter().find(|m| Some(m.id.to_hex()) == r.source) {
@@ -247,7 +249,7 @@ pub async fn one(
     let derived = store.model_artifacts().derived_from(oid).await?;
     Ok(page::render(&ModelPage {
         chrome: Chrome::new(&viewer, "models"),
-        m: row(store, &mut HashMap::new(), &m).await?,
+        m: row(&m, &checks.iter().collect::<Vec<_>>(), lic.as_ref()),
         revision: m.revision.clone(),
         manifest: m.manifest_sha256().unwrap_or_default().to_owned(),
         path: m.path.clone(),

@@ -4,7 +4,7 @@
 use askama::Template;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
-use harmonia_shared::model::{FieldError, TokenScope};
+use harmonia_shared::model::TokenScope;
 
 use super::session::{Notice, Viewer};
 use crate::gateway::problem::Problem;
@@ -64,14 +64,6 @@ pub struct PageError(pub Problem);
 impl PageError {
     pub fn forbidden(detail: &str) -> Self {
         Self(Problem::new(StatusCode::FORBIDDEN, detail))
-    }
-
-    pub fn from_store(e: harmonia_shared::store::StoreError) -> Self {
-        Self(Problem::from(e))
-    }
-
-    pub fn invalid(errors: &[FieldError]) -> Self {
-        Self(Problem::invalid("the request is invalid", errors))
     }
 }
 

@@ -397,12 +397,12 @@ pub async fn run(
     Path(id): Path<String>,
 ) -> PageResult {
     let began = Instant::now();
-    viewer.caller().require(TokenScope::RunsRead)?;
+    let caller = viewer.caller();
+    caller.require(TokenScope::RunsRead)?;
     let run_id = control::parse_run_id(&id)?;
-    let run = viewer
-        .caller()
-        .own(state.store.recount_run(run_id).await?, &id)?;
-    let mut tasks = state.store.tasks().for_run(run_id).await?;
+    let (run, tasks) = state.store.run_with_tasks(run_id).await?.unzip();
+    let run = caller.own(run, &id)?;
+    let mut tasks = tasks.unwrap_or_default();
     let read = began.elapsed();
     tasks.sort_by(|a, b| a.node_id.cmp(&b.node_id));
     let drawn = tasks.len() <= MAX_DRAWN;

@@ -220,29 +220,17 @@ pub async fn login(
         );
         Ok(Redirect::to(&to).into_response())
     };
-    let Some((id, secret)) = token::split(form.token.trim()) else {
+    if token::split(form.token.trim()).is_none() {
         return again("that is not a Harmonia token (hm_<id>_<secret>)");
-    };
-    let Some(token) = state
-        .store
-        .tokens()
-        .get(id)
-        .await
-        .map_err(PageError::from_store)?
-        .filter(|t| t.secret_matches(secret))
-    else {
+    }
+    let Some(token) = auth::verify(&state, &form.token).await? else {
         return again("unknown or revoked token");
     };
     if !token.allows(TokenScope::RunsRead) {
         return again("this token lacks the 'runs:read' scope the dashboard needs");
     }
     let new = session::start(&token.id, state.session_lifetime);
-    state
-        .store
-        .sessions()
-        .insert(&new.session)
-        .await
-        .map_err(PageError::from_store)?;
+    state.store.sessions().insert(&new.session).await?;
     let cookie = Cookie::build((COOKIE, new.secret))
         .http_only(true)
         .same_site(SameSite::Strict)
@@ -272,12 +260,7 @@ pub async fn logout(
 ) -> Result<Response, PageError> {
     viewer.check_csrf(&form.csrf)?;
     if let Some(c) = jar.get(COOKIE) {
-        state
-            .store
-            .sessions()
-            .delete(c.value())
-            .await
-            .map_err(PageError::from_store)?;
+        state.store.sessions().delete(c.value()).await?;
     }
     let jar = jar.remove(Cookie::build(COOKIE).path("/"));
     Ok((jar, Redirect::to("/login")).into_response())

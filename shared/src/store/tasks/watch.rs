@@ -6,31 +6,26 @@ use futures::{Stream, TryStreamExt};
 use mongodb::bson::doc;
 use mongodb::bson::oid::ObjectId;
 use mongodb::options::FullDocumentType;
+use serde::de::DeserializeOwned;
 
-use super::TaskRepo;
 use crate::model::{RunTask, WorkflowRun};
-use crate::store::{RunRepo, StoreError};
+use crate::store::{Repo, StoreError};
 
-/// The current documents of changed inserts, updates and replacements.
-fn changed(run_field: &str, run_id: ObjectId) -> [mongodb::bson::Document; 1] {
-    [doc! { "$match": {
-        "operationType": { "$in": ["insert", "update", "replace"] },
-        run_field: run_id,
-    } }]
-}
-
-impl TaskRepo {
-    /// Every later change to the run's tasks, as the task's document after the change. Open it
-    /// before reading the tasks' current state, and no change falls between the two.
-    pub async fn watch_run(
+impl<T: DeserializeOwned + Send + Sync + Unpin + 'static> Repo<T> {
+    /// Every later insert, update or replacement of a document whose `field` (a change-event
+    /// path) is `id`, as the document after the change.
+    async fn watch_changes(
         &self,
-        run_id: ObjectId,
-    ) -> Result<impl Stream<Item = Result<RunTask, StoreError>> + Send + Unpin + use<>, StoreError>
-    {
+        field: &str,
+        id: ObjectId,
+    ) -> Result<impl Stream<Item = Result<T, StoreError>> + Send + Unpin + use<T>, StoreError> {
         let stream = self
             .coll
             .watch()
-            .pipeline(changed("fullDocument.run_id", run_id))
+            .pipeline([doc! { "$match": {
+                "operationType": { "$in": ["insert", "update", "replace"] },
+                field: id,
+            } }])
             .full_document(FullDocumentType::UpdateLookup)
             .await?;
         Ok(stream
@@ -39,7 +34,19 @@ impl TaskRepo {
     }
 }
 
-impl RunRepo {
+impl Repo<RunTask> {
+    /// Every later change to the run's tasks, as the task's document after the change. Open it
+    /// before reading the tasks' current state, and no change falls between the two.
+    pub async fn watch_run(
+        &self,
+        run_id: ObjectId,
+    ) -> Result<impl Stream<Item = Result<RunTask, StoreError>> + Send + Unpin + use<>, StoreError>
+    {
+        self.watch_changes("fullDocument.run_id", run_id).await
+    }
+}
+
+impl Repo<WorkflowRun> {
     /// Every later change to the run document (status, aggregates).
     pub async fn watch_one(
         &self,
@@ -48,14 +55,6 @@ impl RunRepo {
         impl Stream<Item = Result<WorkflowRun, StoreError>> + Send + Unpin + use<>,
         StoreError,
     > {
-        let stream = self
-            .coll
-            .watch()
-            .pipeline(changed("documentKey._id", run_id))
-            .full_document(FullDocumentType::UpdateLookup)
-            .await?;
-        Ok(stream
-            .map_err(StoreError::from)
-            .try_filter_map(|event| std::future::ready(Ok(event.full_document))))
+        self.watch_changes("documentKey._id", run_id).await
     }
 }
