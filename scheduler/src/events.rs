@@ -3,6 +3,7 @@
 //! their effects; redelivery is harmless (every operation is idempotent). Events a dead replica
 //! read but never acked are taken over after `reclaim_after`.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -14,7 +15,7 @@ use mongodb::bson::oid::ObjectId;
 use crate::context::Scheduler;
 use crate::reader::GroupReader;
 
-/// Events handled at once.
+/// Runs whose events are handled at once.
 const CONCURRENCY: usize = 64;
 
 pub async fn run(ctx: Arc<Scheduler>) {
@@ -29,47 +30,78 @@ pub async fn run(ctx: Arc<Scheduler>) {
     }
 }
 
-/// Handles one read's events, settles their runs, and acks what was handled. False when some
-/// are left pending for another try.
-async fn handle_batch(ctx: &Arc<Scheduler>, entries: Vec<Entry>) -> bool {
-    // Every handler is idempotent and commutes with the others ($pull, then queue what
-    // waits on nothing), so events are handled concurrently.
-    let results: Vec<(String, anyhow::Result<()>, Option<ObjectId>)> =
-        futures::stream::iter(entries)
-            .map(|entry| {
-                let ctx = ctx.clone();
-                async move {
-                    let event: Option<TaskEvent> = entry
-                        .get::<String>("payload")
-                        .and_then(|p| serde_json::from_str(&p).ok());
-                    let handled = match &event {
-                        Some(event) => handle(&ctx, event).await,
-                        None => Ok(()), // unreadable: nothing to do, drop it
-                    };
-                    let run = event.and_then(|e| ObjectId::parse_str(&e.run_id).ok());
-                    (entry.id, handled, run)
-                }
-            })
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
-    // A run whose last tasks just ended is settled once per batch, not once per task.
-    let runs: std::collections::HashSet<ObjectId> =
-        results.iter().filter_map(|(_, _, run)| *run).collect();
-    for run_id in runs {
-        if let Err(e) = ctx.store.settle_run(run_id).await {
-            let what = format!("settling run {run_id}");
-            ctx.store.outage().report(&what, &format_args!("{e:#}"));
+/// What one read's events say about one run.
+#[derive(Debug, Default)]
+struct RunEvents {
+    entries: Vec<String>,
+    succeeded: Vec<String>,
+    /// The union of the succeeded nodes' downstream nodes.
+    downstream: BTreeSet<String>,
+    /// Failed or skipped: their downstream is skipped.
+    failed: Vec<String>,
+    cancelled: Vec<String>,
+}
+
+impl RunEvents {
+    fn add(&mut self, event: TaskEvent) {
+        match event.status {
+            TaskStatus::Succeeded => {
+                self.succeeded.push(event.node_id);
+                self.downstream.extend(event.downstream);
+            }
+            TaskStatus::Failed | TaskStatus::Skipped => self.failed.push(event.node_id),
+            TaskStatus::Cancelled => self.cancelled.push(event.node_id),
+            TaskStatus::Pending | TaskStatus::Queued | TaskStatus::Running => {}
         }
     }
+}
+
+/// Handles one read's events, a few writes per run however many of its tasks ended, settles
+/// those runs, and acks what was handled. False when some are left pending for another try.
+async fn handle_batch(ctx: &Arc<Scheduler>, entries: Vec<Entry>) -> bool {
+    let mut runs: HashMap<ObjectId, RunEvents> = HashMap::new();
+    let mut done = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let event: Option<TaskEvent> = entry
+            .get::<String>("payload")
+            .and_then(|p| serde_json::from_str(&p).ok());
+        let run = event
+            .as_ref()
+            .and_then(|e| ObjectId::parse_str(&e.run_id).ok());
+        match (event, run) {
+            (Some(event), Some(run)) => {
+                let run = runs.entry(run).or_default();
+                run.entries.push(entry.id);
+                run.add(event);
+            }
+            _ => done.push(entry.id), // unreadable: nothing to do, drop it
+        }
+    }
+    // Every handler is idempotent and commutes with the others ($pull, then queue what
+    // waits on nothing), so runs are handled concurrently.
+    let results: Vec<(Vec<String>, anyhow::Result<()>)> = futures::stream::iter(runs)
+        .map(|(run_id, events)| {
+            let ctx = ctx.clone();
+            async move {
+                let handled = handle(&ctx, run_id, &events).await;
+                // A run whose last tasks just ended is settled once per read, not per task.
+                if let Err(e) = ctx.store.settle_run(run_id).await {
+                    let what = format!("settling run {run_id}");
+                    ctx.store.outage().report(&what, &format_args!("{e:#}"));
+                }
+                (events.entries, handled)
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
     let mut all = true;
-    let mut done = Vec::with_capacity(results.len());
-    for (id, result, _) in results {
+    for (ids, result) in results {
         match result {
-            Ok(()) => done.push(id),
+            Ok(()) => done.extend(ids),
             Err(e) => {
-                // Left pending: the backlog pass handles it again.
-                let what = format!("task event {id} not handled yet");
+                // Left pending: the backlog pass handles them again.
+                let what = format!("{} task events not handled yet", ids.len());
                 ctx.store.outage().report(&what, &format_args!("{e:#}"));
                 all = false;
             }
@@ -82,29 +114,28 @@ async fn handle_batch(ctx: &Arc<Scheduler>, entries: Vec<Entry>) -> bool {
     all
 }
 
-pub async fn handle(ctx: &Scheduler, event: &TaskEvent) -> anyhow::Result<()> {
-    let run_id = ObjectId::parse_str(&event.run_id)?;
+/// Applies one run's events: successes release their downstream tasks, final failures skip
+/// everything downstream, cancels cancel it.
+async fn handle(ctx: &Scheduler, run_id: ObjectId, events: &RunEvents) -> anyhow::Result<()> {
     let tasks = ctx.store.tasks();
-    match event.status {
-        TaskStatus::Succeeded => {
-            let queued = tasks
-                .release_downstream(run_id, &event.node_id, &event.downstream)
-                .await?;
-            if queued > 0 {
-                ctx.publish.notify_one();
-            }
+    if !events.succeeded.is_empty() {
+        let downstream: Vec<String> = events.downstream.iter().cloned().collect();
+        let queued = tasks
+            .release_downstream(run_id, &events.succeeded, &downstream)
+            .await?;
+        if queued > 0 {
+            ctx.publish.notify_one();
         }
-        status @ (TaskStatus::Failed | TaskStatus::Cancelled | TaskStatus::Skipped) => {
-            let closing = if status == TaskStatus::Cancelled {
-                TaskStatus::Cancelled
-            } else {
-                TaskStatus::Skipped
-            };
-            tasks
-                .close_downstream(run_id, std::slice::from_ref(&event.node_id), closing)
-                .await?;
-        }
-        TaskStatus::Pending | TaskStatus::Queued | TaskStatus::Running => {}
+    }
+    if !events.failed.is_empty() {
+        tasks
+            .close_downstream(run_id, &events.failed, TaskStatus::Skipped)
+            .await?;
+    }
+    if !events.cancelled.is_empty() {
+        tasks
+            .close_downstream(run_id, &events.cancelled, TaskStatus::Cancelled)
+            .await?;
     }
     Ok(())
 }

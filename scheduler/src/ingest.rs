@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use harmonia_shared::model::SubmissionRejection;
 use harmonia_shared::queue::{Entry, Reply, ReplyTo};
 use harmonia_shared::store::Store;
@@ -28,6 +30,9 @@ pub const GROUP: &str = harmonia_shared::queue::SCHEDULER_GROUP;
 /// a MongoDB outage do not count: the submission waits for the database to come back).
 const MAX_STORE_TRIES: u32 = 5;
 
+/// Submissions handled at once.
+const CONCURRENCY: usize = 32;
+
 /// Runs until the scheduler shuts down. Errors talking to Redis or Mongo are logged and retried; no
 /// submission is lost or acked without its effects.
 pub async fn run(ctx: Arc<Scheduler>) {
@@ -36,36 +41,68 @@ pub async fn run(ctx: Arc<Scheduler>) {
     let mut reader = GroupReader::new(stream, "submissions", 256, Duration::ZERO);
     let mut failures: HashMap<String, u32> = HashMap::new();
     while let Some(entries) = reader.next(&ctx).await {
-        for entry in &entries {
-            if let Err(e) = handle(&ctx, entry).await {
-                let tries = failures.entry(entry.id.clone()).or_insert(0);
-                // An outage is waited out, however long: the submission is not at fault.
-                if !harmonia_shared::store::is_transient(e.as_ref()) {
-                    *tries += 1;
+        // Submissions are independent and their handling is idempotent (ids derive from the
+        // request id), so a read's entries are handled concurrently: at a few journaled writes
+        // each, one at a time would cap ingest at a few hundred runs per second.
+        let results: Vec<(Entry, anyhow::Result<()>)> = futures::stream::iter(entries)
+            .map(|entry| {
+                let ctx = ctx.clone();
+                async move {
+                    let result = handle(&ctx, &entry).await;
+                    (entry, result)
                 }
-                if *tries >= MAX_STORE_TRIES {
-                    // Don't let one submission block the stream forever: answer it.
-                    tracing::error!(entry = %entry.id, "giving up on a submission: {e:#}");
-                    if let Err(e2) = give_up(&ctx, entry, &e).await {
-                        tracing::warn!(entry = %entry.id, "rejecting it failed too: {e2:#}");
-                    } else {
-                        failures.remove(&entry.id);
-                    }
-                    continue;
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        let mut retry = false;
+        for (entry, result) in results {
+            match result {
+                Ok(()) => {
+                    failures.remove(&entry.id);
                 }
-                // Left pending; the backlog pass retries it.
-                ctx.store.outage().report(
-                    &format!("submission {} not processed yet", entry.id),
-                    &format_args!("{e:#}"),
-                );
-                // Shutdown is seen by the reader's next wait.
-                ctx.pause(Duration::from_millis(500)).await;
-                reader.retry_pending();
-                break;
+                Err(e) => retry |= failed(&ctx, &entry, &e, &mut failures).await,
             }
-            failures.remove(&entry.id);
+        }
+        if retry {
+            // Shutdown is seen by the reader's next wait.
+            ctx.pause(Duration::from_millis(500)).await;
+            reader.retry_pending();
         }
     }
+}
+
+/// Counts a failed try at a submission; after [`MAX_STORE_TRIES`] that were not an outage, the
+/// submission is answered with the error. True when it is left pending for another try.
+async fn failed(
+    ctx: &Scheduler,
+    entry: &Entry,
+    e: &anyhow::Error,
+    failures: &mut HashMap<String, u32>,
+) -> bool {
+    let tries = failures.entry(entry.id.clone()).or_insert(0);
+    // An outage is waited out, however long: the submission is not at fault.
+    if !harmonia_shared::store::is_transient(e.as_ref()) {
+        *tries += 1;
+    }
+    if *tries >= MAX_STORE_TRIES {
+        // Don't let one submission block the stream forever: answer it.
+        tracing::error!(entry = %entry.id, "giving up on a submission: {e:#}");
+        match give_up(ctx, entry, e).await {
+            Ok(()) => {
+                failures.remove(&entry.id);
+                return false;
+            }
+            Err(e2) => tracing::warn!(entry = %entry.id, "rejecting it failed too: {e2:#}"),
+        }
+        return true;
+    }
+    // Left pending; the backlog pass retries it.
+    ctx.store.outage().report(
+        &format!("submission {} not processed yet", entry.id),
+        &format_args!("{e:#}"),
+    );
+    true
 }
 
 /// Processes one submission entry: effects in MongoDB first, then ack + reply.

@@ -1,12 +1,13 @@
 //! The claim loop: read entries only from streams whose resource class fits the devices free
 //! right now, win the claim in MongoDB, then start the attempt.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harmonia_shared::queue::{Entry, TaskEntry, WORKERS_GROUP};
 use harmonia_shared::resources::ResourceClass;
+use harmonia_shared::store::tasks::ClaimRequest;
 use mongodb::bson::oid::ObjectId;
 
 use crate::devices::Alloc;
@@ -64,17 +65,19 @@ pub async fn run(worker: Arc<Worker>) {
         };
         match worker.queue.read_tasks(&worker.id, &fitting, count).await {
             Ok(batches) => {
-                // Claims are journaled MongoDB writes: make them concurrently. Devices are
-                // taken synchronously first, so concurrency never over-commits them.
+                // Devices are taken synchronously first, so claims in flight never over-commit
+                // them; the read's claims are one MongoDB write, made while the loop reads on.
+                let mut taken = Vec::new();
                 for (class, entries) in batches {
                     for entry in entries {
                         match worker.devices.try_take(class) {
-                            Some(alloc) => {
-                                tokio::spawn(start(worker.clone(), class, entry, alloc));
-                            }
+                            Some(alloc) => taken.push((class, entry, alloc)),
                             None => hand_back(&worker, class, &entry).await,
                         }
                     }
+                }
+                if !taken.is_empty() {
+                    tokio::spawn(start(worker.clone(), taken));
                 }
             }
             Err(e) => {
@@ -105,14 +108,16 @@ async fn reclaim(worker: &Arc<Worker>, classes: &[ResourceClass]) {
         );
         match claimed.await {
             Ok(entries) => {
+                let mut taken = Vec::new();
                 for entry in entries {
                     tracing::info!(entry = %entry.id, "took over a task entry a dead worker read");
                     match worker.devices.try_take(*class) {
-                        Some(alloc) => {
-                            tokio::spawn(start(worker.clone(), *class, entry, alloc));
-                        }
+                        Some(alloc) => taken.push((*class, entry, alloc)),
                         None => hand_back(worker, *class, &entry).await,
                     }
+                }
+                if !taken.is_empty() {
+                    tokio::spawn(start(worker.clone(), taken));
                 }
             }
             Err(e) => tracing::debug!(%stream, "XAUTOCLAIM: {e:#}"),
@@ -130,51 +135,76 @@ async fn hand_back(worker: &Worker, class: ResourceClass, entry: &Entry) {
     }
 }
 
-/// Claims one entry in MongoDB with the devices already taken for it, and runs it; on a lost
-/// claim the devices go back.
-async fn start(worker: Arc<Worker>, class: ResourceClass, entry: Entry, alloc: Alloc) {
-    let stream = worker.queue.keys().task_stream(class);
-    let task = TaskEntry::of(&entry);
-    let claim = match task
-        .as_ref()
-        .map(|t| (ObjectId::parse_str(&t.task_id), t.attempt))
-    {
-        Some((Ok(id), attempt)) => {
-            worker
-                .store
-                .tasks()
-                .claim(
+/// Claims entries in MongoDB (one write) with the devices already taken for each, and runs
+/// the attempts won; the devices of a lost claim go back.
+async fn start(worker: Arc<Worker>, taken: Vec<(ResourceClass, Entry, Alloc)>) {
+    let mut requests = Vec::with_capacity(taken.len());
+    let mut claimable = Vec::with_capacity(taken.len());
+    let mut acks: HashMap<ResourceClass, Vec<String>> = HashMap::new();
+    for (class, entry, alloc) in taken {
+        let task = TaskEntry::of(&entry);
+        match task.and_then(|t| Some((ObjectId::parse_str(&t.task_id).ok()?, t.attempt))) {
+            Some((id, attempt)) => {
+                let gpu_indices = alloc.gpu_indices();
+                requests.push(ClaimRequest {
                     id,
                     attempt,
-                    &worker.id,
-                    &alloc.gpu_indices(),
-                    worker.options.lease,
-                )
-                .await
+                    gpu_indices,
+                });
+                claimable.push((class, entry, alloc));
+            }
+            None => {
+                // Unreadable entry: drop it.
+                acks.entry(class).or_default().push(entry.id);
+                worker.devices.release(alloc);
+            }
         }
-        _ => Ok(None), // unreadable entry: drop it
+    }
+    let claims = if requests.is_empty() {
+        Ok(Vec::new())
+    } else {
+        let tasks = worker.store.tasks();
+        tasks
+            .claim(&requests, &worker.id, worker.options.lease)
+            .await
     };
-    let claim = match claim {
-        Ok(claim) => claim,
+    let claims = match claims {
+        Ok(claims) => claims,
         Err(e) => {
-            // MongoDB did not answer (an outage, a stall): the claim may or may not have
-            // landed. The entry goes back to every worker rather than being dropped, which
-            // would leave the task queued with no entry; if the claim did land, the copy is
+            // MongoDB did not answer (an outage, a stall): the claims may or may not have
+            // landed. The entries go back to every worker rather than being dropped, which
+            // would leave the tasks queued with no entry; if a claim did land, its copy is
             // stale (the attempt moved on) and the lease expiry re-queues the task.
-            let what = format!("claiming entry {} (handed back)", entry.id);
+            let what = format!("claiming {} entries (handed back)", claimable.len());
             worker.store.outage().report(&what, &format_args!("{e:#}"));
-            hand_back(&worker, class, &entry).await;
-            worker.devices.release(alloc);
+            for (class, entry, alloc) in claimable {
+                hand_back(&worker, class, &entry).await;
+                worker.devices.release(alloc);
+            }
+            ack_all(&worker, acks).await;
             return;
         }
     };
-    // MongoDB now holds the lease (or the entry was stale): the entry has done its job.
-    let ids = [entry.id.clone()];
-    if let Err(e) = worker.queue.ack_delete(&stream, WORKERS_GROUP, &ids).await {
-        tracing::warn!(%stream, "acking task entry: {e:#}");
+    // MongoDB now holds the leases (or the entries were stale): the entries have done their job.
+    let mut won = Vec::new();
+    for ((class, entry, alloc), claim) in claimable.into_iter().zip(claims) {
+        acks.entry(class).or_default().push(entry.id);
+        match claim {
+            Some(claim) => won.push((claim, alloc)),
+            None => worker.devices.release(alloc),
+        }
     }
-    match claim {
-        Some(claim) => execute(worker, claim, alloc).await,
-        None => worker.devices.release(alloc),
+    ack_all(&worker, acks).await;
+    for (claim, alloc) in won {
+        tokio::spawn(execute(worker.clone(), claim, alloc));
+    }
+}
+
+async fn ack_all(worker: &Worker, acks: HashMap<ResourceClass, Vec<String>>) {
+    for (class, ids) in acks {
+        let stream = worker.queue.keys().task_stream(class);
+        if let Err(e) = worker.queue.ack_delete(&stream, WORKERS_GROUP, &ids).await {
+            tracing::warn!(%stream, "acking task entries: {e:#}");
+        }
     }
 }

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
 use harmonia_shared::error::ExecError;
 use harmonia_shared::model::{TaskError, TaskKind};
 use harmonia_shared::store::tasks::{Claim, Outcome};
@@ -47,10 +46,14 @@ async fn attempt(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
         lease_token.clone(),
         attempt.progress.clone(),
     ));
-    if worker.first_start_of(run_id)
-        && let Err(e) = worker.store.runs().mark_started(run_id).await
-    {
-        tracing::warn!(%run_id, "marking the run started: {e:#}");
+    if worker.first_start_of(run_id) {
+        // Off the start path: the attempt need not wait for this write.
+        let store = worker.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.runs().mark_started(run_id).await {
+                tracing::warn!(%run_id, "marking the run started: {e:#}");
+            }
+        });
     }
 
     let ctx = TaskContext::new(
@@ -98,8 +101,9 @@ async fn attempt(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
         }
     };
     reporter.abort();
-    record(&worker, &lease_token, &outcome).await;
-    crate::metrics::task_finished(&task.task_type, outcome_label(&outcome), started.elapsed());
+    let label = outcome_label(&outcome);
+    worker.outcomes.record(&task, &lease_token, outcome).await;
+    crate::metrics::task_finished(&task.task_type, label, started.elapsed());
     if uses_models {
         advertise_models(&worker).await;
     }
@@ -121,42 +125,6 @@ fn outcome_label(outcome: &Outcome) -> &'static str {
         Outcome::Failed { .. } => "failed",
         Outcome::Cancelled => "cancelled",
         Outcome::HandedBack => "handed_back",
-    }
-}
-
-async fn record(worker: &Worker, lease_token: &str, outcome: &Outcome) {
-    // MongoDB is the truth: keep trying through an outage, however long, rather than lose an
-    // outcome. (If the lease expires meanwhile, the write is refused and the retry wins.)
-    let forever = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_secs(5))
-        .without_max_times();
-    let tasks = worker.store.tasks();
-    let finish = || tasks.finish(lease_token, outcome);
-    let recorded = finish
-        .retry(forever)
-        .sleep(tokio::time::sleep)
-        .notify(|e, _| {
-            let what = "recording task outcome (will retry)";
-            worker.store.outage().report(what, &format_args!("{e:#}"));
-        })
-        .await;
-    let Ok(after) = recorded else {
-        return; // not reached: the retries never end
-    };
-    let Some(after) = after else {
-        tracing::warn!(%lease_token, "outcome refused: this worker lost the task's lease");
-        return;
-    };
-    tracing::info!(task = %after.id, node = %after.node_id, status = after.status.as_str(),
-        error = after.error.as_ref().map(|e| e.message.as_str()), "task finished");
-    if !after.status.is_terminal() {
-        return; // re-queued for a retry
-    }
-    // The scheduler releases the downstream tasks and settles the run when this was its last.
-    if let Err(e) = worker.queue.announce(&after).await {
-        // The scheduler's repair pass finds what this event would have told it.
-        tracing::warn!(task = %after.id, "announcing task outcome: {e:#}");
     }
 }
 

@@ -53,6 +53,8 @@ pub struct Worker {
     pub env: std::sync::Arc<crate::executor::Env>,
     pub options: Options,
     pub inflight: Mutex<HashMap<String, std::sync::Arc<Inflight>>>,
+    /// Where attempts record their outcomes (batched writes).
+    pub outcomes: crate::outcomes::Outcomes,
     pub shutdown: Shutdown,
     /// Runs this worker already marked started (bounded; forgetting one costs one no-op write).
     pub started_runs: Mutex<std::collections::VecDeque<mongodb::bson::oid::ObjectId>>,

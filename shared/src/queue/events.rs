@@ -2,7 +2,6 @@
 //! downstream tasks care about; the scheduler consumes them to promote or skip downstream tasks.
 //! Events are hints: the scheduler's reconcile pass recomputes the same from MongoDB.
 
-use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
 use super::{Queue, QueueError};
@@ -26,53 +25,50 @@ pub struct TaskEvent {
 }
 
 impl Queue {
-    pub async fn emit(&self, event: &TaskEvent) -> Result<(), QueueError> {
-        let payload = serde_json::to_string(event).unwrap_or_default();
-        let mut conn = self.conn().await?;
-        let _: String = conn
-            .xadd(self.keys().events(), "*", &[("payload", payload)])
-            .await?;
-        Ok(())
-    }
-
-    /// Records a task that failed for good, with its last error, on the dead-letter stream.
-    pub async fn dead_letter(&self, fields: &serde_json::Value) -> Result<(), QueueError> {
-        let mut conn = self.conn().await?;
-        // Capped like every Harmonia stream; MongoDB keeps each failed task and its error.
-        let _: String = conn
-            .xadd_maxlen(
-                self.keys().dead_letter(),
-                redis::streams::StreamMaxlen::Approx(DEAD_LETTER_MAXLEN),
-                "*",
-                &[("payload", fields.to_string())],
-            )
-            .await?;
-        Ok(())
-    }
-}
-
-impl Queue {
     /// Tells the scheduler a task reached a final state; a failure also goes to the dead-letter
     /// stream with its last error.
     pub async fn announce(&self, task: &crate::model::RunTask) -> Result<(), QueueError> {
-        if task.status == TaskStatus::Failed {
-            self.dead_letter(&serde_json::json!({
-                "task_id": task.id.to_hex(),
-                "run_id": task.run_id.to_hex(),
-                "node_id": task.node_id,
-                "type": task.task_type,
-                "attempt": task.attempt,
-                "error": task.error.as_ref().map(|e| e.message.as_str()),
-            }))
-            .await?;
+        self.announce_all(std::slice::from_ref(task)).await
+    }
+
+    /// [`Queue::announce`] for many tasks, in one round trip.
+    pub async fn announce_all(&self, tasks: &[crate::model::RunTask]) -> Result<(), QueueError> {
+        if tasks.is_empty() {
+            return Ok(());
         }
-        self.emit(&TaskEvent {
-            task_id: task.id.to_hex(),
-            run_id: task.run_id.to_hex(),
-            node_id: task.node_id.clone(),
-            status: task.status,
-            downstream: task.downstream_node_ids.clone(),
-        })
-        .await
+        let mut pipe = redis::pipe();
+        for task in tasks {
+            if task.status == TaskStatus::Failed {
+                let letter = serde_json::json!({
+                    "task_id": task.id.to_hex(),
+                    "run_id": task.run_id.to_hex(),
+                    "node_id": task.node_id,
+                    "type": task.task_type,
+                    "attempt": task.attempt,
+                    "error": task.error.as_ref().map(|e| e.message.as_str()),
+                });
+                // Capped like every Harmonia stream; MongoDB keeps each failed task and its error.
+                pipe.xadd_maxlen(
+                    self.keys().dead_letter(),
+                    redis::streams::StreamMaxlen::Approx(DEAD_LETTER_MAXLEN),
+                    "*",
+                    &[("payload", letter.to_string())],
+                )
+                .ignore();
+            }
+            let event = TaskEvent {
+                task_id: task.id.to_hex(),
+                run_id: task.run_id.to_hex(),
+                node_id: task.node_id.clone(),
+                status: task.status,
+                downstream: task.downstream_node_ids.clone(),
+            };
+            let payload = serde_json::to_string(&event).unwrap_or_default();
+            pipe.xadd(self.keys().events(), "*", &[("payload", payload)])
+                .ignore();
+        }
+        let mut conn = self.conn().await?;
+        let () = pipe.query_async(&mut *conn).await?;
+        Ok(())
     }
 }

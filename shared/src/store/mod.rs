@@ -54,6 +54,17 @@ pub enum StoreError {
     #[error("mongodb at {uri} is not a replica set member (retryable writes need one)")]
     NotReplicaSet { uri: String },
     #[error(
+        "mongodb refused {failed} statement(s) of a batched update, first: {message} (code {code})"
+    )]
+    Statements {
+        failed: usize,
+        code: i32,
+        message: String,
+    },
+    /// A batched write was applied but not confirmed as durable (no majority, a step-down).
+    #[error("mongodb did not confirm a batched write as durable: {message} (code {code})")]
+    WriteConcern { code: i32, message: String },
+    #[error(
         "database schema version {found} is newer than this binary supports ({supported}); upgrade Harmonia"
     )]
     SchemaTooNew { found: i32, supported: i32 },
@@ -68,7 +79,11 @@ impl StoreError {
     /// succeed later, so it is retried rather than failed. Anything else (a document MongoDB
     /// refuses, a newer schema) fails the same way every time.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Mongo(e) if driver_transient(e))
+        match self {
+            Self::Mongo(e) => driver_transient(e),
+            Self::WriteConcern { code, .. } => STATE_CHANGE_CODES.contains(code),
+            _ => false,
+        }
     }
 }
 
@@ -125,12 +140,14 @@ pub trait Stored: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct Repo<T: Send + Sync> {
     coll: mongodb::Collection<T>,
+    db: Database,
 }
 
 impl<T: Send + Sync> Clone for Repo<T> {
     fn clone(&self) -> Self {
         Self {
             coll: self.coll.clone(),
+            db: self.db.clone(),
         }
     }
 }
@@ -139,7 +156,47 @@ impl<T: Stored> Repo<T> {
     pub fn new(db: &Database) -> Self {
         Self {
             coll: db.collection(T::COLLECTION),
+            db: db.clone(),
         }
+    }
+
+    /// Runs many update statements (`{ q, u }` documents) as ONE unordered `update` command:
+    /// one round trip and one journal commit for all of them, under the server's default write
+    /// concern (`w: majority`, journaled) like every other write. Returns how many documents the
+    /// statements matched in all. The driver has no such call for MongoDB before 8.0 (its
+    /// `bulk_write` needs 8.0), hence the command.
+    pub(crate) async fn update_each(&self, statements: Vec<Document>) -> Result<u64, StoreError> {
+        if statements.is_empty() {
+            return Ok(0);
+        }
+        let reply = self
+            .db
+            .run_command(doc! {
+                "update": T::COLLECTION,
+                "updates": statements,
+                "ordered": false,
+            })
+            .await?;
+        if let Ok(errors) = reply.get_array("writeErrors")
+            && let Some(first) = errors.first().and_then(|e| e.as_document())
+        {
+            return Err(StoreError::Statements {
+                failed: errors.len(),
+                code: first.get_i32("code").unwrap_or(0),
+                message: first.get_str("errmsg").unwrap_or("?").to_owned(),
+            });
+        }
+        if let Ok(wce) = reply.get_document("writeConcernError") {
+            return Err(StoreError::WriteConcern {
+                code: wce.get_i32("code").unwrap_or(0),
+                message: wce.get_str("errmsg").unwrap_or("?").to_owned(),
+            });
+        }
+        Ok(match reply.get("n") {
+            Some(mongodb::bson::Bson::Int32(n)) => u64::try_from(*n).unwrap_or(0),
+            Some(mongodb::bson::Bson::Int64(n)) => u64::try_from(*n).unwrap_or(0),
+            _ => 0,
+        })
     }
 }
 

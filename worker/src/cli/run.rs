@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::devices::Devices;
 use crate::executor::Env;
 use crate::models::{Hub, Models, Pool};
+use crate::outcomes::Outcomes;
 use crate::worker::{Options, Shutdown, Worker};
 use crate::{claim, lease, registry};
 use harmonia_shared::storage::Storage;
@@ -69,6 +70,15 @@ pub struct RunArgs {
     #[arg(long, env = "HARMONIA_WORKER_METRICS_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Outcomes recorded in one MongoDB write at most (a group commit) [default: 256].
+    #[arg(long, env = "HARMONIA_OUTCOME_BATCH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome_batch: Option<u32>,
+    /// How long an outcome waits for others to share its write, in ms; 0 writes as soon as a
+    /// write slot is free, which already batches under load [default: 0].
+    #[arg(long, env = "HARMONIA_OUTCOME_LINGER_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome_linger_ms: Option<u64>,
 }
 
 /// [`RunArgs`] resolved: defaults < `[worker]` in the file < flags and env.
@@ -85,6 +95,8 @@ pub struct Tuning {
     pub model_pool_vram_mb: u64,
     pub retry_base_ms: u64,
     pub metrics_listen: Option<std::net::SocketAddr>,
+    pub outcome_batch: u32,
+    pub outcome_linger_ms: u64,
 }
 
 impl Default for Tuning {
@@ -100,6 +112,8 @@ impl Default for Tuning {
             model_pool_vram_mb: 16384,
             retry_base_ms: 1000,
             metrics_listen: None,
+            outcome_batch: 256,
+            outcome_linger_ms: 0,
         }
     }
 }
@@ -136,6 +150,12 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
         storage: storage.clone(),
         models: Models::new(hub, pool, storage),
     });
+    let shutdown = Shutdown::default();
+    let limits = crate::outcomes::Limits {
+        batch: args.outcome_batch.max(1) as usize,
+        linger: Duration::from_millis(args.outcome_linger_ms),
+    };
+    let outcomes = Outcomes::start(store.clone(), queue.clone(), limits, shutdown.drain.clone());
     let worker = Arc::new(Worker {
         id,
         queue,
@@ -152,7 +172,8 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
             reclaim_after: Duration::from_millis(args.lease_ms.max(2000)),
         },
         inflight: Mutex::new(HashMap::new()),
-        shutdown: Shutdown::default(),
+        outcomes,
+        shutdown,
         started_runs: Mutex::new(std::collections::VecDeque::new()),
     });
 

@@ -79,21 +79,25 @@ impl TaskRepo {
         Ok(())
     }
 
-    /// After `node` succeeded: drops it from its downstream tasks' waiting lists and queues the
-    /// ones left waiting on nothing. Returns how many were queued.
+    /// After `nodes` succeeded: drops them from their downstream tasks' waiting lists (the
+    /// union of those tasks is `downstream`) and queues the ones left waiting on nothing; two
+    /// writes however many nodes. Returns how many were queued.
     pub async fn release_downstream(
         &self,
         run_id: ObjectId,
-        node: &str,
+        nodes: &[String],
         downstream: &[String],
     ) -> Result<u64, StoreError> {
-        if downstream.is_empty() {
+        if downstream.is_empty() || nodes.is_empty() {
             return Ok(0);
         }
         let scope =
             doc! { "run_id": run_id, "node_id": { "$in": downstream }, "status": "pending" };
         self.coll
-            .update_many(scope.clone(), doc! { "$pull": { "waiting_on": node } })
+            .update_many(
+                scope.clone(),
+                doc! { "$pull": { "waiting_on": { "$in": nodes } } },
+            )
             .await?;
         self.queue_ready(scope).await
     }

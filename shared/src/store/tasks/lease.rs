@@ -79,7 +79,7 @@ fn literal<T: serde::Serialize>(value: &T) -> Result<Document, StoreError> {
 
 /// The expression that appends the ending attempt to `attempts`, keeping the last
 /// [`ATTEMPTS_KEPT`].
-fn attempt_record(outcome: &Outcome) -> Result<Document, StoreError> {
+fn attempt_record(outcome: &Outcome, holder: bool) -> Result<Document, StoreError> {
     let (name, error) = match outcome {
         Outcome::Succeeded { .. } => ("succeeded", None),
         Outcome::Failed {
@@ -105,6 +105,10 @@ fn attempt_record(outcome: &Outcome) -> Result<Document, StoreError> {
         "started_at": "$started_at",
         "finished_at": "$$NOW",
         "error": error,
+        // Written by the attempt itself: which claim this was (the fence matched it), how a
+        // batched write that was retried knows it had landed. Null when the scheduler ended
+        // the attempt (lease expiry), so the late attempt does not mistake it for its own.
+        "lease": if holder { mongodb::bson::Bson::String("$lease_token".into()) } else { mongodb::bson::Bson::Null },
     };
     Ok(doc! { "$slice": [
         { "$concatArrays": [{ "$ifNull": ["$attempts", []] }, [record]] },
@@ -112,112 +116,148 @@ fn attempt_record(outcome: &Outcome) -> Result<Document, StoreError> {
     ] })
 }
 
-impl TaskRepo {
-    /// Claims task `id` if it is still queued as of `attempt` and not cancelled. `None` means the
-    /// stream entry was stale (claimed elsewhere, cancelled, or re-published since).
-    pub async fn claim(
-        &self,
-        id: ObjectId,
-        attempt: u32,
-        worker_id: &str,
-        gpu_indices: &[u32],
-        lease: std::time::Duration,
-    ) -> Result<Option<Claim>, StoreError> {
-        let token = ObjectId::new().to_hex();
-        let now = DateTime::now();
-        let expires = DateTime::from_millis(now.timestamp_millis() + lease.as_millis() as i64);
-        let task = self
-            .coll
-            .find_one_and_update(
-                // The attempt alone fences stale entries: every re-queue publishes a new
-                // attempt value. (`publish_due` may still be set: a worker can read the entry
-                // before the publisher has recorded publishing it.)
-                doc! {
-                    "_id": id,
-                    "status": "queued",
-                    "attempt": attempt,
-                    "cancel_requested": false,
-                },
-                doc! {
-                    "$set": {
-                        "status": "running",
-                        "publish_due": null,
-                        "lease_token": &token,
-                        "lease_expires_at": expires,
-                        "worker_id": worker_id,
-                        "gpu_indices": gpu_indices.iter().map(|i| i64::from(*i)).collect::<Vec<_>>(),
-                        "started_at": now,
-                        "finished_at": null,
-                        "duration_ms": null,
-                        "wait_reason": null,
-                        "progress": null,
-                    },
-                    "$inc": { "attempt": 1 },
-                },
-            )
-            .return_document(ReturnDocument::After)
-            .await?;
-        Ok(task.map(|task| Claim {
-            task,
-            lease_token: token,
-        }))
-    }
+/// A stream entry a worker wants to claim: the task, the attempt the entry was published with,
+/// and the GPUs the worker set aside for it.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub id: ObjectId,
+    pub attempt: u32,
+    pub gpu_indices: Vec<u32>,
+}
 
-    /// Records how the attempt holding `lease_token` ended. `None`: the lease was lost and
-    /// nothing was changed.
+/// An ending attempt, for [`TaskRepo::finish_many`](super::TaskRepo::finish_many).
+#[derive(Debug, Clone, Copy)]
+pub struct Ending<'a> {
+    pub id: ObjectId,
+    pub lease_token: &'a str,
+    pub outcome: &'a Outcome,
+}
+
+/// The claim update (a pipeline, for one task or many): the task runs under a lease token
+/// derived from `batch` and its id (see [`lease_token`]), its attempt counted.
+pub(super) fn claim_pipeline(
+    batch: &str,
+    worker_id: &str,
+    gpu_indices: &[u32],
+    now: DateTime,
+    expires: DateTime,
+) -> Vec<Document> {
+    let gpus: Vec<i64> = gpu_indices.iter().map(|i| i64::from(*i)).collect();
+    vec![doc! { "$set": {
+        "status": "running",
+        "publish_due": null,
+        "lease_token": { "$concat": [batch, ":", { "$toString": "$_id" }] },
+        "lease_expires_at": expires,
+        "worker_id": { "$literal": worker_id },
+        "gpu_indices": { "$literal": gpus },
+        "started_at": now,
+        "finished_at": null,
+        "duration_ms": null,
+        "wait_reason": null,
+        "progress": null,
+        "attempt": { "$add": ["$attempt", 1] },
+    } }]
+}
+
+/// The lease token [`claim_pipeline`] gives task `id` in claim batch `batch`: unique per claim,
+/// since every batch has a new `batch`.
+pub(super) fn lease_token(batch: &str, id: ObjectId) -> String {
+    format!("{batch}:{}", id.to_hex())
+}
+
+/// What a success sets, given expressions for its outputs and its artifact ids (constants for
+/// one task, per-document lookups for a ranged update of many).
+pub(super) fn succeeded_set(
+    outputs: mongodb::bson::Bson,
+    artifact_ids: mongodb::bson::Bson,
+    holder: bool,
+) -> Result<Document, StoreError> {
+    let success = Outcome::Succeeded {
+        outputs: Document::new(),
+    };
+    let mut set = finished(TaskStatus::Succeeded);
+    set.insert("outputs", outputs);
+    // Executors that store outputs list their `artifacts` pointers in `artifact_ids`; without
+    // it, the ids the attempt added as it stored them stay.
+    set.insert(
+        "output_artifact_ids",
+        doc! { "$ifNull": [artifact_ids, "$output_artifact_ids"] },
+    );
+    set.insert("error", null_bson());
+    set.insert("attempts", attempt_record(&success, holder)?);
+    Ok(set)
+}
+
+/// The fenced update pipeline that ends the attempt holding the lease with `outcome`.
+/// `holder`: the attempt holding the lease writes it (not the scheduler expiring the lease).
+pub(super) fn finish_pipeline(
+    outcome: &Outcome,
+    holder: bool,
+) -> Result<Vec<Document>, StoreError> {
+    let mut set = match outcome {
+        Outcome::Succeeded { outputs } => {
+            let ids = outputs
+                .get_array("artifact_ids")
+                .map_or(null_bson(), |ids| doc! { "$literal": ids.clone() }.into());
+            return Ok(vec![doc! { "$set": succeeded_set(
+                doc! { "$literal": outputs }.into(),
+                ids,
+                holder,
+            )? }]);
+        }
+        Outcome::Failed {
+            error,
+            retry_at: Some(at),
+        } => {
+            let mut set = requeued((*at).into());
+            set.insert("error", literal(error)?);
+            set
+        }
+        Outcome::Failed {
+            error,
+            retry_at: None,
+        } => {
+            let mut set = finished(TaskStatus::Failed);
+            set.insert("error", literal(error)?);
+            set
+        }
+        Outcome::Cancelled => {
+            let mut set = finished(TaskStatus::Cancelled);
+            set.insert("error", doc! { "message": "cancelled", "retryable": false });
+            set
+        }
+        Outcome::HandedBack => {
+            let mut set = requeued("$$NOW".into());
+            set.insert("attempt_base", doc! { "$add": ["$attempt_base", 1] });
+            set
+        }
+    };
+    // Within one `$set` stage every expression reads the document as it was before the
+    // stage, so the record sees the attempt's worker and GPUs before `set` clears them.
+    set.insert("attempts", attempt_record(outcome, holder)?);
+    Ok(vec![doc! { "$set": set }])
+}
+
+/// The filter of a fenced change: the attempt holding `lease_token` still holds the task.
+pub(super) fn fence(id: Option<ObjectId>, lease_token: &str) -> Document {
+    let mut filter = doc! { "lease_token": lease_token, "status": "running" };
+    if let Some(id) = id {
+        filter.insert("_id", id);
+    }
+    filter
+}
+
+impl TaskRepo {
+    /// Ends the attempt holding `lease_token` on the scheduler's behalf (its lease lapsed).
+    /// `None`: the attempt ended meanwhile and nothing was changed.
     pub async fn finish(
         &self,
         lease_token: &str,
         outcome: &Outcome,
     ) -> Result<Option<RunTask>, StoreError> {
-        let set = match outcome {
-            Outcome::Succeeded { outputs } => {
-                let mut set = finished(TaskStatus::Succeeded);
-                set.insert("outputs", doc! { "$literal": outputs });
-                // Executors that store outputs list their `artifacts` pointers here.
-                if let Ok(ids) = outputs.get_array("artifact_ids") {
-                    set.insert("output_artifact_ids", doc! { "$literal": ids.clone() });
-                }
-                set.insert("error", null_bson());
-                set
-            }
-            Outcome::Failed {
-                error,
-                retry_at: Some(at),
-            } => {
-                let mut set = requeued((*at).into());
-                set.insert("error", literal(error)?);
-                set
-            }
-            Outcome::Failed {
-                error,
-                retry_at: None,
-            } => {
-                let mut set = finished(TaskStatus::Failed);
-                set.insert("error", literal(error)?);
-                set
-            }
-            Outcome::Cancelled => {
-                let mut set = finished(TaskStatus::Cancelled);
-                set.insert("error", doc! { "message": "cancelled", "retryable": false });
-                set
-            }
-            Outcome::HandedBack => {
-                let mut set = requeued("$$NOW".into());
-                set.insert("attempt_base", doc! { "$add": ["$attempt_base", 1] });
-                set
-            }
-        };
-        let mut set = set;
-        // Within one `$set` stage every expression reads the document as it was before the
-        // stage, so the record sees the attempt's worker and GPUs before `set` clears them.
-        set.insert("attempts", attempt_record(outcome)?);
         Ok(self
             .coll
-            .find_one_and_update(
-                doc! { "lease_token": lease_token, "status": "running" },
-                vec![doc! { "$set": set }],
-            )
+            .find_one_and_update(fence(None, lease_token), finish_pipeline(outcome, false)?)
             .return_document(ReturnDocument::After)
             .await?)
     }
@@ -267,14 +307,16 @@ impl TaskRepo {
         }
         self.coll
             .update_many(
-                doc! { "lease_token": { "$in": tokens }, "status": "running" },
+                // `$type` makes the query imply the partial index's filter: without it the
+                // planner cannot use the index for `$in` and scans the collection.
+                doc! { "lease_token": { "$in": tokens, "$type": "string" }, "status": "running" },
                 doc! { "$set": { "lease_expires_at": until } },
             )
             .await?;
         let mut live = self
             .raw()
             .find(doc! {
-                "lease_token": { "$in": tokens },
+                "lease_token": { "$in": tokens, "$type": "string" },
                 "status": "running",
                 "cancel_requested": false,
             })

@@ -1,13 +1,14 @@
 //! Repository for `run_tasks`. Its operations are split by who performs them: `lease` holds the
-//! fenced transitions a worker makes, `graph` the scheduler's promotion, skipping, cancel and
-//! retry.
+//! fenced transitions a worker makes (`batch`: many per write), `graph` the scheduler's
+//! promotion, skipping, cancel and retry.
 
+mod batch;
 pub mod graph;
 mod lease;
 mod watch;
 
 pub use graph::{NodeState, Published};
-pub use lease::{Claim, Outcome};
+pub use lease::{Claim, ClaimRequest, Ending, Outcome};
 
 use futures::TryStreamExt;
 use mongodb::bson::oid::ObjectId;
@@ -88,23 +89,33 @@ impl TaskRepo {
     }
 
     /// Inserts the tasks that are not there yet (ids are deterministic, so a retried creation
-    /// skips what an interrupted one inserted), in unordered batches of 1,000.
+    /// skips what an interrupted one inserted), in unordered batches of 1,000, four at a time
+    /// (mongod commits concurrent batches together).
     pub async fn insert_missing(&self, tasks: &[RunTask]) -> Result<(), StoreError> {
-        use mongodb::error::ErrorKind;
-        for chunk in tasks.chunks(1000) {
-            match self.coll.insert_many(chunk).ordered(false).await {
-                Ok(_) => {}
-                Err(e) => match &*e.kind {
-                    ErrorKind::InsertMany(m)
-                        if m.write_concern_error.is_none()
-                            && m.write_errors
-                                .as_ref()
-                                .is_some_and(|errs| errs.iter().all(|w| w.code == 11000)) => {}
-                    _ => return Err(e.into()),
-                },
-            }
+        let chunks: Vec<&[RunTask]> = tasks.chunks(1000).collect();
+        for group in chunks.chunks(4) {
+            let inserts: Vec<_> = group.iter().map(|c| self.insert_chunk(c)).collect();
+            futures::future::try_join_all(inserts).await?;
         }
         Ok(())
+    }
+
+    async fn insert_chunk(&self, chunk: &[RunTask]) -> Result<(), StoreError> {
+        use mongodb::error::ErrorKind;
+        match self.coll.insert_many(chunk).ordered(false).await {
+            Ok(_) => Ok(()),
+            Err(e) => match &*e.kind {
+                ErrorKind::InsertMany(m)
+                    if m.write_concern_error.is_none()
+                        && m.write_errors
+                            .as_ref()
+                            .is_some_and(|errs| errs.iter().all(|w| w.code == 11000)) =>
+                {
+                    Ok(())
+                }
+                _ => Err(e.into()),
+            },
+        }
     }
 
     pub async fn get(&self, id: ObjectId) -> Result<Option<RunTask>, StoreError> {

@@ -1,0 +1,185 @@
+//! A worker's claims and outcomes, many per write. Each write is journaled like any other
+//! (`w: majority`); batching amortises the journal flush and the per-statement work, it skips
+//! nothing. Where every task of a batch takes the same change, the batch is one ranged update
+//! (`_id $in`) with a per-document fence, about 1.6x cheaper per document in MongoDB than one
+//! statement per task (measured on this project's mongod); the rest go as one `update` command
+//! of fenced statements.
+
+use std::collections::{HashMap, HashSet};
+
+use mongodb::bson::oid::ObjectId;
+use mongodb::bson::{Bson, DateTime, Document, doc};
+use mongodb::options::ReturnDocument;
+
+use super::TaskRepo;
+use super::lease::{
+    Claim, ClaimRequest, Ending, Outcome, claim_pipeline, fence, finish_pipeline, lease_token,
+    succeeded_set,
+};
+use crate::store::StoreError;
+
+impl TaskRepo {
+    /// Claims the requested tasks for `worker_id`, each fenced on the attempt its entry names.
+    /// One journaled write per group of requests with the same attempt and GPUs (usually one),
+    /// plus a read of the won tasks when there are several. Returns one answer per request, in
+    /// order: `None` means that entry was stale (claimed elsewhere, cancelled, re-published
+    /// since, or read twice). After an error the claims may or may not have landed; a task
+    /// claimed by a write whose answer was lost is re-queued when its lease lapses.
+    pub async fn claim(
+        &self,
+        requests: &[ClaimRequest],
+        worker_id: &str,
+        lease: std::time::Duration,
+    ) -> Result<Vec<Option<Claim>>, StoreError> {
+        let now = DateTime::now();
+        let expires = DateTime::from_millis(now.timestamp_millis() + lease.as_millis() as i64);
+        let batch = ObjectId::new().to_hex();
+        if let [request] = requests {
+            // One claim: one round trip that also returns the task.
+            let task = self
+                .coll
+                .find_one_and_update(
+                    queued_as_of(Bson::ObjectId(request.id), request.attempt),
+                    claim_pipeline(&batch, worker_id, &request.gpu_indices, now, expires),
+                )
+                .return_document(ReturnDocument::After)
+                .await?;
+            return Ok(vec![task.map(|task| Claim {
+                lease_token: lease_token(&batch, task.id),
+                task,
+            })]);
+        }
+        let mut groups: HashMap<(u32, &[u32]), Vec<ObjectId>> = HashMap::new();
+        for r in requests {
+            let group = groups.entry((r.attempt, r.gpu_indices.as_slice()));
+            group.or_default().push(r.id);
+        }
+        for ((attempt, gpus), ids) in groups {
+            let filter = queued_as_of(doc! { "$in": ids }.into(), attempt);
+            let update = claim_pipeline(&batch, worker_id, gpus, now, expires);
+            self.coll.update_many(filter, update).await?;
+        }
+        let ids: Vec<ObjectId> = requests.iter().map(|r| r.id).collect();
+        let tokens: Vec<String> = ids.iter().map(|id| lease_token(&batch, *id)).collect();
+        let mut won: HashMap<ObjectId, crate::model::RunTask> = HashMap::new();
+        let mut cursor = self
+            .coll
+            .find(doc! { "_id": { "$in": ids }, "lease_token": { "$in": tokens } })
+            .await?;
+        while cursor.advance().await? {
+            let task = cursor.deserialize_current()?;
+            won.insert(task.id, task);
+        }
+        // An entry read twice names the same task twice: the first gets the claim.
+        Ok(requests
+            .iter()
+            .map(|r| {
+                won.remove(&r.id).map(|task| Claim {
+                    lease_token: lease_token(&batch, task.id),
+                    task,
+                })
+            })
+            .collect())
+    }
+
+    /// Records how many attempts ended, in as few journaled writes as their kinds allow (one
+    /// ranged update for the successes, one command for the rest): a worker's group commit.
+    /// Returns, per ending in order, whether it was recorded (`false`: that lease was lost and
+    /// nothing was changed). Retrying after an error is safe: a change that landed no longer
+    /// matches its fence, and is recognised by the lease in its attempt record.
+    pub async fn finish_many(&self, endings: &[Ending<'_>]) -> Result<Vec<bool>, StoreError> {
+        let (successes, others): (Vec<&Ending<'_>>, Vec<&Ending<'_>>) = endings
+            .iter()
+            .partition(|e| matches!(e.outcome, Outcome::Succeeded { .. }));
+        let mut matched = self.finish_successes(&successes).await?;
+        let statements = others
+            .iter()
+            .map(|e| {
+                Ok(doc! {
+                    "q": fence(Some(e.id), e.lease_token),
+                    "u": finish_pipeline(e.outcome, true)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        matched += self.update_each(statements).await?;
+        if matched == endings.len() as u64 {
+            return Ok(vec![true; endings.len()]);
+        }
+        // Some did not match: a lost lease, or a retry of a write that had landed. The attempt
+        // records tell which are ours.
+        let recorded = self.recorded_leases(endings).await?;
+        Ok(endings
+            .iter()
+            .map(|e| recorded.contains(e.lease_token))
+            .collect())
+    }
+
+    /// Successes as one ranged update: each document finds its own fence (lease token) and
+    /// outputs by its position in the batch.
+    async fn finish_successes(&self, successes: &[&Ending<'_>]) -> Result<u64, StoreError> {
+        if successes.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<ObjectId> = successes.iter().map(|e| e.id).collect();
+        let tokens: Vec<&str> = successes.iter().map(|e| e.lease_token).collect();
+        let (mut outputs, mut artifacts) = (Vec::new(), Vec::new());
+        for e in successes {
+            if let Outcome::Succeeded { outputs: o } = e.outcome {
+                artifacts.push(
+                    o.get_array("artifact_ids")
+                        .cloned()
+                        .map_or(Bson::Null, Bson::Array),
+                );
+                outputs.push(Bson::Document(o.clone()));
+            }
+        }
+        let at = doc! { "$indexOfArray": [{ "$literal": &ids }, "$_id"] };
+        let pick = |values: Vec<Bson>| -> Bson {
+            doc! { "$arrayElemAt": [{ "$literal": values }, at.clone()] }.into()
+        };
+        let filter = doc! {
+            "_id": { "$in": &ids },
+            "status": "running",
+            "$expr": { "$eq": ["$lease_token", { "$arrayElemAt": [{ "$literal": tokens }, at.clone()] }] },
+        };
+        let set = succeeded_set(pick(outputs), pick(artifacts), true)?;
+        let done = self
+            .coll
+            .update_many(filter, vec![doc! { "$set": set }])
+            .await?;
+        Ok(done.matched_count)
+    }
+
+    /// The lease tokens of `endings` that their tasks' attempt records hold.
+    async fn recorded_leases(&self, endings: &[Ending<'_>]) -> Result<HashSet<String>, StoreError> {
+        let ids: Vec<ObjectId> = endings.iter().map(|e| e.id).collect();
+        let mut cursor = self
+            .raw()
+            .find(doc! { "_id": { "$in": ids } })
+            .projection(doc! { "attempts.lease": 1 })
+            .await?;
+        let mut recorded = HashSet::new();
+        while cursor.advance().await? {
+            let task = cursor.deserialize_current()?;
+            for record in task.get_array("attempts").into_iter().flatten() {
+                if let Some(lease) = record.as_document().and_then(|r| r.get_str("lease").ok()) {
+                    recorded.insert(lease.to_owned());
+                }
+            }
+        }
+        Ok(recorded)
+    }
+}
+
+/// Tasks `ids` (an id, or an `$in`) still queued as of `attempt` and not cancelled: the claim
+/// fence. The attempt alone fences stale entries: every re-queue publishes a new attempt value.
+/// (`publish_due` may still be set: a worker can read the entry before the publisher has
+/// recorded publishing it.)
+fn queued_as_of(ids: Bson, attempt: u32) -> Document {
+    doc! {
+        "_id": ids,
+        "status": "queued",
+        "attempt": attempt,
+        "cancel_requested": false,
+    }
+}
