@@ -80,7 +80,13 @@ fn literal<T: serde::Serialize>(value: &T) -> Result<Document, StoreError> {
 /// The expression that appends the ending attempt to `attempts`, keeping the last
 /// [`ATTEMPTS_KEPT`].
 fn attempt_record(outcome: &Outcome, holder: bool) -> Result<Document, StoreError> {
-    let (name, error) = match outcome {
+    let (name, error) = label(outcome);
+    record_expr(name, error, holder)
+}
+
+/// The record's `outcome` name and error.
+fn label(outcome: &Outcome) -> (&'static str, Option<&TaskError>) {
+    match outcome {
         Outcome::Succeeded { .. } => ("succeeded", None),
         Outcome::Failed {
             error,
@@ -92,7 +98,14 @@ fn attempt_record(outcome: &Outcome, holder: bool) -> Result<Document, StoreErro
         } => ("failed", Some(error)),
         Outcome::Cancelled => ("cancelled", None),
         Outcome::HandedBack => ("handed_back", None),
-    };
+    }
+}
+
+fn record_expr(
+    name: &str,
+    error: Option<&TaskError>,
+    holder: bool,
+) -> Result<Document, StoreError> {
     let error = match error {
         Some(e) => mongodb::bson::Bson::Document(literal(e)?),
         None => mongodb::bson::Bson::Null,
@@ -172,9 +185,6 @@ pub(super) fn succeeded_set(
     artifact_ids: mongodb::bson::Bson,
     holder: bool,
 ) -> Result<Document, StoreError> {
-    let success = Outcome::Succeeded {
-        outputs: Document::new(),
-    };
     let mut set = finished(TaskStatus::Succeeded);
     set.insert("outputs", outputs);
     // Executors that store outputs list their `artifacts` pointers in `artifact_ids`; without
@@ -184,7 +194,7 @@ pub(super) fn succeeded_set(
         doc! { "$ifNull": [artifact_ids, "$output_artifact_ids"] },
     );
     set.insert("error", null_bson());
-    set.insert("attempts", attempt_record(&success, holder)?);
+    set.insert("attempts", record_expr("succeeded", None, holder)?);
     Ok(set)
 }
 
