@@ -43,6 +43,10 @@ fn task_id(run_id: ObjectId, index: usize) -> ObjectId {
     ObjectId::from_bytes(bytes)
 }
 
+/// Tasks built and inserted at a time: a 100,000-task run is never all in memory as
+/// documents (insert_missing writes them 1,000 a command, four commands at once).
+const CREATE_CHUNK: usize = 4000;
+
 /// Creates the run for `sub` (linked to `retry_of` when it retries another), or returns the
 /// one an earlier submission with the same `request_id` created.
 pub async fn create_run(
@@ -56,8 +60,24 @@ pub async fn create_run(
             new: false,
         });
     }
-    let (run, tasks) = documents(sub, retry_of)?;
-    store.tasks().insert_missing(&tasks).await?;
+    let now = DateTime::now();
+    let run = run_document(sub, retry_of, now);
+    let downstream = downstream_of(sub);
+    for (n, specs) in sub.tasks.chunks(CREATE_CHUNK).enumerate() {
+        let tasks = specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let index = n * CREATE_CHUNK + i;
+                let below = downstream[index]
+                    .iter()
+                    .map(|&j| sub.tasks[j as usize].id.clone())
+                    .collect();
+                new_task(run.id, index, spec, below, now)
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        store.tasks().insert_missing(&tasks).await?;
+    }
     let new = store.runs().insert(&run).await?; // false: a replica raced us
     // The commit point has passed: queue the ready tasks.
     store.tasks().queue_ready_in(run.id).await?;
@@ -67,35 +87,32 @@ pub async fn create_run(
     })
 }
 
-/// Builds the run document and its tasks (in dependency order, all `pending`; those waiting on
-/// nothing are queued once the run document exists).
-pub fn documents(
-    sub: &Submission,
-    retry_of: Option<ObjectId>,
-) -> Result<(WorkflowRun, Vec<RunTask>), StoreError> {
-    let now = DateTime::now();
-    let run_id = run_id_for(&sub.request_id);
-    let mut downstream: HashMap<&str, Vec<String>> = HashMap::new();
-    for spec in &sub.tasks {
-        for dep in &spec.depends_on {
-            downstream
-                .entry(dep.as_str())
-                .or_default()
-                .push(spec.id.clone());
-        }
-    }
-    let tasks = sub
+/// Each task's downstream tasks (the reverse of `depends_on`), as positions in `sub.tasks`:
+/// four bytes an edge where ids would take a string each.
+fn downstream_of(sub: &Submission) -> Vec<Vec<u32>> {
+    let position: HashMap<&str, u32> = sub
         .tasks
         .iter()
         .enumerate()
-        .map(|(index, spec)| {
-            let downstream = downstream.remove(spec.id.as_str()).unwrap_or_default();
-            new_task(run_id, index, spec, downstream, now)
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    let task_count = u32::try_from(tasks.len()).unwrap_or(u32::MAX);
-    let run = WorkflowRun {
-        id: run_id,
+        .map(|(i, spec)| (spec.id.as_str(), u32::try_from(i).unwrap_or(u32::MAX)))
+        .collect();
+    let mut downstream = vec![Vec::new(); sub.tasks.len()];
+    for (i, spec) in sub.tasks.iter().enumerate() {
+        for dep in &spec.depends_on {
+            if let Some(&p) = position.get(dep.as_str()) {
+                downstream[p as usize].push(u32::try_from(i).unwrap_or(u32::MAX));
+            }
+        }
+    }
+    downstream
+}
+
+/// The run document of a new run (its tasks are inserted before it, all `pending`; those
+/// waiting on nothing are queued once it exists).
+fn run_document(sub: &Submission, retry_of: Option<ObjectId>, now: DateTime) -> WorkflowRun {
+    let task_count = u32::try_from(sub.tasks.len()).unwrap_or(u32::MAX);
+    WorkflowRun {
+        id: run_id_for(&sub.request_id),
         request_id: sub.request_id.clone(),
         workspace: sub.workspace.clone(),
         project: sub.project.clone(),
@@ -121,8 +138,7 @@ pub fn documents(
         finished_at: None,
         duration_ms: None,
         schema_version: SCHEMA_VERSION,
-    };
-    Ok((run, tasks))
+    }
 }
 
 /// The `run_tasks` document of task `index` of a new run: pending, nothing run yet.

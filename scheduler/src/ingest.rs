@@ -105,11 +105,21 @@ async fn failed(
     true
 }
 
+/// The entry's submission bytes, borrowed: a big submission is megabytes, and a copy of it
+/// would stay alive until its run is stored.
+fn payload(entry: &Entry) -> Option<&[u8]> {
+    match entry.map.get("payload")? {
+        redis::Value::BulkString(bytes) => Some(bytes),
+        redis::Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
 /// Processes one submission entry: effects in MongoDB first, then ack + reply.
 async fn handle(ctx: &Scheduler, entry: &Entry) -> anyhow::Result<()> {
     let (queue, store, options) = (&ctx.queue, &ctx.store, &ctx.options);
-    let raw = entry.get::<Vec<u8>>("payload");
-    let parsed = match &raw {
+    let raw = payload(entry);
+    let parsed = match raw {
         Some(raw) => submission::parse(raw, options.max_submission_bytes),
         None => Err(Refusal::Anonymous(vec![FieldError {
             path: "$".into(),
@@ -146,7 +156,7 @@ async fn handle(ctx: &Scheduler, entry: &Entry) -> anyhow::Result<()> {
                     },
                 )
             } else {
-                record(store, entry, Some(&request_id), &errors, &raw).await?;
+                record(store, entry, Some(&request_id), &errors, raw).await?;
                 tracing::info!(%request_id, errors = errors.len(), "submission rejected");
                 (
                     Some(request_id.clone()),
@@ -159,7 +169,7 @@ async fn handle(ctx: &Scheduler, entry: &Entry) -> anyhow::Result<()> {
             }
         }
         Err(Refusal::Anonymous(errors)) => {
-            record(store, entry, None, &errors, &raw).await?;
+            record(store, entry, None, &errors, raw).await?;
             tracing::info!(entry = %entry.id, "submission without request id rejected");
             (
                 None,
@@ -199,8 +209,8 @@ async fn admit(
 
 /// Rejects a submission that could not be stored after [`MAX_STORE_TRIES`].
 async fn give_up(ctx: &Scheduler, entry: &Entry, err: &anyhow::Error) -> anyhow::Result<()> {
-    let raw = entry.get::<Vec<u8>>("payload").unwrap_or_default();
-    let request_id = match submission::parse(&raw, ctx.options.max_submission_bytes) {
+    let raw = payload(entry).unwrap_or_default();
+    let request_id = match submission::parse(raw, ctx.options.max_submission_bytes) {
         Ok(sub) => Some(sub.request_id),
         Err(Refusal::Rejected { request_id, .. }) => Some(request_id),
         Err(Refusal::Anonymous(_)) => None,
@@ -209,7 +219,7 @@ async fn give_up(ctx: &Scheduler, entry: &Entry, err: &anyhow::Error) -> anyhow:
         path: "$".into(),
         message: format!("the scheduler could not store this submission: {err:#}"),
     }];
-    record(&ctx.store, entry, request_id.as_deref(), &errors, &raw).await?;
+    record(&ctx.store, entry, request_id.as_deref(), &errors, raw).await?;
     let to = request_id
         .as_deref()
         .map_or(ReplyTo::Rejections, ReplyTo::Request);

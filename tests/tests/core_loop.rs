@@ -108,6 +108,43 @@ async fn a_failing_task_is_retried_with_backoff_then_succeeds() {
     assert!(run.duration_ms.unwrap() >= 150, "{run:?}");
 }
 
+/// A final failure skips its whole downstream, level by level however deep (the walk reads
+/// one level at a time), and nothing that does not depend on it.
+#[tokio::test]
+async fn a_failure_skips_everything_below_it_and_nothing_beside_it() {
+    let c = cluster("skip-deep", &["none"]).await.unwrap();
+    let run_id = c
+        .client
+        .start(&submission(
+            "skip-deep",
+            json!([
+                {"id": "boom", "type": "debug.fail", "params": {"permanent": true}},
+                {"id": "ok", "type": "debug.noop"},
+                {"id": "a", "type": "debug.noop", "depends_on": ["boom"]},
+                {"id": "b", "type": "debug.noop", "depends_on": ["a"]},
+                {"id": "c", "type": "debug.noop", "depends_on": ["b", "ok"]},
+                {"id": "d", "type": "debug.noop", "depends_on": ["c"]},
+                {"id": "beside", "type": "debug.noop", "depends_on": ["ok"]}
+            ]),
+        ))
+        .await
+        .unwrap();
+    let run = c.client.finished(run_id, LONG).await.unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    for (node, status) in [
+        ("boom", TaskStatus::Failed),
+        ("ok", TaskStatus::Succeeded),
+        ("a", TaskStatus::Skipped),
+        ("b", TaskStatus::Skipped),
+        ("c", TaskStatus::Skipped),
+        ("d", TaskStatus::Skipped),
+        ("beside", TaskStatus::Succeeded),
+    ] {
+        let task = c.client.task(run_id, node).await.unwrap();
+        assert_eq!(task.status, status, "{node}");
+    }
+}
+
 #[tokio::test]
 async fn a_poison_task_ends_in_the_dead_letter_stream() {
     let c = cluster("poison", &["none", "none"]).await.unwrap();

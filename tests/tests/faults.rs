@@ -416,3 +416,72 @@ async fn a_worker_started_before_redis_waits_for_it_then_works() {
     assert_eq!(log.matches("Redis unreachable").count(), 1, "{log}");
     assert_eq!(log.matches("Redis answers again").count(), 1, "{log}");
 }
+
+/// One run with more pending tasks than a repair page (1,000) lost the events of all its
+/// roots: half succeeded, half failed. The repair pass reads the run a page at a time and still
+/// releases every task whose upstream succeeded and skips every task whose upstream failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_larger_than_a_repair_page_is_repaired_whole() {
+    const PAIRS: usize = 1_500;
+    let scope = Scope::new("repair-big-run");
+    let client = Client::connect(&scope).await.unwrap();
+    let mut first = scope
+        .spawn("scheduler-1", "harmonia-scheduler", SCHEDULER)
+        .unwrap();
+    let tasks: Vec<serde_json::Value> = (0..PAIRS)
+        .flat_map(|i| {
+            [
+                json!({"id": format!("r{i}"), "type": "debug.noop"}),
+                json!({"id": format!("d{i}"), "type": "debug.noop", "depends_on": [format!("r{i}")]}),
+            ]
+        })
+        .collect();
+    let run_id = client
+        .start(&submission("repair-big-run", json!(tasks)))
+        .await
+        .unwrap();
+    first.kill();
+    // No worker ever ran: the roots "ended" with their events lost.
+    let coll = client
+        .store
+        .db()
+        .collection::<mongodb::bson::Document>("run_tasks");
+    let roots = |parity: &str| {
+        doc! { "run_id": run_id, "node_id": { "$regex": format!("^r\\d*[{parity}]$") } }
+    };
+    let ended =
+        |status: &str| doc! { "$set": { "status": status, "finished_at": DateTime::now() } };
+    let ok = coll
+        .update_many(roots("02468"), ended("succeeded"))
+        .await
+        .unwrap();
+    let failed = coll
+        .update_many(roots("13579"), ended("failed"))
+        .await
+        .unwrap();
+    assert_eq!((ok.modified_count + failed.modified_count) as usize, PAIRS);
+
+    let args = ["run", "--reconcile-ms", "200", "--repair-ms", "500"];
+    let second = scope
+        .spawn("scheduler-2", "harmonia-scheduler", &args)
+        .unwrap();
+    let pending = doc! { "run_id": run_id, "status": "pending" };
+    wait_for("no task of the run left pending", LONG, || async {
+        let left = coll.count_documents(pending.clone()).await?;
+        Ok((left == 0).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", second.output()));
+    for task in client.tasks(run_id).await.unwrap() {
+        let Some(i) = task.node_id.strip_prefix('d') else {
+            continue;
+        };
+        let even = i.parse::<usize>().unwrap() % 2 == 0;
+        let want = if even {
+            TaskStatus::Queued
+        } else {
+            TaskStatus::Skipped
+        };
+        assert_eq!(task.status, want, "{}", task.node_id);
+    }
+}

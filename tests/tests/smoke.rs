@@ -287,3 +287,98 @@ async fn concurrent_migrations_on_a_fresh_database_all_succeed() {
         }
     }
 }
+
+/// Schema 6 replaced run_tasks' full per-status indexes with partial ones under new names: a
+/// database migrated by schema 5 loses the old ones and gains the new, and the queries those
+/// indexes serve (expired leases) are answered from them.
+#[tokio::test(flavor = "multi_thread")]
+async fn migrating_from_schema_5_replaces_the_full_status_indexes_with_partial_ones() {
+    use futures::TryStreamExt;
+    use mongodb::IndexModel;
+    let scope = Scope::new("migrate-partial");
+    let store = Store::connect(&scope.config.mongo).await.unwrap();
+    let tasks = store.db().collection::<Document>("run_tasks");
+    // What schema 5 left: the same keys, indexed over every task.
+    for keys in [
+        doc! { "status": 1, "worker_id": 1 },
+        doc! { "status": 1, "class": 1, "wait_reason": 1 },
+        doc! { "status": 1, "lease_expires_at": 1 },
+    ] {
+        tasks
+            .create_index(IndexModel::builder().keys(keys).build())
+            .await
+            .unwrap();
+    }
+    store
+        .db()
+        .collection::<Document>("meta")
+        .insert_one(doc! { "_id": "schema", "version": 5 })
+        .await
+        .unwrap();
+    let found = harmonia_shared::store::migrate::migrate(&store)
+        .await
+        .unwrap();
+    assert_eq!(found, 5);
+    let mut partial = std::collections::BTreeMap::new();
+    let mut names = Vec::new();
+    for index in tasks
+        .list_indexes()
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+    {
+        let options = index.options.unwrap_or_default();
+        let name = options.name.clone().unwrap_or_default();
+        if let Some(filter) = options.partial_filter_expression {
+            partial.insert(name.clone(), filter);
+        }
+        names.push(name);
+    }
+    for old in [
+        "status_1_worker_id_1",
+        "status_1_class_1_wait_reason_1",
+        "status_1_lease_expires_at_1",
+    ] {
+        assert!(
+            !names.iter().any(|n| n == old),
+            "{old} still there: {names:?}"
+        );
+    }
+    assert_eq!(partial["running_by_worker"], doc! { "status": "running" });
+    assert_eq!(
+        partial["running_by_lease_expiry"],
+        doc! { "status": "running" }
+    );
+    assert_eq!(
+        partial["queued_by_class_reason"],
+        doc! { "status": "queued" }
+    );
+    // The expired-lease scan is planned on a partial index, not a collection scan.
+    let plan = store
+        .db()
+        .run_command(doc! {
+            "explain": { "find": "run_tasks", "filter": {
+                "status": "running", "lease_expires_at": { "$lt": mongodb::bson::DateTime::now() },
+            } },
+            "verbosity": "queryPlanner",
+        })
+        .await
+        .unwrap();
+    let winning = plan
+        .get_document("queryPlanner")
+        .and_then(|q| q.get_document("winningPlan"))
+        .unwrap()
+        .to_string();
+    // (On an empty collection either running-only index may win the plan race.)
+    assert!(
+        winning.contains("IXSCAN") && winning.contains("\"isPartial\": true"),
+        "{winning}"
+    );
+    // A second start finds schema 6 and changes nothing.
+    let again = harmonia_shared::store::migrate::migrate(&store)
+        .await
+        .unwrap();
+    assert_eq!(again, harmonia_shared::model::SCHEMA_VERSION);
+}

@@ -33,4 +33,5 @@ pub use workspace::{Lifecycle, Project, Workspace};
 /// 2: model_artifacts, checksums, licenses, artifacts.
 /// 4: workspaces, projects, api_tokens, audit_logs; runs record their task types.
 /// 5: dashboard_sessions; tasks keep the history of their attempts.
-pub const SCHEMA_VERSION: i32 = 5;
+/// 6: run_tasks' per-status indexes hold only the tasks in that status (partial).
+pub const SCHEMA_VERSION: i32 = 6;

@@ -24,6 +24,10 @@ pub async fn migrate(store: &Store) -> Result<i32, StoreError> {
     }
     // Version 1: the collections' indexes. Later versions add steps below this one.
     store.runs().create_indexes().await?;
+    if found < 6 {
+        // See version 6 below.
+        store.tasks().drop_full_status_indexes().await?;
+    }
     store.tasks().create_indexes().await?;
     store.rejections().create_indexes().await?;
     store.workers().create_indexes().await?;
@@ -43,6 +47,9 @@ pub async fn migrate(store: &Store) -> Result<i32, StoreError> {
     // Version 5: dashboard sessions (expired by a TTL index); tasks gain `attempts`, which
     // older documents read as empty.
     store.sessions().create_indexes().await?;
+    // Version 6: run_tasks' per-status indexes are partial (only running, or only queued,
+    // tasks), under new names; the full ones they replace are dropped above, before the
+    // partial ones are created.
     meta.update_one(
         doc! { "_id": "schema", "version": { "$not": { "$gt": SCHEMA_VERSION } } },
         doc! { "$set": { "version": SCHEMA_VERSION } },

@@ -1,9 +1,10 @@
 //! The submission contract (see `docs/protocol.md`): parsing and validation of the JSON a client
 //! XADDs to `<prefix>:submissions`.
 //!
-//! Validation walks the raw JSON value instead of deserializing into typed structs, so one pass
+//! Validation walks the raw JSON instead of deserializing into typed structs, so one pass
 //! reports *every* problem, each with its JSON path (`tasks[2].depends_on[0]`), instead of the
-//! first one serde trips on.
+//! first one serde trips on. The `tasks` array is walked as it is parsed (`stream.rs`): one
+//! task's JSON tree at a time, kept only as its typed [`TaskSpec`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -81,24 +82,27 @@ pub fn parse(raw: &[u8], max_bytes: usize) -> Result<Submission, Refusal> {
             None => Refusal::Anonymous(vec![error]),
         });
     }
-    let value: Value = serde_json::from_slice(raw).map_err(|e| {
+    let top = stream::read(raw).map_err(|e| {
         Refusal::Anonymous(vec![FieldError {
             path: "$".into(),
             message: format!("not valid JSON: {e}"),
         }])
     })?;
-    let Value::Object(obj) = value else {
-        return Err(Refusal::Anonymous(vec![err(
-            "$",
-            format!("expected a JSON object, got {}", kind(&value)),
-        )]));
+    let (obj, tasks) = match top {
+        stream::Top::Object { fields, tasks } => (fields, tasks),
+        stream::Top::Other(kind) => {
+            return Err(Refusal::Anonymous(vec![err(
+                "$",
+                format!("expected a JSON object, got {kind}"),
+            )]));
+        }
     };
     let mut v = Validator::default();
     let request_id = v.id(&obj, "request_id", "request_id");
     let Some(request_id) = request_id else {
         return Err(Refusal::Anonymous(v.errors));
     };
-    match validate(obj, request_id.clone(), v) {
+    match validate(&obj, tasks, request_id.clone(), v) {
         Ok(sub) => Ok(sub),
         Err(errors) => Err(Refusal::Rejected { request_id, errors }),
     }
@@ -124,20 +128,22 @@ pub(crate) const TASK_FIELDS: &[&str] = &[
     "priority",
 ];
 
+/// `obj`: the top-level fields but `tasks`, which [`stream`] has read and validated already.
 fn validate(
-    obj: Map<String, Value>,
+    obj: &Map<String, Value>,
+    tasks: stream::Tasks,
     request_id: String,
     mut v: Validator,
 ) -> Result<Submission, Vec<FieldError>> {
-    v.unknown_fields(&obj, "", TOP_FIELDS);
-    let workspace = v.id(&obj, "workspace", "workspace").unwrap_or_default();
-    let project = v.id(&obj, "project", "project").unwrap_or_default();
-    let name = v.string(&obj, "name", "name", 256).unwrap_or_default();
+    v.unknown_fields(obj, "", TOP_FIELDS);
+    let workspace = v.id(obj, "workspace", "workspace").unwrap_or_default();
+    let project = v.id(obj, "project", "project").unwrap_or_default();
+    let name = v.string(obj, "name", "name", 256).unwrap_or_default();
     let created_by = v
-        .string(&obj, "created_by", "created_by", 256)
+        .string(obj, "created_by", "created_by", 256)
         .unwrap_or_default();
-    let tags = v.tags(&obj);
-    let tasks = v.tasks(&obj);
+    let tags = v.tags(obj);
+    let tasks = v.tasks(tasks);
     if v.errors.is_empty() {
         Ok(Submission {
             request_id,
@@ -199,8 +205,22 @@ pub(crate) fn valid_id(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// Kahn's algorithm; on a cycle, returns the ids along one cycle (first id repeated at the end).
-pub(crate) fn topological_order(specs: &[TaskSpec]) -> Result<Vec<TaskSpec>, Vec<String>> {
+/// `specs` reordered so every task comes after the tasks it depends on (moved, not copied: a
+/// run can have 200,000); on a cycle, the ids along one cycle (first id repeated at the end)
+/// and the position in `specs` of the first.
+pub(crate) fn topological_order(
+    specs: Vec<TaskSpec>,
+) -> Result<Vec<TaskSpec>, (Vec<String>, usize)> {
+    let order = kahn(&specs).map_err(|cycle| {
+        let first = specs.iter().position(|s| s.id == cycle[0]).unwrap_or(0);
+        (cycle, first)
+    })?;
+    let mut slots: Vec<Option<TaskSpec>> = specs.into_iter().map(Some).collect();
+    Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
+}
+
+/// Kahn's algorithm over indexes into `specs`.
+fn kahn(specs: &[TaskSpec]) -> Result<Vec<usize>, Vec<String>> {
     let index: HashMap<&str, usize> = specs
         .iter()
         .enumerate()
@@ -226,7 +246,7 @@ pub(crate) fn topological_order(specs: &[TaskSpec]) -> Result<Vec<TaskSpec>, Vec
         }
     }
     if order.len() == specs.len() {
-        return Ok(order.into_iter().map(|i| specs[i].clone()).collect());
+        return Ok(order);
     }
     // Walk upstream from any task left with unmet dependencies until a task repeats.
     let stuck: HashSet<usize> = (0..specs.len()).filter(|&i| indegree[i] > 0).collect();
@@ -255,6 +275,7 @@ pub(crate) fn topological_order(specs: &[TaskSpec]) -> Result<Vec<TaskSpec>, Vec
 }
 
 mod params;
+mod stream;
 mod validate;
 
 use validate::Validator;

@@ -166,3 +166,81 @@ fn the_fuzz_corpus_parses_without_panicking() {
     }
     assert!(seen >= 7, "the corpus is there ({seen} inputs)");
 }
+
+/// `tasks` is read as it streams past (see `stream.rs`); anything but one array of tasks is
+/// refused with the field named and what it was instead.
+#[test]
+fn the_tasks_field_must_be_one_non_empty_array() {
+    let message = |tasks: &str| {
+        let raw = format!(
+            r#"{{"request_id": "r1", "workspace": "w", "project": "p", "name": "n", "created_by": "me"{tasks}}}"#
+        );
+        match parse(raw.as_bytes(), 1 << 20) {
+            Err(Refusal::Rejected { errors, .. }) => {
+                assert_eq!(errors.len(), 1, "{errors:?}");
+                assert_eq!(errors[0].path, "tasks");
+                errors[0].message.clone()
+            }
+            other => panic!("{tasks}: {other:?}"),
+        }
+    };
+    assert_eq!(message(""), "is required");
+    assert_eq!(message(r#", "tasks": null"#), "is required");
+    assert_eq!(
+        message(r#", "tasks": "a""#),
+        "expected an array, got a string"
+    );
+    assert_eq!(
+        message(r#", "tasks": {"id": "a"}"#),
+        "expected an array, got an object"
+    );
+    assert_eq!(
+        message(r#", "tasks": 7"#),
+        "expected an array, got a number"
+    );
+    assert_eq!(
+        message(r#", "tasks": []"#),
+        "must contain at least one task"
+    );
+    let twice = r#", "tasks": [{"id": "a", "type": "debug.noop"}], "tasks": []"#;
+    assert_eq!(message(twice), "appears more than once");
+}
+
+#[test]
+fn a_payload_that_is_not_an_object_names_what_it_is() {
+    for (raw, kind) in [
+        (&b"[1, 2]"[..], "an array"),
+        (b"\"x\"", "a string"),
+        (b"null", "null"),
+    ] {
+        match parse(raw, 1024) {
+            Err(Refusal::Anonymous(errors)) => {
+                assert_eq!(
+                    errors[0].message,
+                    format!("expected a JSON object, got {kind}")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// Over the limit, only the limit is reported (not one problem per item), and the items read
+/// before it was reached are let go.
+#[test]
+fn more_than_max_tasks_is_one_error() {
+    let items = vec!["1"; MAX_TASKS + 1].join(",");
+    let raw = format!(
+        r#"{{"request_id": "r1", "workspace": "w", "project": "p", "name": "n", "created_by": "me", "tasks": [{items}]}}"#
+    );
+    match parse(raw.as_bytes(), 1 << 30) {
+        Err(Refusal::Rejected { errors, .. }) => {
+            assert_eq!(errors.len(), 1, "{:?}", &errors[..errors.len().min(3)]);
+            assert_eq!(
+                errors[0].message,
+                format!("at most {MAX_TASKS} tasks per run")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
+use super::stream::Tasks;
 use super::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, FieldError, MAX_GPUS, MAX_ID_LEN, MAX_TAGS, MAX_TASKS,
     Resources, TASK_FIELDS, TaskSpec, err, join, kind, topological_order, valid_id,
@@ -136,66 +137,16 @@ impl Validator {
         tags
     }
 
-    pub(super) fn tasks(&mut self, obj: &Map<String, Value>) -> Vec<TaskSpec> {
-        let items = match obj.get("tasks") {
-            None | Some(Value::Null) => {
-                self.push("tasks", "is required");
-                return Vec::new();
-            }
-            Some(Value::Array(items)) => items,
-            Some(other) => {
-                self.push("tasks", format!("expected an array, got {}", kind(other)));
-                return Vec::new();
-            }
-        };
-        if items.is_empty() {
-            self.push("tasks", "must contain at least one task");
-            return Vec::new();
+    /// The `tasks` field: its specs in dependency order, or none with the problems recorded.
+    pub(super) fn tasks(&mut self, tasks: Tasks) -> Vec<TaskSpec> {
+        match tasks {
+            Tasks::Missing | Tasks::Other("null") => self.push("tasks", "is required"),
+            Tasks::Other(kind) => self.push("tasks", format!("expected an array, got {kind}")),
+            Tasks::Repeated => self.push("tasks", "appears more than once"),
+            Tasks::Items(collector) => return collector.finish(self),
         }
-        if items.len() > MAX_TASKS {
-            self.push("tasks", format!("at most {MAX_TASKS} tasks per run"));
-            return Vec::new();
-        }
-        let mut specs = Vec::with_capacity(items.len());
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        for (i, item) in items.iter().enumerate() {
-            let path = format!("tasks[{i}]");
-            let Value::Object(task) = item else {
-                self.push(path, format!("expected an object, got {}", kind(item)));
-                continue;
-            };
-            if let Some(id) = task.get("id").and_then(Value::as_str) {
-                if let Some(first) = seen.get(id) {
-                    self.push(
-                        format!("{path}.id"),
-                        format!("duplicate task id '{id}' (also tasks[{first}])"),
-                    );
-                } else {
-                    seen.insert(id.to_owned(), i);
-                }
-            }
-            if let Some(spec) = self.task(task, &path) {
-                specs.push((i, spec));
-            }
-        }
-        self.check_dependencies(&specs, &seen);
-        if !self.errors.is_empty() {
-            return Vec::new();
-        }
-        let specs: Vec<TaskSpec> = specs.into_iter().map(|(_, s)| s).collect();
-        match topological_order(&specs) {
-            Ok(order) => order,
-            Err(cycle) => {
-                let first = seen.get(&cycle[0]).copied().unwrap_or(0);
-                self.push(
-                    format!("tasks[{first}].depends_on"),
-                    format!("dependency cycle: {}", cycle.join(" -> ")),
-                );
-                Vec::new()
-            }
-        }
+        Vec::new()
     }
-
     fn task(&mut self, task: &Map<String, Value>, path: &str) -> Option<TaskSpec> {
         let before = self.errors.len();
         self.unknown_fields(task, path, TASK_FIELDS);
@@ -341,6 +292,91 @@ impl Validator {
                 } else if !ids.contains_key(dep) {
                     self.push(path, format!("unknown task id '{dep}'"));
                 }
+            }
+        }
+    }
+}
+
+/// Validates the items of `tasks` one at a time as they are read (see `super::stream`), keeping
+/// only their typed specs.
+#[derive(Debug, Default)]
+pub(super) struct TaskCollector {
+    /// The items' own problems, reported after the submission's top-level ones.
+    v: Validator,
+    specs: Vec<(usize, TaskSpec)>,
+    /// Each id and the first item that has it.
+    seen: HashMap<String, usize>,
+    count: usize,
+}
+
+impl TaskCollector {
+    pub(super) fn item(&mut self, item: &Value) {
+        let i = self.count;
+        self.count += 1;
+        if self.count > MAX_TASKS {
+            // Only the limit is reported for a submission over it: free what its items took.
+            if self.count == MAX_TASKS + 1 {
+                *self = Self {
+                    count: self.count,
+                    ..Self::default()
+                };
+            }
+            return;
+        }
+        let path = format!("tasks[{i}]");
+        let Value::Object(task) = item else {
+            self.v
+                .push(path, format!("expected an object, got {}", kind(item)));
+            return;
+        };
+        if let Some(id) = task.get("id").and_then(Value::as_str) {
+            if let Some(first) = self.seen.get(id) {
+                self.v.push(
+                    format!("{path}.id"),
+                    format!("duplicate task id '{id}' (also tasks[{first}])"),
+                );
+            } else {
+                self.seen.insert(id.to_owned(), i);
+            }
+        }
+        if let Some(spec) = self.v.task(task, &path) {
+            self.specs.push((i, spec));
+        }
+    }
+
+    /// The specs in dependency order, or none with every problem pushed to `v`.
+    fn finish(self, v: &mut Validator) -> Vec<TaskSpec> {
+        let Self {
+            v: mut items,
+            specs,
+            seen,
+            count,
+        } = self;
+        if count == 0 {
+            v.push("tasks", "must contain at least one task");
+            return Vec::new();
+        }
+        if count > MAX_TASKS {
+            v.push("tasks", format!("at most {MAX_TASKS} tasks per run"));
+            return Vec::new();
+        }
+        items.check_dependencies(&specs, &seen);
+        let failed = !items.errors.is_empty();
+        v.errors.append(&mut items.errors);
+        if failed || !v.errors.is_empty() {
+            return Vec::new();
+        }
+        // Without errors every item is a spec, so a spec's position is its item's index.
+        drop(seen);
+        let specs: Vec<TaskSpec> = specs.into_iter().map(|(_, s)| s).collect();
+        match topological_order(specs) {
+            Ok(order) => order,
+            Err((cycle, first)) => {
+                v.push(
+                    format!("tasks[{first}].depends_on"),
+                    format!("dependency cycle: {}", cycle.join(" -> ")),
+                );
+                Vec::new()
             }
         }
     }

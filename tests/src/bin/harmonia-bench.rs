@@ -33,9 +33,10 @@ struct Args {
     /// Duration of the latency phase, in seconds.
     #[arg(long, default_value_t = 10)]
     latency_s: u64,
-    /// Tasks of the big DAG (layers of 1,000, each task depending on two of the layer above).
-    #[arg(long, default_value_t = 100_000)]
-    dag_tasks: usize,
+    /// Sizes of the DAG runs, in tasks (layers of 1,000, each task depending on two of the
+    /// layer above), each on a cluster of its own; two sizes show whether promotion stays linear.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    dag_tasks: Vec<usize>,
     /// Phases to run; `peer` runs the apalis-redis peer with the throughput and latency
     /// phases' sizes and prints Harmonia / apalis from this invocation.
     #[arg(
@@ -370,10 +371,10 @@ async fn peer(args: &Args, fig: &Figures) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn dag(args: &Args) -> anyhow::Result<()> {
-    let c = cluster("bench-dag", args).await?;
-    let width = 1000.min(args.dag_tasks);
-    let layers = args.dag_tasks / width;
+async fn dag(args: &Args, size: usize) -> anyhow::Result<()> {
+    let c = cluster(&format!("bench-dag-{size}"), args).await?;
+    let width = 1000.min(size);
+    let layers = size / width;
     let mut tasks = Vec::with_capacity(layers * width);
     for l in 0..layers {
         for i in 0..width {
@@ -392,7 +393,7 @@ async fn dag(args: &Args) -> anyhow::Result<()> {
         }
     }
     let count = tasks.len();
-    let sub = submission("dag", json!(tasks));
+    let sub = submission(&format!("dag-{size}"), json!(tasks));
     let bytes = sub.to_string().len();
     let t0 = Instant::now();
     let run_id = c.client.start(&sub).await?;
@@ -428,7 +429,11 @@ async fn main() -> anyhow::Result<()> {
             "throughput" => throughput(&args, &mut fig).await?,
             "latency" => latency(&args, &mut fig).await?,
             "peer" => peer(&args, &fig).await?,
-            "dag" => dag(&args).await?,
+            "dag" => {
+                for &size in &args.dag_tasks {
+                    dag(&args, size).await?;
+                }
+            }
             other => anyhow::bail!("unknown phase {other} (throughput, latency, peer, dag)"),
         }
     }

@@ -12,6 +12,26 @@ use super::TaskRepo;
 use crate::model::{RunTask, TaskStatus};
 use crate::store::StoreError;
 
+/// The strings of array field `k` of `d` (none when it is missing).
+fn strings(d: &Document, k: &str) -> Vec<String> {
+    d.get_array(k)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `status` of a projected task document.
+fn status_of(d: &Document) -> Result<TaskStatus, StoreError> {
+    mongodb::bson::from_bson(d.get("status").cloned().unwrap_or(Bson::Null))
+        .map_err(|e| StoreError::Mongo(e.into()))
+}
+
+/// Pending tasks the repair pass reads at a time.
+const REPAIR_PAGE: usize = 1000;
+
 /// A queued task due to be appended to its stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
@@ -130,25 +150,31 @@ impl TaskRepo {
         from: &[String],
         status: TaskStatus,
     ) -> Result<u64, StoreError> {
-        let graph = self.graph(run_id).await?;
-        let mut seen: HashSet<&str> = HashSet::new();
-        let mut stack: Vec<&str> = from
-            .iter()
-            .filter_map(|n| graph.get(n))
-            .flat_map(|s| s.downstream.iter().map(String::as_str))
+        // Breadth first, one query per level, through pending tasks only: what is read is the
+        // part of the run being closed, never the whole run.
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut level: Vec<String> = self
+            .edges(run_id, from, false)
+            .await?
+            .into_iter()
+            .flat_map(|(_, below)| below)
             .collect();
-        while let Some(node) = stack.pop() {
-            match graph.get(node) {
-                Some(state) if state.status == TaskStatus::Pending && seen.insert(node) => {
-                    stack.extend(state.downstream.iter().map(String::as_str));
+        while !level.is_empty() {
+            let mut next = Vec::new();
+            for (node, below) in self.edges(run_id, &level, true).await? {
+                if seen.insert(node) {
+                    next.extend(below);
                 }
-                _ => {}
             }
+            next.retain(|n| !seen.contains(n));
+            next.sort_unstable();
+            next.dedup();
+            level = next;
         }
         if seen.is_empty() {
             return Ok(0);
         }
-        let nodes: Vec<&str> = seen.into_iter().collect();
+        let nodes: Vec<String> = seen.into_iter().collect();
         let done = self
             .coll
             .update_many(
@@ -157,6 +183,30 @@ impl TaskRepo {
             )
             .await?;
         Ok(done.modified_count)
+    }
+
+    /// `nodes` (only the pending ones when `pending`) with their downstream nodes.
+    async fn edges(
+        &self,
+        run_id: ObjectId,
+        nodes: &[String],
+        pending: bool,
+    ) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+        let mut filter = doc! { "run_id": run_id, "node_id": { "$in": nodes } };
+        if pending {
+            filter.insert("status", "pending");
+        }
+        let mut cursor = self
+            .raw()
+            .find(filter)
+            .projection(doc! { "node_id": 1, "downstream_node_ids": 1 })
+            .await?;
+        let mut edges = Vec::new();
+        while let Some(d) = cursor.try_next().await? {
+            let node = d.get_str("node_id").unwrap_or_default().to_owned();
+            edges.push((node, strings(&d, "downstream_node_ids")));
+        }
+        Ok(edges)
     }
 
     /// Every node of a run with its status and edges (a projection: no params or outputs).
@@ -171,25 +221,14 @@ impl TaskRepo {
             .await?;
         let mut graph = HashMap::new();
         while let Some(d) = cursor.try_next().await? {
-            let strings = |k: &str| -> Vec<String> {
-                d.get_array(k)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|v| v.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            };
-            let status: TaskStatus =
-                mongodb::bson::from_bson(d.get("status").cloned().unwrap_or(Bson::Null))
-                    .map_err(|e| StoreError::Mongo(e.into()))?;
+            let status = status_of(&d)?;
             graph.insert(
                 d.get_str("node_id").unwrap_or_default().to_owned(),
                 NodeState {
                     status,
-                    upstream: strings("upstream_node_ids"),
-                    downstream: strings("downstream_node_ids"),
-                    waiting_on: strings("waiting_on"),
+                    upstream: strings(&d, "upstream_node_ids"),
+                    downstream: strings(&d, "downstream_node_ids"),
+                    waiting_on: strings(&d, "waiting_on"),
                 },
             );
         }
@@ -197,33 +236,28 @@ impl TaskRepo {
     }
 
     /// Repairs what lost events would have done: drops succeeded upstreams from waiting lists,
-    /// queues what is ready, skips what can never run. Returns (queued, skipped).
+    /// queues what is ready, skips what can never run. Returns (queued, skipped). Reads the
+    /// run's pending tasks a page at a time, with the status of just the nodes that page names,
+    /// so a 100,000-task run is never in memory at once.
     pub async fn repair_run(&self, run_id: ObjectId) -> Result<(u64, u64), StoreError> {
-        let graph = self.graph(run_id).await?;
+        let mut cursor = self
+            .raw()
+            .find(doc! { "run_id": run_id, "status": "pending" })
+            .projection(doc! { "node_id": 1, "upstream_node_ids": 1, "waiting_on": 1 })
+            .batch_size(REPAIR_PAGE as u32)
+            .await?;
         let mut doomed = Vec::new();
-        for (node, state) in &graph {
-            if state.status != TaskStatus::Pending {
-                continue;
+        let mut page = Vec::with_capacity(REPAIR_PAGE);
+        loop {
+            let next = cursor.try_next().await?;
+            let end = next.is_none();
+            page.extend(next);
+            if page.len() == REPAIR_PAGE || (end && !page.is_empty()) {
+                doomed.extend(self.repair_page(run_id, &page).await?);
+                page.clear();
             }
-            let status_of = |n: &String| graph.get(n).map(|s| s.status);
-            let done: Vec<&String> = state
-                .waiting_on
-                .iter()
-                .filter(|n| status_of(n) == Some(TaskStatus::Succeeded))
-                .collect();
-            if !done.is_empty() {
-                self.coll
-                    .update_one(
-                        doc! { "run_id": run_id, "node_id": node, "status": "pending" },
-                        doc! { "$pull": { "waiting_on": { "$in": done } } },
-                    )
-                    .await?;
-            }
-            let failed = state.upstream.iter().any(|n| {
-                status_of(n).is_some_and(|s| s.is_terminal() && s != TaskStatus::Succeeded)
-            });
-            if failed {
-                doomed.push(node.clone());
+            if end {
+                break;
             }
         }
         let skipped = if doomed.is_empty() {
@@ -243,6 +277,89 @@ impl TaskRepo {
         };
         let queued = self.queue_ready(doc! { "run_id": run_id }).await?;
         Ok((queued, skipped))
+    }
+
+    /// One page of [`Self::repair_run`]: drops the succeeded nodes from each pending task's
+    /// waiting list; returns the tasks that can never run (an upstream failed, was skipped or
+    /// cancelled).
+    async fn repair_page(
+        &self,
+        run_id: ObjectId,
+        page: &[Document],
+    ) -> Result<Vec<String>, StoreError> {
+        let pending: Vec<(String, Vec<String>, Vec<String>)> = page
+            .iter()
+            .map(|d| {
+                let node = d.get_str("node_id").unwrap_or_default().to_owned();
+                (
+                    node,
+                    strings(d, "upstream_node_ids"),
+                    strings(d, "waiting_on"),
+                )
+            })
+            .collect();
+        let named: HashSet<&str> = pending
+            .iter()
+            .flat_map(|(_, up, waiting)| up.iter().chain(waiting).map(String::as_str))
+            .collect();
+        let finished = self.finished_among(run_id, named).await?;
+        let mut doomed = Vec::new();
+        for (node, upstream, waiting_on) in &pending {
+            let done: Vec<&String> = waiting_on
+                .iter()
+                .filter(|n| finished.get(n.as_str()) == Some(&TaskStatus::Succeeded))
+                .collect();
+            if !done.is_empty() {
+                self.coll
+                    .update_one(
+                        doc! { "run_id": run_id, "node_id": node, "status": "pending" },
+                        doc! { "$pull": { "waiting_on": { "$in": done } } },
+                    )
+                    .await?;
+            }
+            let failed = upstream.iter().any(|n| {
+                finished
+                    .get(n.as_str())
+                    .is_some_and(|&s| s != TaskStatus::Succeeded)
+            });
+            if failed {
+                doomed.push(node.clone());
+            }
+        }
+        Ok(doomed)
+    }
+
+    /// The finished nodes among `nodes`, with how each ended.
+    async fn finished_among(
+        &self,
+        run_id: ObjectId,
+        nodes: HashSet<&str>,
+    ) -> Result<HashMap<String, TaskStatus>, StoreError> {
+        if nodes.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let terminal = [
+            TaskStatus::Succeeded,
+            TaskStatus::Failed,
+            TaskStatus::Skipped,
+            TaskStatus::Cancelled,
+        ]
+        .map(TaskStatus::as_str);
+        let mut cursor = self
+            .raw()
+            .find(doc! {
+                "run_id": run_id,
+                "node_id": { "$in": nodes.into_iter().collect::<Vec<_>>() },
+                "status": { "$in": terminal.to_vec() },
+            })
+            .projection(doc! { "node_id": 1, "status": 1 })
+            .await?;
+        let mut finished = HashMap::new();
+        while let Some(d) = cursor.try_next().await? {
+            let status = status_of(&d)?;
+            finished.insert(d.get_str("node_id").unwrap_or_default().to_owned(), status);
+        }
+        Ok(finished)
     }
 
     /// Running tasks whose lease has expired (their worker is presumed dead).

@@ -27,6 +27,15 @@ impl crate::store::Stored for RunTask {
 
 pub type TaskRepo = crate::store::Repo<RunTask>;
 
+/// An index named `name` that holds only the tasks whose status is `status`.
+fn partial(name: &str, keys: Document, status: &str) -> IndexModel {
+    let options = IndexOptions::builder()
+        .name(name.to_owned())
+        .partial_filter_expression(doc! { "status": status })
+        .build();
+    IndexModel::builder().keys(keys).options(options).build()
+}
+
 impl TaskRepo {
     pub async fn create_indexes(&self) -> Result<(), StoreError> {
         let unique = IndexOptions::builder().unique(true).build();
@@ -41,19 +50,28 @@ impl TaskRepo {
                 IndexModel::builder()
                     .keys(doc! { "run_id": 1, "status": 1 })
                     .build(),
-                // Fleet-wide scans: everything queued or running, by worker.
-                IndexModel::builder()
-                    .keys(doc! { "status": 1, "worker_id": 1 })
-                    .build(),
+                // The per-status indexes below hold only the tasks in the status they serve
+                // (partial), so a task enters each once and most writes touch none of them: a
+                // pending or finished task is in neither, a claim moves it from one to the other.
+                // Running tasks by worker (handing back a dead worker's tasks).
+                partial(
+                    "running_by_worker",
+                    doc! { "status": 1, "worker_id": 1 },
+                    "running",
+                ),
                 // Wait reasons: setting one reads only the class's queued keys, clearing only
                 // the keys that have a reason.
-                IndexModel::builder()
-                    .keys(doc! { "status": 1, "class": 1, "wait_reason": 1 })
-                    .build(),
+                partial(
+                    "queued_by_class_reason",
+                    doc! { "status": 1, "class": 1, "wait_reason": 1 },
+                    "queued",
+                ),
                 // Expired leases.
-                IndexModel::builder()
-                    .keys(doc! { "status": 1, "lease_expires_at": 1 })
-                    .build(),
+                partial(
+                    "running_by_lease_expiry",
+                    doc! { "status": 1, "lease_expires_at": 1 },
+                    "running",
+                ),
                 // Claims and completions are fenced on the lease token.
                 IndexModel::builder()
                     .keys(doc! { "lease_token": 1 })
@@ -85,6 +103,26 @@ impl TaskRepo {
                     .build(),
             ])
             .await?;
+        Ok(())
+    }
+
+    /// Drops the full per-status indexes of schema 5 and earlier, which [`Self::create_indexes`]
+    /// replaced with partial ones under new names (a partial index cannot take an old index's
+    /// name and key with other options). Dropping one that is already gone is fine.
+    pub async fn drop_full_status_indexes(&self) -> Result<(), StoreError> {
+        for name in [
+            "status_1_worker_id_1",
+            "status_1_class_1_wait_reason_1",
+            "status_1_lease_expires_at_1",
+        ] {
+            match self.coll.drop_index(name).await {
+                Ok(()) => {}
+                // IndexNotFound (27), or NamespaceNotFound (26) on a fresh database.
+                Err(e) if matches!(&*e.kind, mongodb::error::ErrorKind::Command(c) if matches!(c.code, 26 | 27)) =>
+                    {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(())
     }
 
