@@ -47,6 +47,47 @@ async fn redis_stream_round_trip_through_a_consumer_group() {
     assert_eq!(pending.count(), 0);
 }
 
+/// `read_group` parses the reply itself (redis-rs's `StreamReadReply` clones it whole): new
+/// entries come back with their fields, and an entry deleted while pending reads back from the
+/// backlog with none rather than failing the read.
+#[tokio::test]
+async fn read_group_returns_fields_and_survives_an_entry_deleted_while_pending() {
+    let scope = Scope::new("read-group");
+    let queue = Queue::connect(&scope.config.redis).await.unwrap();
+    let stream = queue.keys().submissions();
+    queue.ensure_group(&stream, "g").await.unwrap();
+    let mut conn = queue.conn().await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..2 {
+        let id: String = conn
+            .xadd(
+                &stream,
+                "*",
+                &[("payload", format!("p{n}")), ("n", n.to_string())],
+            )
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let new = queue
+        .read_group(&stream, "g", "c1", false, 10)
+        .await
+        .unwrap();
+    assert_eq!(new.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), ids);
+    assert_eq!(new[1].get::<String>("payload").as_deref(), Some("p1"));
+    assert_eq!(new[1].get::<String>("n").as_deref(), Some("1"));
+
+    let deleted: i64 = conn.xdel(&stream, &[&ids[0]]).await.unwrap();
+    assert_eq!(deleted, 1);
+    let backlog = queue
+        .read_group(&stream, "g", "c1", true, 10)
+        .await
+        .unwrap();
+    assert_eq!(backlog.len(), 2, "{backlog:?}");
+    assert!(backlog[0].map.is_empty(), "{backlog:?}");
+    assert_eq!(backlog[1].get::<String>("payload").as_deref(), Some("p1"));
+}
+
 #[tokio::test]
 async fn mongo_transactions_commit_and_abort() {
     let scope = Scope::new("mongo-txn");

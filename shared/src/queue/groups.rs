@@ -49,6 +49,12 @@ pub struct GroupInfo {
     pub lag: Option<u64>,
 }
 
+/// One entry of an XREADGROUP reply: its id and its fields.
+type EntryRow = (
+    String,
+    Option<std::collections::HashMap<String, redis::Value>>,
+);
+
 impl Queue {
     /// Creates a consumer group (and its stream) if missing. Groups start at `0` so entries
     /// written before the group existed (e.g. right after a Redis flush) are still delivered.
@@ -72,7 +78,7 @@ impl Queue {
         backlog: bool,
         count: usize,
     ) -> Result<Vec<StreamId>, QueueError> {
-        use redis::streams::{StreamReadOptions, StreamReadReply};
+        use redis::streams::StreamReadOptions;
         let mut opts = StreamReadOptions::default()
             .group(group, consumer)
             .count(count);
@@ -81,11 +87,21 @@ impl Queue {
         }
         let cursor = if backlog { "0" } else { ">" };
         let mut conn = self.conn().await?;
-        let reply: Option<StreamReadReply> =
+        // Read as rows rather than `StreamReadReply`, whose parser clones the whole reply (a
+        // submission can be megabytes): [[stream, [[id, [field, value, ...] or nil], ...]]].
+        let rows: Option<Vec<(String, Vec<EntryRow>)>> =
             conn.xread_options(&[stream], &[cursor], &opts).await?;
-        Ok(reply
-            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
-            .unwrap_or_default())
+        Ok(rows
+            .into_iter()
+            .flatten()
+            .flat_map(|(_, entries)| entries)
+            .map(|(id, fields)| StreamId {
+                id,
+                // An entry deleted while pending reads back with no fields.
+                map: fields.unwrap_or_default(),
+                ..StreamId::default()
+            })
+            .collect())
     }
 
     /// Takes over up to `count` entries that sat unacknowledged in any consumer's pending list

@@ -205,8 +205,8 @@ pub(crate) fn valid_id(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// `specs` reordered so every task comes after the tasks it depends on (moved, not copied: a
-/// run can have 200,000); on a cycle, the ids along one cycle (first id repeated at the end)
+/// `specs` reordered so every task comes after the tasks it depends on (in place, not copied:
+/// a run can have 200,000); on a cycle, the ids along one cycle (first id repeated at the end)
 /// and the position in `specs` of the first.
 pub(crate) fn topological_order(
     specs: Vec<TaskSpec>,
@@ -215,8 +215,27 @@ pub(crate) fn topological_order(
         let first = specs.iter().position(|s| s.id == cycle[0]).unwrap_or(0);
         (cycle, first)
     })?;
-    let mut slots: Vec<Option<TaskSpec>> = specs.into_iter().map(Some).collect();
-    Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
+    let mut specs = specs;
+    permute(&mut specs, &order);
+    Ok(specs)
+}
+
+/// Reorders `items` in place so that position `k` holds what was at `order[k]` (`order` is a
+/// permutation): one cycle of swaps at a time, no second array of items.
+fn permute<T>(items: &mut [T], order: &[usize]) {
+    let mut placed = vec![false; items.len()];
+    for start in 0..items.len() {
+        let mut k = start;
+        while !placed[k] {
+            placed[k] = true;
+            let from = order[k];
+            if from == start {
+                break;
+            }
+            items.swap(k, from);
+            k = from;
+        }
+    }
 }
 
 /// Kahn's algorithm over indexes into `specs`.

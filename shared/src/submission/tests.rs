@@ -244,3 +244,12 @@ fn more_than_max_tasks_is_one_error() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn permuting_in_place_puts_each_item_where_the_order_says() {
+    let order = [3, 0, 4, 1, 2, 6, 5, 7];
+    let mut items: Vec<usize> = (0..order.len()).map(|i| i * 10).collect();
+    super::permute(&mut items, &order);
+    let expected: Vec<usize> = order.iter().map(|&i| i * 10).collect();
+    assert_eq!(items, expected);
+}

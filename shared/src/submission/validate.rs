@@ -368,7 +368,10 @@ impl TaskCollector {
         }
         // Without errors every item is a spec, so a spec's position is its item's index.
         drop(seen);
-        let specs: Vec<TaskSpec> = specs.into_iter().map(|(_, s)| s).collect();
+        let mut specs: Vec<TaskSpec> = specs.into_iter().map(|(_, s)| s).collect();
+        // The vector grew by doubling as items streamed in: give the slack back (megabytes for
+        // a big run; shrinking a large allocation does not copy it).
+        specs.shrink_to_fit();
         match topological_order(specs) {
             Ok(order) => order,
             Err((cycle, first)) => {
