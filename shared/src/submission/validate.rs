@@ -147,6 +147,7 @@ impl Validator {
         }
         Vec::new()
     }
+
     fn task(&mut self, task: &Map<String, Value>, path: &str) -> Option<TaskSpec> {
         let before = self.errors.len();
         self.unknown_fields(task, path, TASK_FIELDS);

@@ -240,25 +240,16 @@ impl TaskRepo {
     /// run's pending tasks a page at a time, with the status of just the nodes that page names,
     /// so a 100,000-task run is never in memory at once.
     pub async fn repair_run(&self, run_id: ObjectId) -> Result<(u64, u64), StoreError> {
-        let mut cursor = self
+        let cursor = self
             .raw()
             .find(doc! { "run_id": run_id, "status": "pending" })
             .projection(doc! { "node_id": 1, "upstream_node_ids": 1, "waiting_on": 1 })
             .batch_size(REPAIR_PAGE as u32)
             .await?;
+        let mut pages = cursor.try_chunks(REPAIR_PAGE);
         let mut doomed = Vec::new();
-        let mut page = Vec::with_capacity(REPAIR_PAGE);
-        loop {
-            let next = cursor.try_next().await?;
-            let end = next.is_none();
-            page.extend(next);
-            if page.len() == REPAIR_PAGE || (end && !page.is_empty()) {
-                doomed.extend(self.repair_page(run_id, &page).await?);
-                page.clear();
-            }
-            if end {
-                break;
-            }
+        while let Some(page) = pages.try_next().await.map_err(|e| e.1)? {
+            doomed.extend(self.repair_page(run_id, &page).await?);
         }
         let skipped = if doomed.is_empty() {
             0
