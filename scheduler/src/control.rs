@@ -30,6 +30,15 @@ pub enum ControlError {
 
 type Result<T> = std::result::Result<T, ControlError>;
 
+impl From<create::CreateError> for ControlError {
+    fn from(e: create::CreateError) -> Self {
+        match e {
+            create::CreateError::Store(e) => Self::Store(e),
+            create::CreateError::Queue(e) => Self::Queue(e),
+        }
+    }
+}
+
 macro_rules! conflict {
     ($($arg:tt)*) => { return Err(ControlError::Conflict(format!($($arg)*))) };
 }
@@ -195,7 +204,8 @@ pub async fn retry_run(store: &Store, id: &str) -> Result<ObjectId> {
         tags: run.tags.clone(),
         tasks: specs,
     };
-    Ok(create::create_run(store, &sub, Some(run.id)).await?.run_id)
+    let created = create::create_run(store, &sub, Some(run.id), create::Dispatch::Publisher).await;
+    Ok(created?.run_id)
 }
 
 fn past(status: harmonia_shared::model::RunStatus) -> &'static str {

@@ -4,14 +4,22 @@
 //! transactions larger than its cache), so creation uses a commit marker instead: every id is
 //! derived from the `request_id`, all tasks are inserted first (a retry inserts only the
 //! missing ones), and the run document goes in last. Nothing reads tasks of a run whose
-//! document does not exist, so a run appears whole or not at all. Its ready tasks are queued
-//! only after that; if the scheduler dies in between, the reconcile pass queues them.
+//! document does not exist, so a run appears whole or not at all.
+//!
+//! A submission's ready tasks (those waiting on nothing) are inserted already queued and
+//! marked as published in the current Redis epoch, and appended to their streams right after
+//! the run document: no MongoDB write per task between creation and the claim. A scheduler
+//! that dies (or fails) between the run document and the appends has not acked the
+//! submission; when it is delivered again its run's queued tasks are published again. If
+//! Redis lost its data meanwhile, the epoch differs and reconcile publishes them (never those
+//! of a run whose document was not written).
 
 use std::collections::HashMap;
 
 use harmonia_shared::model::{
     RunStatus, RunTask, SCHEMA_VERSION, TaskCounts, TaskStatus, WorkflowRun,
 };
+use harmonia_shared::queue::{Queue, QueueError, TaskEntry};
 use harmonia_shared::resources::ResourceClass;
 use harmonia_shared::store::{Store, StoreError};
 use harmonia_shared::submission::{Submission, TaskSpec};
@@ -19,6 +27,27 @@ use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{self, DateTime};
 use mongodb::error::Error as MongoError;
 use sha2::{Digest, Sha256};
+
+/// How a new run's ready tasks reach their streams.
+#[derive(Debug, Clone, Copy)]
+pub enum Dispatch<'a> {
+    /// Inserted pending and queued once the run document exists; the scheduler's publisher
+    /// appends them (a caller without the scheduler's Redis: the CLI's `retry run`).
+    Publisher,
+    /// Inserted queued and appended here (see the module's comment). `redelivered`: the
+    /// submission was delivered before, and its first handling may have stopped between the
+    /// run document and the appends.
+    Direct { queue: &'a Queue, redelivered: bool },
+}
+
+/// Why a run could not be created (it may exist; creating it again completes it).
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("appending the run's ready tasks to their streams: {0}")]
+    Queue(#[from] QueueError),
+}
 
 /// The run a submission maps to, and whether this call created it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,38 +82,89 @@ pub async fn create_run(
     store: &Store,
     sub: &Submission,
     retry_of: Option<ObjectId>,
-) -> Result<Created, StoreError> {
+    dispatch: Dispatch<'_>,
+) -> Result<Created, CreateError> {
     if let Some(existing) = store.runs().by_request_id(&sub.request_id).await? {
+        if let Dispatch::Direct {
+            redelivered: true, ..
+        } = dispatch
+        {
+            // Due again: the scheduler's publisher appends them.
+            store.tasks().republish_queued_in(existing.id).await?;
+        }
         return Ok(Created {
             run_id: existing.id,
             new: false,
         });
     }
     let now = DateTime::now();
-    let run = run_document(sub, retry_of, now);
+    let (queue, epoch) = match dispatch {
+        // Read before the tasks go in: a loss after this read changes the epoch, and
+        // reconcile publishes them again. Never started here (the reconcile pass that starts
+        // an epoch is the one that repairs what the loss broke).
+        Dispatch::Direct { queue, .. } => (Some(queue), queue.current_epoch().await?),
+        Dispatch::Publisher => (None, None),
+    };
+    let mut run = run_document(sub, retry_of, now);
     let downstream = downstream_of(sub);
+    let mut ready = Vec::new();
     for (n, specs) in sub.tasks.chunks(CREATE_CHUNK).enumerate() {
-        let tasks = specs
-            .iter()
-            .enumerate()
-            .map(|(i, spec)| {
-                let index = n * CREATE_CHUNK + i;
-                let below = downstream[index]
-                    .iter()
-                    .map(|&j| sub.tasks[j as usize].id.clone())
-                    .collect();
-                new_task(run.id, index, spec, below, now)
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let mut tasks = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            let index = n * CREATE_CHUNK + i;
+            let below = downstream[index]
+                .iter()
+                .map(|&j| sub.tasks[j as usize].id.clone())
+                .collect();
+            let mut task = new_task(run.id, index, spec, below, now)?;
+            if queue.is_some() && spec.depends_on.is_empty() {
+                task.status = TaskStatus::Queued;
+                task.queued_at = Some(now);
+                task.published_epoch.clone_from(&epoch);
+                ready.push((ResourceClass::from(spec.resources), task.id));
+            }
+            tasks.push(task);
+        }
         store.tasks().insert_missing(&tasks).await?;
     }
+    let queued = u32::try_from(ready.len()).unwrap_or(u32::MAX);
+    run.counts.pending -= queued;
+    run.counts.queued = queued;
     let new = store.runs().insert(&run).await?; // false: a replica raced us
     // The commit point has passed: queue the ready tasks.
-    store.tasks().queue_ready_in(run.id).await?;
+    match queue {
+        Some(queue) => publish(queue, &ready).await?,
+        None => {
+            store.tasks().queue_ready_in(run.id).await?;
+        }
+    }
     Ok(Created {
         run_id: run.id,
         new,
     })
+}
+
+/// Entries appended per Redis transaction.
+const PUBLISH_CHUNK: usize = 1000;
+
+/// Appends a new run's ready tasks (attempt 0) to their class streams.
+async fn publish(queue: &Queue, ready: &[(ResourceClass, ObjectId)]) -> Result<(), QueueError> {
+    for chunk in ready.chunks(PUBLISH_CHUNK) {
+        let entries: Vec<(ResourceClass, TaskEntry)> = chunk
+            .iter()
+            .map(|&(class, id)| {
+                let entry = TaskEntry {
+                    task_id: id.to_hex(),
+                    attempt: 0,
+                };
+                (class, entry)
+            })
+            .collect();
+        // The epoch these went in is not recorded again: if it is not the one read before
+        // the insert, reconcile sees the difference and publishes them once more.
+        queue.publish(&entries).await?;
+    }
+    Ok(())
 }
 
 /// Each task's downstream tasks (the reverse of `depends_on`), as positions in `sub.tasks`:

@@ -20,7 +20,7 @@ use harmonia_shared::submission::{self, FieldError, Refusal};
 use mongodb::bson::DateTime;
 
 use crate::context::Scheduler;
-use crate::create::create_run;
+use crate::create::{Dispatch, create_run};
 use crate::reader::GroupReader;
 
 /// Consumer group of all scheduler replicas on the submissions stream.
@@ -41,6 +41,7 @@ pub async fn run(ctx: Arc<Scheduler>) {
     let mut reader = GroupReader::new(stream, "submissions", 256, Duration::ZERO);
     let mut failures: HashMap<String, u32> = HashMap::new();
     while let Some(entries) = reader.next(&ctx).await {
+        let redelivered = reader.redelivered();
         // Submissions are independent and their handling is idempotent (ids derive from the
         // request id), so a read's entries are handled concurrently: at a few journaled writes
         // each, one at a time would cap ingest at a few hundred runs per second.
@@ -48,7 +49,7 @@ pub async fn run(ctx: Arc<Scheduler>) {
             .map(|entry| {
                 let ctx = ctx.clone();
                 async move {
-                    let result = handle(&ctx, &entry).await;
+                    let result = handle(&ctx, &entry, redelivered).await;
                     (entry, result)
                 }
             })
@@ -115,8 +116,10 @@ fn payload(entry: &Entry) -> Option<&[u8]> {
     }
 }
 
-/// Processes one submission entry: effects in MongoDB first, then ack + reply.
-async fn handle(ctx: &Scheduler, entry: &Entry) -> anyhow::Result<()> {
+/// Processes one submission entry: effects in MongoDB (and its ready tasks on their streams)
+/// first, then ack + reply. `redelivered`: it was delivered before (see
+/// [`crate::reader::GroupReader::redelivered`]).
+async fn handle(ctx: &Scheduler, entry: &Entry, redelivered: bool) -> anyhow::Result<()> {
     let (queue, store, options) = (&ctx.queue, &ctx.store, &ctx.options);
     let raw = payload(entry);
     let parsed = match raw {
@@ -134,9 +137,12 @@ async fn handle(ctx: &Scheduler, entry: &Entry) -> anyhow::Result<()> {
     };
     let (to, reply): (Option<String>, Reply) = match parsed {
         Ok(sub) => {
-            let created = create_run(store, &sub, None).await?;
-            // Its root tasks are due: publish them now rather than at the next poll.
-            ctx.publish.notify_one();
+            let dispatch = Dispatch::Direct { queue, redelivered };
+            let created = create_run(store, &sub, None, dispatch).await?;
+            if redelivered {
+                // An existing run's tasks may have been made due again.
+                ctx.publish.notify_one();
+            }
             tracing::info!(request_id = %sub.request_id, run_id = %created.run_id,
                 tasks = sub.tasks.len(), new = created.new, "submission accepted");
             (

@@ -18,6 +18,8 @@ pub struct GroupReader {
     /// How often to look for entries a dead replica left pending (zero: at every idle read).
     take_over_every: Duration,
     backlog: bool,
+    /// Whether the last batch was read from the pending list (delivered before).
+    redelivered: bool,
     grouped: bool,
     taken_over_at: Instant,
 }
@@ -35,6 +37,7 @@ impl GroupReader {
             count,
             take_over_every,
             backlog: true,
+            redelivered: false,
             grouped: false,
             taken_over_at: Instant::now(),
         }
@@ -44,6 +47,13 @@ impl GroupReader {
     /// unacked for another try.
     pub fn retry_pending(&mut self) {
         self.backlog = true;
+    }
+
+    /// Whether the entries [`Self::next`] returned last were delivered before: read from the
+    /// pending list of this replica (it restarted, or a pass failed) or taken over from a dead
+    /// one. Their first handling may have stopped half-way.
+    pub fn redelivered(&self) -> bool {
+        self.redelivered
     }
 
     /// The next non-empty batch; `None` once the scheduler shuts down. Redis errors are logged
@@ -87,6 +97,7 @@ impl GroupReader {
         }
         let consumer = &ctx.options.consumer;
         let (stream, backlog, count) = (&self.stream, self.backlog, self.count);
+        self.redelivered = backlog;
         Ok(ctx
             .queue
             .read_group(stream, SCHEDULER_GROUP, consumer, backlog, count)

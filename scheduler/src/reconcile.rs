@@ -40,7 +40,7 @@ async fn pass(ctx: &Scheduler, last_repair: &mut Option<Instant>) -> anyhow::Res
     }
     // Every pass, not only when this replica saw the epoch start: another replica may have
     // started it, and a publisher's mark can land after the loss it belonged before.
-    let stale = ctx.store.tasks().republish_stale(&epoch.id).await?;
+    let stale = ctx.store.republish_stale(&epoch.id).await?;
     if stale > 0 {
         tracing::info!(
             requeued = stale,

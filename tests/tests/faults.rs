@@ -60,6 +60,67 @@ async fn set_task(
     task
 }
 
+/// A scheduler replica that takes over in a second what a dead one left pending, with the
+/// repair pass an hour away: only the take-over can do the dead one's work.
+const TAKE_OVER: [&str; 7] = [
+    "run",
+    "--reconcile-ms",
+    "200",
+    "--repair-ms",
+    "3600000",
+    "--reclaim-after-s",
+    "1",
+];
+
+/// Appends `payload` to `stream` and has a scheduler that then died ("ghost") read it: the
+/// entry is pending in the schedulers' group, never acked.
+async fn left_pending_by_a_dead_scheduler(client: &Client, stream: &str, payload: String) {
+    client
+        .queue
+        .ensure_group(stream, SCHEDULER_GROUP)
+        .await
+        .unwrap();
+    let opts = redis::streams::StreamReadOptions::default().group(SCHEDULER_GROUP, "ghost");
+    let mut conn = client.queue.conn().await.unwrap();
+    let () = redis::pipe()
+        .atomic()
+        .xadd(stream, "*", &[("payload", payload)])
+        .ignore()
+        .xread_options(&[stream], &[">"], &opts)
+        .ignore()
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+}
+
+/// A scheduler stores `chain(request_id)` and is SIGKILLed: what it left is all there is.
+async fn stored_then_killed(
+    scope: &Scope,
+    client: &Client,
+    request_id: &str,
+) -> mongodb::bson::oid::ObjectId {
+    let mut scheduler = scope
+        .spawn("scheduler-1", "harmonia-scheduler", SCHEDULER)
+        .unwrap();
+    let run_id = accepted(client, request_id).await;
+    scheduler.kill();
+    run_id
+}
+
+/// Drops every entry of the CPU task stream (none read by a worker yet), keeping its group:
+/// as if they had never been appended. Returns how many.
+async fn drop_cpu_entries(client: &Client) -> i64 {
+    let stream = client.queue.keys().task_stream(ResourceClass::CPU);
+    let mut conn = client.queue.conn().await.unwrap();
+    redis::cmd("XTRIM")
+        .arg(&stream)
+        .arg("MAXLEN")
+        .arg(0)
+        .query_async(&mut *conn)
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_running_scheduler_keeps_ingesting_after_redis_is_flushed_or_restarted_empty() {
     let (scope, mut redis) = Scope::with_own_redis("ingest-after-loss").await.unwrap();
@@ -100,11 +161,7 @@ async fn a_running_scheduler_keeps_ingesting_after_redis_is_flushed_or_restarted
 async fn events_a_killed_scheduler_left_pending_are_taken_over() {
     let scope = Scope::new("events-reclaim");
     let client = Client::connect(&scope).await.unwrap();
-    let mut first = scope
-        .spawn("scheduler-1", "harmonia-scheduler", SCHEDULER)
-        .unwrap();
-    let run_id = accepted(&client, "events-reclaim").await;
-    first.kill();
+    let run_id = stored_then_killed(&scope, &client, "events-reclaim").await;
 
     // Task a "succeeded" and its event was read by a scheduler that then died ("ghost").
     let a = set_task(
@@ -117,35 +174,9 @@ async fn events_a_killed_scheduler_left_pending_are_taken_over() {
     let event = json!({"task_id": a.id.to_hex(), "run_id": run_id.to_hex(), "node_id": "a",
         "status": "succeeded", "downstream": ["b"]});
     let events = client.queue.keys().events();
-    client
-        .queue
-        .ensure_group(&events, SCHEDULER_GROUP)
-        .await
-        .unwrap();
-    let opts = redis::streams::StreamReadOptions::default().group(SCHEDULER_GROUP, "ghost");
-    let mut conn = client.queue.conn().await.unwrap();
-    let () = redis::pipe()
-        .atomic()
-        .xadd(&events, "*", &[("payload", event.to_string())])
-        .ignore()
-        .xread_options(&[&events], &[">"], &opts)
-        .ignore()
-        .query_async(&mut *conn)
-        .await
-        .unwrap();
-
-    // The repair pass an hour away, so only the take-over can release b.
-    let args = [
-        "run",
-        "--reconcile-ms",
-        "200",
-        "--repair-ms",
-        "3600000",
-        "--reclaim-after-s",
-        "1",
-    ];
+    left_pending_by_a_dead_scheduler(&client, &events, event.to_string()).await;
     let second = scope
-        .spawn("scheduler-2", "harmonia-scheduler", &args)
+        .spawn("scheduler-2", "harmonia-scheduler", &TAKE_OVER)
         .unwrap();
     let b = wait_for(
         "b to be released by the taken-over event",
@@ -171,11 +202,7 @@ async fn events_a_killed_scheduler_left_pending_are_taken_over() {
 async fn a_publish_mark_that_lands_after_a_flush_is_published_again() {
     let (scope, _redis) = Scope::with_own_redis("publish-race").await.unwrap();
     let client = Client::connect(&scope).await.unwrap();
-    let mut scheduler = scope
-        .spawn("scheduler-1", "harmonia-scheduler", SCHEDULER)
-        .unwrap();
-    let run_id = accepted(&client, "publish-race").await;
-    scheduler.kill();
+    let run_id = stored_then_killed(&scope, &client, "publish-race").await;
     let tasks = client.store.tasks();
     // Task a is due again, as if just queued.
     let a = set_task(
@@ -206,7 +233,7 @@ async fn a_publish_mark_that_lands_after_a_flush_is_published_again() {
     let epoch = client.queue.epoch().await.unwrap();
     assert!(epoch.started, "a flushed Redis starts a new epoch");
     assert_eq!(
-        tasks.republish_stale(&epoch.id).await.unwrap(),
+        client.store.republish_stale(&epoch.id).await.unwrap(),
         0,
         "the mark is not in yet"
     );
@@ -216,7 +243,7 @@ async fn a_publish_mark_that_lands_after_a_flush_is_published_again() {
         .unwrap();
 
     // The next pass sees the mark's older epoch.
-    assert_eq!(tasks.republish_stale(&epoch.id).await.unwrap(), 1);
+    assert_eq!(client.store.republish_stale(&epoch.id).await.unwrap(), 1);
     assert_eq!(tasks.due_for_publish(10).await.unwrap(), due);
 
     // And a real scheduler and worker finish the run from there.
@@ -230,6 +257,91 @@ async fn a_publish_mark_that_lands_after_a_flush_is_published_again() {
         client.finished(run_id, LONG).await.unwrap().status,
         RunStatus::Succeeded
     );
+}
+
+/// A scheduler stored a run, then died before appending its ready task to its stream and
+/// before acking the submission (the task is queued in the current epoch, with no entry): the
+/// replica that takes the submission over publishes the run's queued tasks again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_submission_taken_over_after_its_run_was_stored_publishes_the_runs_tasks() {
+    let (scope, _redis) = Scope::with_own_redis("redelivered-submission")
+        .await
+        .unwrap();
+    let client = Client::connect(&scope).await.unwrap();
+    let run_id = stored_then_killed(&scope, &client, "redelivered").await;
+    // No worker ever read a's entry: drop it, as if it had never been appended.
+    assert_eq!(drop_cpu_entries(&client).await, 1, "a's entry was there");
+    let a = client.task(run_id, "a").await.unwrap();
+    assert_eq!(a.status, TaskStatus::Queued);
+    assert!(a.publish_due.is_none(), "nothing would publish a again");
+    assert_eq!(
+        a.published_epoch,
+        Some(client.queue.epoch().await.unwrap().id)
+    );
+
+    // The submission, delivered to the scheduler that died and never acked.
+    let submissions = client.queue.keys().submissions();
+    let payload = chain("redelivered").to_string();
+    left_pending_by_a_dead_scheduler(&client, &submissions, payload).await;
+    let second = scope
+        .spawn("scheduler-2", "harmonia-scheduler", &TAKE_OVER)
+        .unwrap();
+    let _worker = scope
+        .spawn("worker", "harmonia-worker", &cpu_worker())
+        .unwrap();
+    let run = client
+        .finished(run_id, LONG)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", second.output()));
+    assert_eq!(run.status, RunStatus::Succeeded);
+    assert!(
+        second.output().contains("reclaimed submissions"),
+        "{}",
+        second.output()
+    );
+}
+
+/// After Redis lost its data, reconcile publishes queued tasks of an older epoch again, but
+/// only those of runs that exist: tasks whose creation died before the run document (the
+/// commit point) never run.
+#[tokio::test(flavor = "multi_thread")]
+async fn queued_tasks_of_a_run_never_stored_are_not_published_after_a_loss() {
+    let (scope, _redis) = Scope::with_own_redis("orphan-tasks").await.unwrap();
+    let client = Client::connect(&scope).await.unwrap();
+    let run_id = stored_then_killed(&scope, &client, "kept").await;
+    // a was published in an epoch Redis no longer has (its entry is gone with it).
+    let a = set_task(&client, run_id, "a", doc! { "published_epoch": "lost" }).await;
+    assert_eq!(drop_cpu_entries(&client).await, 1, "a's entry was there");
+    // A copy of a under a run id no run has: a creation that died before its run document.
+    let raw = client
+        .store
+        .db()
+        .collection::<mongodb::bson::Document>("run_tasks");
+    let mut orphan = raw.find_one(doc! { "_id": a.id }).await.unwrap().unwrap();
+    let orphan_id = mongodb::bson::oid::ObjectId::new();
+    orphan.insert("_id", orphan_id);
+    orphan.insert("run_id", mongodb::bson::oid::ObjectId::new());
+    raw.insert_one(&orphan).await.unwrap();
+
+    let _scheduler = scope
+        .spawn("scheduler-2", "harmonia-scheduler", SCHEDULER)
+        .unwrap();
+    let _worker = scope
+        .spawn("worker", "harmonia-worker", &cpu_worker())
+        .unwrap();
+    // The pass that published a again saw the orphan too.
+    assert_eq!(
+        client.finished(run_id, LONG).await.unwrap().status,
+        RunStatus::Succeeded
+    );
+    let orphan = raw
+        .find_one(doc! { "_id": orphan_id })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(orphan.get_str("status").unwrap(), "queued");
+    assert_eq!(orphan.get("publish_due"), Some(&mongodb::bson::Bson::Null));
+    assert_eq!(orphan.get_str("published_epoch").unwrap(), "lost");
 }
 
 /// A worker frozen (SIGSTOP) past its lease loses the task to another worker; thawed

@@ -45,4 +45,15 @@ impl Queue {
             started: started == 1,
         })
     }
+
+    /// The current epoch without starting one (`None` right after a loss, until the
+    /// scheduler's reconcile pass notices it and starts the next).
+    pub async fn current_epoch(&self) -> Result<Option<String>, QueueError> {
+        let mut conn = self.conn().await?;
+        let id: Option<String> = redis::cmd("GET")
+            .arg(self.keys().epoch())
+            .query_async(&mut *conn)
+            .await?;
+        Ok(id)
+    }
 }

@@ -299,6 +299,24 @@ impl Store {
         SessionRepo::new(&self.db)
     }
 
+    /// Queued tasks whose stream entries Redis lost (they were published in another epoch than
+    /// `epoch`) are made due again, a page of runs at a time; returns how many. Only tasks of
+    /// runs that exist: a run's tasks are inserted before its document (the commit point), and
+    /// the tasks of a creation that died before it must never run.
+    pub async fn republish_stale(&self, epoch: &str) -> Result<u64, StoreError> {
+        use futures::TryStreamExt;
+        let tasks = self.tasks();
+        let mut pages = std::pin::pin!(tasks.stale_runs(epoch).await?.try_chunks(1000));
+        let mut due = 0;
+        while let Some(runs) = pages.try_next().await.map_err(|e| e.1)? {
+            let runs = self.runs().existing(&runs).await?;
+            if !runs.is_empty() {
+                due += tasks.republish_stale(epoch, &runs).await?;
+            }
+        }
+        Ok(due)
+    }
+
     /// Called after a task of the run reached a final state: when none is left to run, the
     /// run's aggregates are recomputed from its tasks and its final status is set.
     pub async fn settle_run(&self, run_id: mongodb::bson::oid::ObjectId) -> Result<(), StoreError> {

@@ -1,8 +1,9 @@
 //! Repository for `workflow_runs`: the only code that knows that collection's name and shape.
 
+use futures::TryStreamExt;
 use mongodb::IndexModel;
 use mongodb::bson::oid::ObjectId;
-use mongodb::bson::{DateTime, doc};
+use mongodb::bson::{DateTime, Document, doc};
 use mongodb::options::IndexOptions;
 
 use super::StoreError;
@@ -53,8 +54,7 @@ impl RunRepo {
             .await?)
     }
 
-    /// Inserts the run document: the commit point of a run's creation.
-    /// Inserts the run; false when a run with its id or `request_id` already exists (another
+    /// Inserts the run document, the commit point of a run's creation; false when a run with its id or `request_id` already exists (another
     /// scheduler replica stored the same submission first).
     pub async fn insert(&self, run: &WorkflowRun) -> Result<bool, StoreError> {
         match self.coll.insert_one(run).await {
@@ -62,6 +62,23 @@ impl RunRepo {
             Err(e) if super::is_duplicate_key(&e) => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Which of `ids` are runs (the others' creation died before its commit point).
+    pub async fn existing(&self, ids: &[ObjectId]) -> Result<Vec<ObjectId>, StoreError> {
+        let mut cursor = self
+            .coll
+            .clone_with_type::<Document>()
+            .find(doc! { "_id": { "$in": ids } })
+            .projection(doc! { "_id": 1 })
+            .await?;
+        let mut found = Vec::with_capacity(ids.len());
+        while let Some(d) = cursor.try_next().await? {
+            if let Ok(id) = d.get_object_id("_id") {
+                found.push(id);
+            }
+        }
+        Ok(found)
     }
 
     /// Inserts many runs at once (benchmarks and imports; not the submission path).

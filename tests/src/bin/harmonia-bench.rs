@@ -110,6 +110,28 @@ async fn ready_to_started(c: &Cluster, since: mongodb::bson::DateTime) -> anyhow
     Ok(lat)
 }
 
+/// mongod's operation and document counters (`serverStatus`), by name: what a phase cost the
+/// database, whatever the harness read itself (a few queries) included.
+async fn mongod_counters(c: &Cluster) -> anyhow::Result<std::collections::HashMap<String, i64>> {
+    let status = c
+        .client
+        .store
+        .db()
+        .client()
+        .database("admin")
+        .run_command(doc! { "serverStatus": 1 })
+        .await?;
+    let mut counters = std::collections::HashMap::new();
+    let number = |v: &mongodb::bson::Bson| v.as_i64().or_else(|| v.as_i32().map(i64::from));
+    for (k, v) in status.get_document("opcounters")? {
+        counters.insert(k.clone(), number(v).unwrap_or(0));
+    }
+    for (k, v) in status.get_document("metrics")?.get_document("document")? {
+        counters.insert(k.clone(), number(v).unwrap_or(0));
+    }
+    Ok(counters)
+}
+
 fn rss_mb(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
@@ -129,6 +151,7 @@ async fn throughput(args: &Args, fig: &mut Figures) -> anyhow::Result<()> {
         .map(|i| json!({"id": format!("t{i}"), "type": "debug.noop"}))
         .collect();
     let sub = submission("throughput", json!(tasks));
+    let before = mongod_counters(&c).await?;
     let t0 = Instant::now();
     let run_id = c.client.start(&sub).await?;
     let accepted = t0.elapsed();
@@ -156,10 +179,23 @@ async fn throughput(args: &Args, fig: &mut Figures) -> anyhow::Result<()> {
         }
         _ => 0.0,
     };
+    let after = mongod_counters(&c).await?;
     let n = args.tasks as f64;
     println!(
         "throughput: {} no-op tasks, {} workers x {} slots",
         args.tasks, args.workers, args.cpu_slots
+    );
+    let per_task = |k: &str| (after.get(k).unwrap_or(&0) - before.get(k).unwrap_or(&0)) as f64 / n;
+    println!(
+        "  mongod per task: documents {:.2} inserted, {:.2} updated, {:.2} returned; \
+         opcounters {:.3} update, {:.3} query, {:.3} getmore, {:.3} command",
+        per_task("inserted"),
+        per_task("updated"),
+        per_task("returned"),
+        per_task("update"),
+        per_task("query"),
+        per_task("getmore"),
+        per_task("command"),
     );
     println!(
         "  submit -> accepted (validate + store the run): {:.2} s",

@@ -29,6 +29,12 @@ fn status_of(d: &Document) -> Result<TaskStatus, StoreError> {
         .map_err(|e| StoreError::Mongo(e.into()))
 }
 
+/// Queued tasks whose stream entries were written in another Redis epoch than `epoch` and
+/// that are not due already.
+fn stale(epoch: &str) -> Document {
+    doc! { "status": "queued", "publish_due": null, "published_epoch": { "$ne": epoch } }
+}
+
 /// Pending tasks the repair pass reads at a time.
 const REPAIR_PAGE: usize = 1000;
 
@@ -364,14 +370,46 @@ impl TaskRepo {
             .await?)
     }
 
-    /// Queued tasks marked as published in another Redis epoch than `epoch` lost their entry
-    /// with Redis's data: they are due again. This also catches a mark that landed after the
-    /// flush it belonged before. Returns how many.
-    pub async fn republish_stale(&self, epoch: &str) -> Result<u64, StoreError> {
+    /// Runs with queued tasks marked as published in another Redis epoch than `epoch` (their
+    /// entries were lost with Redis's data), a page at a time: see
+    /// [`crate::store::Store::republish_stale`].
+    pub async fn stale_runs(
+        &self,
+        epoch: &str,
+    ) -> Result<impl futures::Stream<Item = Result<ObjectId, StoreError>>, StoreError> {
+        let cursor = self
+            .raw()
+            .aggregate([
+                doc! { "$match": stale(epoch) },
+                doc! { "$group": { "_id": "$run_id" } },
+            ])
+            .await?;
+        Ok(cursor
+            .map_err(StoreError::from)
+            .and_then(|d| async move { d.get_object_id("_id").map_err(bson_err) }))
+    }
+
+    /// Makes the stale tasks (see [`Self::stale_runs`]) of `runs` due again. This also catches
+    /// a mark that landed after the flush it belonged before. Returns how many.
+    pub async fn republish_stale(&self, epoch: &str, runs: &[ObjectId]) -> Result<u64, StoreError> {
+        let mut scope = stale(epoch);
+        scope.insert("run_id", doc! { "$in": runs });
+        let done = self
+            .coll
+            .update_many(scope, doc! { "$set": { "publish_due": DateTime::now() } })
+            .await?;
+        Ok(done.modified_count)
+    }
+
+    /// Makes every queued task of the run that is not due already due again: the scheduler
+    /// that created the run died (or failed) before appending them to their streams, and its
+    /// submission was delivered again. Entries that did get written are duplicated, which is
+    /// harmless: claims are fenced on the attempt. Returns how many.
+    pub async fn republish_queued_in(&self, run_id: ObjectId) -> Result<u64, StoreError> {
         let done = self
             .coll
             .update_many(
-                doc! { "status": "queued", "publish_due": null, "published_epoch": { "$ne": epoch } },
+                doc! { "run_id": run_id, "status": "queued", "publish_due": null },
                 doc! { "$set": { "publish_due": DateTime::now() } },
             )
             .await?;
