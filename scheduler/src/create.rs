@@ -19,8 +19,9 @@ use std::collections::HashMap;
 use harmonia_shared::model::{
     RunStatus, RunTask, SCHEMA_VERSION, TaskCounts, TaskStatus, WorkflowRun,
 };
-use harmonia_shared::queue::{Queue, QueueError, TaskEntry};
+use harmonia_shared::queue::{Queue, QueueError};
 use harmonia_shared::resources::ResourceClass;
+use harmonia_shared::store::tasks::Published;
 use harmonia_shared::store::{Store, StoreError};
 use harmonia_shared::submission::{Submission, TaskSpec};
 use mongodb::bson::oid::ObjectId;
@@ -121,7 +122,11 @@ pub async fn create_run(
                 task.status = TaskStatus::Queued;
                 task.queued_at = Some(now);
                 task.published_epoch.clone_from(&epoch);
-                ready.push((ResourceClass::from(spec.resources), task.id));
+                ready.push(Published {
+                    id: task.id,
+                    class: task.class.clone(),
+                    attempt: 0,
+                });
             }
             tasks.push(task);
         }
@@ -133,7 +138,7 @@ pub async fn create_run(
     let new = store.runs().insert(&run).await?; // false: a replica raced us
     // The commit point has passed: queue the ready tasks.
     match queue {
-        Some(queue) => publish(queue, &ready).await?,
+        Some(queue) => crate::publish::append(queue, &ready).await?,
         None => {
             store.tasks().queue_ready_in(run.id).await?;
         }
@@ -142,29 +147,6 @@ pub async fn create_run(
         run_id: run.id,
         new,
     })
-}
-
-/// Entries appended per Redis transaction.
-const PUBLISH_CHUNK: usize = 1000;
-
-/// Appends a new run's ready tasks (attempt 0) to their class streams.
-async fn publish(queue: &Queue, ready: &[(ResourceClass, ObjectId)]) -> Result<(), QueueError> {
-    for chunk in ready.chunks(PUBLISH_CHUNK) {
-        let entries: Vec<(ResourceClass, TaskEntry)> = chunk
-            .iter()
-            .map(|&(class, id)| {
-                let entry = TaskEntry {
-                    task_id: id.to_hex(),
-                    attempt: 0,
-                };
-                (class, entry)
-            })
-            .collect();
-        // The epoch these went in is not recorded again: if it is not the one read before
-        // the insert, reconcile sees the difference and publishes them once more.
-        queue.publish(&entries).await?;
-    }
-    Ok(())
 }
 
 /// Each task's downstream tasks (the reverse of `depends_on`), as positions in `sub.tasks`:

@@ -1,6 +1,7 @@
-//! Reacts to task events: a success releases downstream tasks (queuing those now ready), a
-//! final failure skips everything downstream, a cancel cancels it. Events are acked after
-//! their effects; redelivery is harmless (every operation is idempotent). Events a dead replica
+//! Reacts to task events: a success releases downstream tasks (queuing those now ready and
+//! appending them to their streams), a final failure skips everything downstream, a cancel
+//! cancels it. Events are acked after their effects; redelivery is harmless (every operation
+//! is idempotent, and a released task still queued is appended again). Events a dead replica
 //! read but never acked are taken over after `reclaim_after`.
 
 use std::collections::{BTreeSet, HashMap};
@@ -59,6 +60,14 @@ impl RunEvents {
 /// Handles one read's events, a few writes per run however many of its tasks ended, settles
 /// those runs, and acks what was handled. False when some are left pending for another try.
 async fn handle_batch(ctx: &Arc<Scheduler>, entries: Vec<Entry>) -> bool {
+    // Promoted tasks are queued as published in this epoch (see `crate::publish::append`).
+    let epoch = match ctx.queue.current_epoch().await {
+        Ok(epoch) => epoch,
+        Err(e) => {
+            ctx.report("reading the Redis epoch", &e.into());
+            return false;
+        }
+    };
     let mut runs: HashMap<ObjectId, RunEvents> = HashMap::new();
     let mut done = Vec::with_capacity(entries.len());
     for entry in entries {
@@ -81,9 +90,9 @@ async fn handle_batch(ctx: &Arc<Scheduler>, entries: Vec<Entry>) -> bool {
     // waits on nothing), so runs are handled concurrently.
     let results: Vec<(Vec<String>, anyhow::Result<()>)> = futures::stream::iter(runs)
         .map(|(run_id, events)| {
-            let ctx = ctx.clone();
+            let (ctx, epoch) = (ctx.clone(), epoch.clone());
             async move {
-                let handled = handle(&ctx, run_id, &events).await;
+                let handled = handle(&ctx, run_id, &events, epoch.as_deref()).await;
                 // A run whose last tasks just ended is settled once per read, not per task.
                 if let Err(e) = ctx.store.settle_run(run_id).await {
                     let what = format!("settling run {run_id}");
@@ -116,16 +125,19 @@ async fn handle_batch(ctx: &Arc<Scheduler>, entries: Vec<Entry>) -> bool {
 
 /// Applies one run's events: successes release their downstream tasks, final failures skip
 /// everything downstream, cancels cancel it.
-async fn handle(ctx: &Scheduler, run_id: ObjectId, events: &RunEvents) -> anyhow::Result<()> {
+async fn handle(
+    ctx: &Scheduler,
+    run_id: ObjectId,
+    events: &RunEvents,
+    epoch: Option<&str>,
+) -> anyhow::Result<()> {
     let tasks = ctx.store.tasks();
     if !events.succeeded.is_empty() {
         let downstream: Vec<String> = events.downstream.iter().cloned().collect();
-        let queued = tasks
-            .release_downstream(run_id, &events.succeeded, &downstream)
+        let ready = tasks
+            .release_downstream(run_id, &events.succeeded, &downstream, epoch)
             .await?;
-        if queued > 0 {
-            ctx.publish.notify_one();
-        }
+        crate::publish::append(&ctx.queue, &ready).await?;
     }
     if !events.failed.is_empty() {
         tasks

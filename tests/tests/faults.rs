@@ -107,6 +107,28 @@ async fn stored_then_killed(
     run_id
 }
 
+/// A replica that takes over (logging `reclaimed <what>`) and a worker finish the run.
+async fn finished_by_a_replica_taking_over(
+    scope: &Scope,
+    client: &Client,
+    run_id: mongodb::bson::oid::ObjectId,
+    what: &str,
+) {
+    let second = scope
+        .spawn("scheduler-2", "harmonia-scheduler", &TAKE_OVER)
+        .unwrap();
+    let _worker = scope
+        .spawn("worker", "harmonia-worker", &cpu_worker())
+        .unwrap();
+    let run = client
+        .finished(run_id, LONG)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", second.output()));
+    assert_eq!(run.status, RunStatus::Succeeded);
+    let log = second.output();
+    assert!(log.contains(&format!("reclaimed {what}")), "{log}");
+}
+
 /// Drops every entry of the CPU task stream (none read by a worker yet), keeping its group:
 /// as if they had never been appended. Returns how many.
 async fn drop_cpu_entries(client: &Client) -> i64 {
@@ -196,6 +218,35 @@ async fn events_a_killed_scheduler_left_pending_are_taken_over() {
     );
 }
 
+/// A scheduler queued b after a's success, then died before appending b to its stream and
+/// before acking a's event: the replica that takes the event over appends b (b's epoch is the
+/// current one, so reconcile would not).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_promotion_whose_scheduler_died_before_appending_is_appended_by_the_one_taking_over() {
+    let (scope, _redis) = Scope::with_own_redis("promotion-takeover").await.unwrap();
+    let client = Client::connect(&scope).await.unwrap();
+    let run_id = stored_then_killed(&scope, &client, "promotion-takeover").await;
+    assert_eq!(drop_cpu_entries(&client).await, 1, "a's entry was there");
+    let epoch = client.queue.epoch().await.unwrap().id;
+    let a = set_task(
+        &client,
+        run_id,
+        "a",
+        doc! { "status": "succeeded", "finished_at": DateTime::now() },
+    )
+    .await;
+    // What the dead scheduler wrote for a's event: b queued in this epoch.
+    let fields = doc! { "status": "queued", "waiting_on": [], "queued_at": DateTime::now(),
+    "published_epoch": epoch };
+    set_task(&client, run_id, "b", fields).await;
+    let event = json!({"task_id": a.id.to_hex(), "run_id": run_id.to_hex(), "node_id": "a",
+        "status": "succeeded", "downstream": ["b"]});
+    let events = client.queue.keys().events();
+    left_pending_by_a_dead_scheduler(&client, &events, event.to_string()).await;
+
+    finished_by_a_replica_taking_over(&scope, &client, run_id, "task events").await;
+}
+
 /// The publisher writes an entry, Redis is flushed, reconcile re-publishes what it finds, and
 /// only then does the publisher's mark land: the task must not stay queued with no entry.
 #[tokio::test(flavor = "multi_thread")]
@@ -283,22 +334,7 @@ async fn a_submission_taken_over_after_its_run_was_stored_publishes_the_runs_tas
     let submissions = client.queue.keys().submissions();
     let payload = chain("redelivered").to_string();
     left_pending_by_a_dead_scheduler(&client, &submissions, payload).await;
-    let second = scope
-        .spawn("scheduler-2", "harmonia-scheduler", &TAKE_OVER)
-        .unwrap();
-    let _worker = scope
-        .spawn("worker", "harmonia-worker", &cpu_worker())
-        .unwrap();
-    let run = client
-        .finished(run_id, LONG)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", second.output()));
-    assert_eq!(run.status, RunStatus::Succeeded);
-    assert!(
-        second.output().contains("reclaimed submissions"),
-        "{}",
-        second.output()
-    );
+    finished_by_a_replica_taking_over(&scope, &client, run_id, "submissions").await;
 }
 
 /// After Redis lost its data, reconcile publishes queued tasks of an older epoch again, but

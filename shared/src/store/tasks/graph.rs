@@ -46,6 +46,15 @@ pub struct Published {
     pub attempt: u32,
 }
 
+/// A task document projected on `class` and `attempt`, as what publishing it takes.
+fn published(d: &Document) -> Result<Published, StoreError> {
+    Ok(Published {
+        id: d.get_object_id("_id").map_err(bson_err)?,
+        class: d.get_str("class").unwrap_or("cpu").to_owned(),
+        attempt: u32::try_from(int(d, "attempt")).unwrap_or(0),
+    })
+}
+
 /// One node's place in the graph, for graph walks.
 #[derive(Debug, Clone)]
 pub struct NodeState {
@@ -70,11 +79,7 @@ impl TaskRepo {
             .await?;
         let mut due = Vec::new();
         while let Some(d) = cursor.try_next().await? {
-            due.push(Published {
-                id: d.get_object_id("_id").map_err(bson_err)?,
-                class: d.get_str("class").unwrap_or("cpu").to_owned(),
-                attempt: u32::try_from(int(&d, "attempt")).unwrap_or(0),
-            });
+            due.push(published(&d)?);
         }
         Ok(due)
     }
@@ -106,26 +111,53 @@ impl TaskRepo {
     }
 
     /// After `nodes` succeeded: drops them from their downstream tasks' waiting lists (the
-    /// union of those tasks is `downstream`) and queues the ones left waiting on nothing; two
-    /// writes however many nodes. Returns how many were queued.
+    /// union of those tasks is `downstream`) and queues the ones left waiting on nothing, as
+    /// published in Redis epoch `epoch`: the caller appends them to their streams next. Returns
+    /// every queued task among `downstream` that is not due, i.e. those just queued and those an
+    /// earlier handling of the same events queued but may have died before appending (a
+    /// redelivered event publishes them again; a duplicate entry is harmless). Two writes and
+    /// a read however many nodes.
     pub async fn release_downstream(
         &self,
         run_id: ObjectId,
         nodes: &[String],
         downstream: &[String],
-    ) -> Result<u64, StoreError> {
+        epoch: Option<&str>,
+    ) -> Result<Vec<Published>, StoreError> {
         if downstream.is_empty() || nodes.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
-        let scope =
-            doc! { "run_id": run_id, "node_id": { "$in": downstream }, "status": "pending" };
+        let scope = doc! { "run_id": run_id, "node_id": { "$in": downstream } };
+        let mut pending = scope.clone();
+        pending.insert("status", "pending");
         self.coll
             .update_many(
-                scope.clone(),
+                pending.clone(),
                 doc! { "$pull": { "waiting_on": { "$in": nodes } } },
             )
             .await?;
-        self.queue_ready(scope).await
+        pending.insert("waiting_on", doc! { "$size": 0 });
+        self.coll
+            .update_many(
+                pending,
+                doc! { "$set": {
+                    "status": "queued", "queued_at": DateTime::now(), "published_epoch": epoch,
+                } },
+            )
+            .await?;
+        let mut queued = scope;
+        queued.insert("status", "queued");
+        queued.insert("publish_due", Bson::Null);
+        let mut cursor = self
+            .raw()
+            .find(queued)
+            .projection(doc! { "class": 1, "attempt": 1 })
+            .await?;
+        let mut ready = Vec::new();
+        while let Some(d) = cursor.try_next().await? {
+            ready.push(published(&d)?);
+        }
+        Ok(ready)
     }
 
     /// Queues every pending task of the run that waits on nothing (after creation, repair).
