@@ -7,7 +7,12 @@ use harmonia_shared::submission::Submission;
 
 /// The submission's errors against the registry: empty when it may proceed.
 pub async fn check(store: &Store, sub: &Submission) -> Result<Vec<FieldError>, StoreError> {
-    let ws = store.workspaces().get(&sub.workspace).await?;
+    // Both at once: this is on every submission's way to its run.
+    let (workspaces, projects) = (store.workspaces(), store.projects());
+    let (ws, project) = tokio::try_join!(
+        workspaces.get(&sub.workspace),
+        projects.get(&sub.workspace, &sub.project)
+    )?;
     let error = |path: &str, message: String| {
         vec![FieldError {
             path: path.into(),
@@ -35,7 +40,6 @@ pub async fn check(store: &Store, sub: &Submission) -> Result<Vec<FieldError>, S
         }
         Some(Lifecycle::Active) => {}
     }
-    let project = store.projects().get(&sub.workspace, &sub.project).await?;
     Ok(match project.map(|p| p.status) {
         None => error(
             "project",

@@ -85,7 +85,24 @@ pub async fn create_run(
     retry_of: Option<ObjectId>,
     dispatch: Dispatch<'_>,
 ) -> Result<Created, CreateError> {
-    if let Some(existing) = store.runs().by_request_id(&sub.request_id).await? {
+    let queue = match dispatch {
+        Dispatch::Direct { queue, .. } => Some(queue),
+        Dispatch::Publisher => None,
+    };
+    // The epoch is read before the tasks go in: a loss after this read changes the epoch, and
+    // reconcile publishes them again. It is never started here (the reconcile pass that starts
+    // an epoch is the one that repairs what the loss broke). Read with the lookup: both are
+    // on every submission's way to its run.
+    let epoch = async {
+        match queue {
+            Some(queue) => queue.current_epoch().await.map_err(CreateError::from),
+            None => Ok(None),
+        }
+    };
+    let existing =
+        async { Ok::<_, CreateError>(store.runs().by_request_id(&sub.request_id).await?) };
+    let (existing, epoch) = tokio::try_join!(existing, epoch)?;
+    if let Some(existing) = existing {
         if let Dispatch::Direct {
             redelivered: true, ..
         } = dispatch
@@ -99,13 +116,6 @@ pub async fn create_run(
         });
     }
     let now = DateTime::now();
-    let (queue, epoch) = match dispatch {
-        // Read before the tasks go in: a loss after this read changes the epoch, and
-        // reconcile publishes them again. Never started here (the reconcile pass that starts
-        // an epoch is the one that repairs what the loss broke).
-        Dispatch::Direct { queue, .. } => (Some(queue), queue.current_epoch().await?),
-        Dispatch::Publisher => (None, None),
-    };
     let mut run = run_document(sub, retry_of, now);
     let downstream = downstream_of(sub);
     let mut ready = Vec::new();

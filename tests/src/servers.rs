@@ -50,6 +50,13 @@ pub fn redis_server_bin() -> anyhow::Result<PathBuf> {
     )
 }
 
+/// WiredTiger's cache for each mongod started here, in GB: `HARMONIA_MONGOD_CACHE_GB`, else
+/// 0.25 (a test's data is small, and a test run starts many mongods at once). `scripts/bench`
+/// sets 1: a 100,000-task run does not fit in 0.25, and eviction then dominates its writes.
+pub fn mongod_cache_gb() -> String {
+    std::env::var("HARMONIA_MONGOD_CACHE_GB").unwrap_or_else(|_| "0.25".into())
+}
+
 /// mongod from the project's venv (`scripts/install-deps` puts it there).
 pub fn mongod_bin() -> anyhow::Result<PathBuf> {
     let venv_lib = workspace_root().join(".harmonia/venv/lib");
@@ -132,7 +139,7 @@ impl MongoServer {
             Command::new(mongod_bin()?)
                 .args(["--replSet", "rs0", "--bind_ip", "127.0.0.1"])
                 .args(["--port", &port.to_string()])
-                .args(["--wiredTigerCacheSizeGB", "0.25", "--quiet"])
+                .args(["--wiredTigerCacheSizeGB", &mongod_cache_gb(), "--quiet"])
                 .arg("--dbpath")
                 .arg(&dbpath)
                 .arg("--logpath")

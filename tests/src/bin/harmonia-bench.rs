@@ -456,8 +456,9 @@ async fn dag(args: &Args, size: usize) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     println!(
-        "harmonia-bench on {} CPUs",
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        "harmonia-bench on {} CPUs, mongod WiredTiger cache {} GB",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        harmonia_tests::servers::mongod_cache_gb()
     );
     let mut fig = Figures::default();
     for phase in &args.phases {
