@@ -60,14 +60,6 @@ impl RunEvents {
 /// Handles one read's events, a few writes per run however many of its tasks ended, settles
 /// those runs, and acks what was handled. False when some are left pending for another try.
 async fn handle_batch(ctx: &Arc<Scheduler>, entries: Vec<Entry>) -> bool {
-    // Promoted tasks are queued as published in this epoch (see `crate::publish::append`).
-    let epoch = match ctx.queue.current_epoch().await {
-        Ok(epoch) => epoch,
-        Err(e) => {
-            ctx.report("reading the Redis epoch", &e.into());
-            return false;
-        }
-    };
     let mut runs: HashMap<ObjectId, RunEvents> = HashMap::new();
     let mut done = Vec::with_capacity(entries.len());
     for entry in entries {
@@ -86,6 +78,20 @@ async fn handle_batch(ctx: &Arc<Scheduler>, entries: Vec<Entry>) -> bool {
             _ => done.push(entry.id), // unreadable: nothing to do, drop it
         }
     }
+    // Promoted tasks are queued as published in this epoch (see `crate::publish::append`);
+    // read only when a success has tasks below it (most events, a single task's, have none).
+    let promotes = runs.values().any(|r| !r.downstream.is_empty());
+    let epoch = if promotes {
+        match ctx.queue.current_epoch().await {
+            Ok(epoch) => epoch,
+            Err(e) => {
+                ctx.report("reading the Redis epoch", &e.into());
+                return false;
+            }
+        }
+    } else {
+        None
+    };
     // Every handler is idempotent and commutes with the others ($pull, then queue what
     // waits on nothing), so runs are handled concurrently.
     let results: Vec<(Vec<String>, anyhow::Result<()>)> = futures::stream::iter(runs)

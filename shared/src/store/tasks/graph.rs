@@ -38,21 +38,19 @@ fn stale(epoch: &str) -> Document {
 /// Pending tasks the repair pass reads at a time.
 const REPAIR_PAGE: usize = 1000;
 
-/// A queued task due to be appended to its stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A queued task due to be appended to its stream: a task document read with
+/// [`published_fields`] as its projection.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct Published {
+    #[serde(rename = "_id")]
     pub id: ObjectId,
     pub class: String,
     pub attempt: u32,
 }
 
-/// A task document projected on `class` and `attempt`, as what publishing it takes.
-fn published(d: &Document) -> Result<Published, StoreError> {
-    Ok(Published {
-        id: d.get_object_id("_id").map_err(bson_err)?,
-        class: d.get_str("class").unwrap_or("cpu").to_owned(),
-        attempt: u32::try_from(int(d, "attempt")).unwrap_or(0),
-    })
+/// The projection a [`Published`] is read with.
+fn published_fields() -> Document {
+    doc! { "class": 1, "attempt": 1 }
 }
 
 /// One node's place in the graph, for graph walks.
@@ -67,21 +65,19 @@ pub struct NodeState {
 impl TaskRepo {
     /// Queued tasks whose `publish_due` has passed, oldest first.
     pub async fn due_for_publish(&self, limit: i64) -> Result<Vec<Published>, StoreError> {
-        let mut cursor = self
-            .raw()
+        Ok(self
+            .coll
+            .clone_with_type::<Published>()
             .find(doc! {
                 "publish_due": { "$type": "date", "$lte": DateTime::now() },
                 "status": "queued",
             })
-            .projection(doc! { "class": 1, "attempt": 1 })
+            .projection(published_fields())
             .sort(doc! { "publish_due": 1 })
             .limit(limit)
-            .await?;
-        let mut due = Vec::new();
-        while let Some(d) = cursor.try_next().await? {
-            due.push(published(&d)?);
-        }
-        Ok(due)
+            .await?
+            .try_collect()
+            .await?)
     }
 
     /// Marks tasks as on their stream, in Redis epoch `epoch` (what [`crate::queue::Queue::publish`]
@@ -148,16 +144,14 @@ impl TaskRepo {
         let mut queued = scope;
         queued.insert("status", "queued");
         queued.insert("publish_due", Bson::Null);
-        let mut cursor = self
-            .raw()
+        Ok(self
+            .coll
+            .clone_with_type::<Published>()
             .find(queued)
-            .projection(doc! { "class": 1, "attempt": 1 })
-            .await?;
-        let mut ready = Vec::new();
-        while let Some(d) = cursor.try_next().await? {
-            ready.push(published(&d)?);
-        }
-        Ok(ready)
+            .projection(published_fields())
+            .await?
+            .try_collect()
+            .await?)
     }
 
     /// Queues every pending task of the run that waits on nothing (after creation, repair).
@@ -550,14 +544,6 @@ impl TaskRepo {
             .update_many(filter, doc! { "$set": { "wait_reason": reason } })
             .await?;
         Ok(())
-    }
-}
-
-fn int(d: &Document, key: &str) -> i64 {
-    match d.get(key) {
-        Some(Bson::Int32(i)) => i64::from(*i),
-        Some(Bson::Int64(i)) => *i,
-        _ => 0,
     }
 }
 
