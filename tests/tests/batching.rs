@@ -7,10 +7,11 @@
 
 use std::time::Duration;
 
-use harmonia_shared::model::{RunStatus, TaskError, TaskStatus};
+use harmonia_shared::model::{RunStatus, RunTask, TaskError, TaskStatus};
 use harmonia_shared::store::tasks::{ClaimRequest, Ending, Outcome};
-use harmonia_tests::cluster::{LONG, SCHEDULER, WORKER, cluster_in};
+use harmonia_tests::cluster::{Cluster, LONG, SCHEDULER, WORKER, cluster_in};
 use harmonia_tests::{Scope, submission, wait_for};
+use mongodb::bson::oid::ObjectId;
 use serde_json::json;
 
 fn noops(nodes: &[&str]) -> serde_json::Value {
@@ -19,6 +20,53 @@ fn noops(nodes: &[&str]) -> serde_json::Value {
         .map(|id| json!({"id": id, "type": "debug.noop", "max_attempts": 3}))
         .collect();
     json!(tasks)
+}
+
+/// Worker flags that hold every outcome back (a linger of 10 minutes, batches no run fills) and
+/// log each outcome as it starts to wait.
+const HOLD_OUTCOMES: &[&str] = &[
+    "--gpus",
+    "none",
+    "--outcome-linger-ms",
+    "600000",
+    "--outcome-batch",
+    "1000",
+    "--log",
+    "info,harmonia_worker=debug",
+];
+
+/// Starts a run of no-ops and waits until the cluster's one worker has finished every attempt
+/// and holds back every outcome (it logs each at debug level): nothing written yet, each task
+/// still running with no attempt recorded. Returns the run and its tasks.
+async fn held_back(c: &Cluster, name: &str, nodes: &[&str]) -> (ObjectId, Vec<RunTask>) {
+    let run_id = c
+        .client
+        .start(&submission(name, noops(nodes)))
+        .await
+        .unwrap();
+    let worker = &c.workers[0];
+    wait_for(
+        "the worker's outcomes to wait for their write",
+        LONG,
+        || async {
+            let waiting = worker
+                .output()
+                .matches("outcome waiting for its write")
+                .count();
+            Ok((waiting == nodes.len()).then_some(()))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", worker.output()));
+    let tasks = c.client.tasks(run_id).await.unwrap();
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t.status == TaskStatus::Running && t.attempts.is_empty()),
+        "nothing written yet: {:?}",
+        tasks.iter().map(|t| t.status).collect::<Vec<_>>()
+    );
+    (run_id, tasks)
 }
 
 /// One write claims several entries: only those still queued at the attempt their entry names
@@ -150,41 +198,10 @@ async fn batched_claims_and_outcomes_keep_every_fence() {
 async fn a_worker_killed_holding_unwritten_outcomes_loses_none_and_runs_none_twice_to_success() {
     let scope = Scope::new("unwritten-outcomes");
     let mut holder = WORKER.to_vec();
-    holder.extend([
-        "--gpus",
-        "none",
-        "--outcome-linger-ms",
-        "600000",
-        "--outcome-batch",
-        "1000",
-        "--log",
-        "info,harmonia_worker=debug",
-    ]);
+    holder.extend(HOLD_OUTCOMES);
     let mut c = cluster_in(scope, SCHEDULER, &[holder]).await.unwrap();
     let nodes = ["n1", "n2", "n3", "n4"]; // the holder's 4 CPU slots
-    let run_id = c
-        .client
-        .start(&submission("unwritten", noops(&nodes)))
-        .await
-        .unwrap();
-    let held = &c.workers[0];
-    wait_for("the holder to finish all 4 attempts", LONG, || async {
-        let waiting = held
-            .output()
-            .matches("outcome waiting for its write")
-            .count();
-        Ok((waiting == nodes.len()).then_some(()))
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", held.output()));
-    let before = c.client.tasks(run_id).await.unwrap();
-    assert!(
-        before
-            .iter()
-            .all(|t| t.status == TaskStatus::Running && t.attempts.is_empty()),
-        "nothing written yet: {:?}",
-        before.iter().map(|t| t.status).collect::<Vec<_>>()
-    );
+    let (run_id, before) = held_back(&c, "unwritten", &nodes).await;
     let holder_id = before[0].worker_id.clone().unwrap();
 
     c.workers[0].kill();
@@ -212,5 +229,44 @@ async fn a_worker_killed_holding_unwritten_outcomes_loses_none_and_runs_none_twi
         assert_ne!(history[1].1, Some(holder_id.as_str()));
         let successes = t.attempts.iter().filter(|a| a.outcome == "succeeded");
         assert_eq!(successes.count(), 1, "{}: exactly one success", t.node_id);
+    }
+}
+
+/// A worker's slot is free once its attempt has run, not once the outcome is written: with one
+/// CPU slot and a linger that holds every outcome back, it runs all three tasks, each outcome
+/// waiting. On SIGTERM it writes them and exits only once they are durable: every task
+/// succeeded on its first attempt, none is left running for a lease to lapse.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_is_free_while_its_outcome_waits_and_a_drain_writes_every_outcome() {
+    let scope = Scope::new("slot-before-write");
+    let worker: Vec<&str> = [
+        "run",
+        "--cpu-slots",
+        "1",
+        "--lease-ms",
+        "1500",
+        "--heartbeat-ms",
+        "300",
+    ]
+    .into_iter()
+    .chain(HOLD_OUTCOMES.iter().copied())
+    .collect();
+    let mut c = cluster_in(scope, SCHEDULER, &[worker]).await.unwrap();
+    let nodes = ["a", "b", "c"];
+    // One slot runs all 3 attempts.
+    let (run_id, _) = held_back(&c, "slot-free", &nodes).await;
+
+    let mut worker = c.workers.remove(0);
+    worker.terminate();
+    let status = worker.exits_within(Duration::from_secs(15)).await.unwrap();
+    assert!(status.success(), "{status:?}");
+    // Read at once: written by the worker before it exited, not by a lease lapsing later.
+    for t in c.client.tasks(run_id).await.unwrap() {
+        assert_eq!(
+            (t.status, t.attempt, t.attempts.len()),
+            (TaskStatus::Succeeded, 1, 1),
+            "{}",
+            t.node_id
+        );
     }
 }

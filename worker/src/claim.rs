@@ -15,6 +15,8 @@ use crate::execute::execute;
 use crate::worker::Worker;
 
 const CLASS_REFRESH: Duration = Duration::from_millis(500);
+/// How long a full worker, once something is released, waits before it reads again.
+const BURST: Duration = Duration::from_millis(1);
 
 /// Claims and starts tasks until the worker drains.
 pub async fn run(worker: Arc<Worker>) {
@@ -33,10 +35,19 @@ pub async fn run(worker: Arc<Worker>) {
             }
             classes_at = Some(Instant::now());
         }
+        // Outcomes behind on their writes (a slow mongod): claim nothing more until they catch up.
+        tokio::select! {
+            () = worker.outcomes.room() => {}
+            () = worker.shutdown.drain.cancelled() => continue,
+        }
         let (fitting, free_cpu) = worker.devices.fitting(&classes);
         if fitting.is_empty() {
             tokio::select! {
-                () = worker.devices.released.notified() => {}
+                () = worker.devices.released.notified() => {
+                    // Releases come in bursts (a claim's attempts ending together): let the
+                    // rest of the burst land so the next read claims them in one write.
+                    tokio::time::sleep(BURST).await;
+                }
                 () = tokio::time::sleep(Duration::from_millis(100)) => {}
                 () = worker.shutdown.drain.cancelled() => {}
             }

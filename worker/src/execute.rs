@@ -11,7 +11,7 @@ use crate::devices::Alloc;
 use crate::executor::{self, TaskContext};
 use crate::worker::{Inflight, Worker};
 
-/// Runs the claimed attempt, records its outcome, and gives the devices back. Everything it
+/// Runs the claimed attempt, gives the devices back, and records its outcome. Everything it
 /// logs carries the run id, task id and attempt (a `task` span).
 pub async fn execute(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
     use tracing::Instrument;
@@ -102,13 +102,19 @@ async fn attempt(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
     };
     reporter.abort();
     let label = outcome_label(&outcome);
-    worker.outcomes.record(&task, &lease_token, outcome).await;
+    // Handed to the writer before the devices go back, so a draining worker (which waits for
+    // both) never takes this attempt for done before its outcome is durable.
+    let recording = worker.outcomes.record(&task, &lease_token, outcome);
+    // The devices are free once the executor has returned: the next task starts while this
+    // outcome waits for its batched write. The attempt stays in flight (its lease heartbeated)
+    // until the write lands.
+    worker.devices.release(alloc);
+    recording.recorded().await;
     crate::metrics::task_finished(&task.task_type, label, started.elapsed());
     if uses_models {
         advertise_models(&worker).await;
     }
     worker.inflight().remove(&lease_token);
-    worker.devices.release(alloc);
     occupancy(&worker);
 }
 

@@ -1,7 +1,8 @@
 //! Group commit of attempt outcomes: each worker records the outcomes of its attempts in
 //! batched, fenced MongoDB writes instead of one journaled write per task.
 //!
-//! An attempt hands its outcome to the writer and waits for the answer; the writer takes
+//! An attempt hands its outcome to the writer, gives its devices back (the next task may start
+//! while the write is under way), and waits for the answer; the writer takes
 //! whatever has gathered (up to `batch`), writes it as one `update` command, announces the
 //! final ones to the scheduler in one Redis round trip, and answers each attempt. While a write
 //! is in flight the next batch gathers, so an idle worker writes at once (no added latency) and
@@ -9,8 +10,13 @@
 //! the stream entry was acked at claim time and the lease stays live (the attempt is still in
 //! flight, so heartbeats extend it) until the write lands. A worker killed while outcomes wait
 //! here loses only unacknowledged work: the leases lapse and the tasks run again.
+//!
+//! The outcomes waiting are bounded ([`Outcomes::room`]): a worker whose writes fall behind
+//! (a slow mongod) stops claiming until they catch up, rather than piling up attempts whose
+//! results exist only in its memory.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -18,7 +24,7 @@ use harmonia_shared::model::{RunTask, TaskError};
 use harmonia_shared::queue::Queue;
 use harmonia_shared::store::Store;
 use harmonia_shared::store::tasks::{Ending, Outcome};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// Batched writes in flight at once: MongoDB commits concurrent batches in one journal flush.
@@ -46,13 +52,80 @@ struct Pending {
 #[derive(Debug, Clone)]
 pub struct Outcomes {
     tx: mpsc::UnboundedSender<Pending>,
+    backlog: Arc<Backlog>,
 }
 
-impl std::fmt::Debug for Pending {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending")
-            .field("task", &self.after.id)
-            .finish()
+/// Outcomes handed to the writer and not yet answered.
+#[derive(Debug)]
+struct Backlog {
+    waiting: AtomicUsize,
+    /// At most this many wait: what the writer takes in one round (a full batch per write in
+    /// flight).
+    limit: usize,
+    /// Signalled whenever an outcome is answered.
+    answered: Notify,
+}
+
+impl Backlog {
+    fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            waiting: AtomicUsize::new(0),
+            limit,
+            answered: Notify::new(),
+        })
+    }
+
+    fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Returns once `done(waiting)` holds.
+    async fn until(&self, done: impl Fn(usize) -> bool) {
+        loop {
+            let answered = self.answered.notified();
+            tokio::pin!(answered);
+            // Registered before the check, so an answer between the check and the wait wakes it.
+            answered.as_mut().enable();
+            if done(self.waiting()) {
+                return;
+            }
+            answered.await;
+        }
+    }
+
+    async fn room(&self) {
+        self.until(|waiting| waiting < self.limit).await;
+    }
+}
+
+/// An outcome handed to the writer: await it for the answer. It counts as waiting until it is
+/// dropped.
+#[derive(Debug)]
+pub struct Recording {
+    answer: oneshot::Receiver<bool>,
+    backlog: Arc<Backlog>,
+}
+
+impl Recording {
+    fn new(backlog: &Arc<Backlog>, answer: oneshot::Receiver<bool>) -> Self {
+        backlog.waiting.fetch_add(1, Ordering::AcqRel);
+        Self {
+            answer,
+            backlog: backlog.clone(),
+        }
+    }
+
+    /// True once the outcome is durable in MongoDB (and announced when final); false: the
+    /// lease was lost and nothing was recorded.
+    pub async fn recorded(mut self) -> bool {
+        (&mut self.answer).await.unwrap_or(false)
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        self.backlog.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.backlog.answered.notify_waiters();
     }
 }
 
@@ -61,25 +134,37 @@ impl Outcomes {
     pub fn start(store: Store, queue: Queue, limits: Limits, drain: CancellationToken) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(writer(store, queue, limits, drain, rx));
-        Self { tx }
+        let backlog = Backlog::new(limits.batch * WRITES_IN_FLIGHT);
+        Self { tx, backlog }
     }
 
-    /// Records how the attempt of `task` holding `lease_token` ended, once it is durable in
-    /// MongoDB, and tells the scheduler when the task reached a final state. False: the lease
-    /// was lost and nothing was recorded.
-    pub async fn record(&self, task: &RunTask, lease_token: &str, outcome: Outcome) -> bool {
+    /// Hands the writer how the attempt of `task` holding `lease_token` ended. It is recorded
+    /// once it is durable in MongoDB, and the scheduler told when the task reached a final
+    /// state: await the answer on the returned [`Recording`].
+    pub fn record(&self, task: &RunTask, lease_token: &str, outcome: Outcome) -> Recording {
         tracing::debug!(task = %task.id, "outcome waiting for its write");
         let (done, answer) = oneshot::channel();
+        let recording = Recording::new(&self.backlog, answer);
         let pending = Pending {
             after: after(task, &outcome),
             lease_token: lease_token.to_owned(),
             outcome,
             done,
         };
-        if self.tx.send(pending).is_err() {
-            return false; // the writer is gone: the runtime is shutting down
-        }
-        answer.await.unwrap_or(false)
+        // If the writer is gone (the runtime is shutting down) the answer reads false.
+        let _ = self.tx.send(pending);
+        recording
+    }
+
+    /// Returns once fewer outcomes wait than the writer takes in one round (a full batch per
+    /// write in flight).
+    pub async fn room(&self) {
+        self.backlog.room().await;
+    }
+
+    /// Returns once every outcome handed over is answered.
+    pub async fn settled(&self) {
+        self.backlog.until(|waiting| waiting == 0).await;
     }
 }
 
@@ -190,5 +275,52 @@ async fn flush(store: &Store, queue: &Queue, batch: Vec<Pending>) {
     }
     for (p, ok) in batch.into_iter().zip(recorded) {
         let _ = p.done.send(ok);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn claims_wait_for_room_while_the_backlog_is_full_and_resume_when_an_outcome_is_answered()
+    {
+        let backlog = Backlog::new(2);
+        let (_, first) = oneshot::channel();
+        let first = Recording::new(&backlog, first);
+        assert!(backlog.room().now_or_never().is_some(), "one of two waits");
+        let (done, second) = oneshot::channel();
+        let second = Recording::new(&backlog, second);
+        assert!(backlog.room().now_or_never().is_none(), "full");
+
+        let room = tokio::spawn({
+            let backlog = backlog.clone();
+            async move { backlog.room().await }
+        });
+        done.send(true).unwrap();
+        assert!(second.recorded().await);
+        room.await.unwrap();
+        assert_eq!(backlog.waiting(), 1);
+        drop(first);
+        assert_eq!(backlog.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn settled_returns_only_once_every_outcome_is_answered() {
+        let backlog = Backlog::new(8);
+        backlog.until(|w| w == 0).now_or_never().unwrap();
+        let (done, answer) = oneshot::channel();
+        let recording = Recording::new(&backlog, answer);
+        let settled = tokio::spawn({
+            let backlog = backlog.clone();
+            async move { backlog.until(|w| w == 0).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!settled.is_finished());
+        drop(done); // the writer went away: the answer reads false
+        assert!(!recording.recorded().await);
+        settled.await.unwrap();
     }
 }

@@ -191,7 +191,8 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Stops claiming, lets in-flight attempts finish within the grace period, hands back the rest.
-/// "In flight" is every device allocation held, so a claim still being written counts too.
+/// "In flight" is every device allocation held, so a claim still being written counts too, and
+/// every outcome not yet written.
 async fn drain(worker: &Worker) {
     worker.shutdown.drain.cancel();
     tracing::info!(held = worker.devices.held(), grace = ?worker.options.grace, "SIGTERM: draining");
@@ -218,6 +219,9 @@ async fn all_released(worker: &Worker) {
             () = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
     }
+    // An attempt gives its devices back once it has handed its outcome to the writer; the
+    // worker is done when every such outcome is durable too.
+    worker.outcomes.settled().await;
 }
 
 /// Removes this worker's consumer from every task stream where it holds nothing, and marks it
