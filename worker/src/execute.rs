@@ -109,6 +109,7 @@ async fn attempt(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
     // outcome waits for its batched write. The attempt stays in flight (its lease heartbeated)
     // until the write lands.
     worker.devices.release(alloc);
+    occupancy(&worker);
     recording.recorded().await;
     crate::metrics::task_finished(&task.task_type, label, started.elapsed());
     if uses_models {
