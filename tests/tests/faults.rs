@@ -60,6 +60,16 @@ async fn set_task(
     task
 }
 
+/// Marks `node` succeeded, as its worker's outcome would have.
+async fn succeeded(
+    client: &Client,
+    run_id: mongodb::bson::oid::ObjectId,
+    node: &str,
+) -> harmonia_shared::model::RunTask {
+    let fields = doc! { "status": "succeeded", "finished_at": DateTime::now() };
+    set_task(client, run_id, node, fields).await
+}
+
 /// A scheduler replica that takes over in a second what a dead one left pending, with the
 /// repair pass an hour away: only the take-over can do the dead one's work.
 const TAKE_OVER: [&str; 7] = [
@@ -186,13 +196,7 @@ async fn events_a_killed_scheduler_left_pending_are_taken_over() {
     let run_id = stored_then_killed(&scope, &client, "events-reclaim").await;
 
     // Task a "succeeded" and its event was read by a scheduler that then died ("ghost").
-    let a = set_task(
-        &client,
-        run_id,
-        "a",
-        doc! { "status": "succeeded", "finished_at": DateTime::now() },
-    )
-    .await;
+    let a = succeeded(&client, run_id, "a").await;
     let event = json!({"task_id": a.id.to_hex(), "run_id": run_id.to_hex(), "node_id": "a",
         "status": "succeeded", "downstream": ["b"]});
     let events = client.queue.keys().events();
@@ -228,13 +232,7 @@ async fn a_promotion_whose_scheduler_died_before_appending_is_appended_by_the_on
     let run_id = stored_then_killed(&scope, &client, "promotion-takeover").await;
     assert_eq!(drop_cpu_entries(&client).await, 1, "a's entry was there");
     let epoch = client.queue.epoch().await.unwrap().id;
-    let a = set_task(
-        &client,
-        run_id,
-        "a",
-        doc! { "status": "succeeded", "finished_at": DateTime::now() },
-    )
-    .await;
+    let a = succeeded(&client, run_id, "a").await;
     // What the dead scheduler wrote for a's event: b queued in this epoch.
     let fields = doc! { "status": "queued", "waiting_on": [], "queued_at": DateTime::now(),
     "published_epoch": epoch };

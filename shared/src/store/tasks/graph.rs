@@ -48,6 +48,14 @@ pub struct Published {
     pub attempt: u32,
 }
 
+/// How a task that waits on nothing any more is queued.
+enum Queuing<'a> {
+    /// Due for the publisher now (`publish_due`).
+    Due,
+    /// Already published in this Redis epoch: the caller appends it to its stream next.
+    Published(Option<&'a str>),
+}
+
 /// The projection a [`Published`] is read with.
 fn published_fields() -> Document {
     doc! { "class": 1, "attempt": 1 }
@@ -128,18 +136,11 @@ impl TaskRepo {
         pending.insert("status", "pending");
         self.coll
             .update_many(
-                pending.clone(),
+                pending,
                 doc! { "$pull": { "waiting_on": { "$in": nodes } } },
             )
             .await?;
-        pending.insert("waiting_on", doc! { "$size": 0 });
-        self.coll
-            .update_many(
-                pending,
-                doc! { "$set": {
-                    "status": "queued", "queued_at": DateTime::now(), "published_epoch": epoch,
-                } },
-            )
+        self.queue_ready(scope.clone(), Queuing::Published(epoch))
             .await?;
         let mut queued = scope;
         queued.insert("status", "queued");
@@ -156,21 +157,21 @@ impl TaskRepo {
 
     /// Queues every pending task of the run that waits on nothing (after creation, repair).
     pub async fn queue_ready_in(&self, run_id: ObjectId) -> Result<u64, StoreError> {
-        self.queue_ready(doc! { "run_id": run_id }).await
+        self.queue_ready(doc! { "run_id": run_id }, Queuing::Due)
+            .await
     }
 
     /// Queues the pending tasks matched by `scope` whose waiting list is empty.
-    async fn queue_ready(&self, mut scope: Document) -> Result<u64, StoreError> {
+    async fn queue_ready(&self, mut scope: Document, how: Queuing<'_>) -> Result<u64, StoreError> {
         scope.insert("status", "pending");
         scope.insert("waiting_on", doc! { "$size": 0 });
         let now = DateTime::now();
-        let done = self
-            .coll
-            .update_many(
-                scope,
-                doc! { "$set": { "status": "queued", "queued_at": now, "publish_due": now } },
-            )
-            .await?;
+        let mut set = doc! { "status": "queued", "queued_at": now };
+        match how {
+            Queuing::Due => set.insert("publish_due", now),
+            Queuing::Published(epoch) => set.insert("published_epoch", epoch),
+        };
+        let done = self.coll.update_many(scope, doc! { "$set": set }).await?;
         Ok(done.modified_count)
     }
 
@@ -298,7 +299,9 @@ impl TaskRepo {
                 .close_downstream(run_id, &doomed, TaskStatus::Skipped)
                 .await?
         };
-        let queued = self.queue_ready(doc! { "run_id": run_id }).await?;
+        let queued = self
+            .queue_ready(doc! { "run_id": run_id }, Queuing::Due)
+            .await?;
         Ok((queued, skipped))
     }
 
@@ -525,8 +528,8 @@ impl TaskRepo {
                 )
                 .await?;
         }
-        self.queue_ready(doc! { "run_id": run_id, "node_id": { "$in": nodes } })
-            .await?;
+        let scope = doc! { "run_id": run_id, "node_id": { "$in": nodes } };
+        self.queue_ready(scope, Queuing::Due).await?;
         Ok(())
     }
 
