@@ -4,6 +4,7 @@ pub mod config; // one typed config: defaults < TOML file < flags/env; secrets f
 pub mod error; // executor errors that carry their retry policy
 pub mod health; // connectivity checks behind `harmonia-* check`
 pub mod model; // domain documents and the task-type catalogue
+pub mod nvidia_smi; // GPU discovery: usable GPUs, free memory, why one is left out
 pub mod outage; // one log line per outage of a backing service; how long it has answered
 pub mod queue; // Redis, and only here: streams, groups, epochs, replies, cancel signals
 pub mod resources; // GPU inventory, resource classes, the fit rule

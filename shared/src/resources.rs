@@ -15,9 +15,18 @@ use crate::model::Resources;
 /// One GPU a worker advertises.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Gpu {
+    /// The CUDA ordinal.
     pub index: u32,
     pub name: String,
+    /// Total memory, MiB: what tasks' `gpu_memory_mb` is matched against.
     pub memory_mb: u64,
+    /// `GPU-…`, as `nvidia-smi` reports it (none for GPUs declared with `--gpus`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    /// Free memory, MiB, as of the worker's last look (refreshed on its heartbeat); none for
+    /// GPUs declared with `--gpus`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_free_mb: Option<u64>,
 }
 
 /// The queue a task waits in, derived from its resource needs.
@@ -128,37 +137,11 @@ pub fn parse_gpu_list(s: &str) -> Result<Vec<Gpu>, String> {
             index,
             name: name.to_owned(),
             memory_mb,
+            uuid: None,
+            memory_free_mb: None,
         });
     }
     Ok(gpus)
-}
-
-/// Parses `nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader,nounits`.
-pub fn parse_nvidia_smi(csv: &str) -> Vec<Gpu> {
-    csv.lines()
-        .filter_map(|line| {
-            let mut cols = line.split(',').map(str::trim);
-            Some(Gpu {
-                index: cols.next()?.parse().ok()?,
-                name: cols.next()?.to_owned(),
-                memory_mb: cols.next()?.parse().ok()?,
-            })
-        })
-        .collect()
-}
-
-/// The host's GPUs as `nvidia-smi` reports them; empty when there is no NVIDIA driver.
-pub fn detect_gpus() -> Vec<Gpu> {
-    std::process::Command::new("nvidia-smi")
-        .args([
-            "--query-gpu=index,name,memory.total",
-            "--format=csv,noheader,nounits",
-        ])
-        .output()
-        .ok()
-        .filter(|out| out.status.success())
-        .map(|out| parse_nvidia_smi(&String::from_utf8_lossy(&out.stdout)))
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -170,6 +153,8 @@ mod tests {
             index,
             name: "test".into(),
             memory_mb,
+            uuid: None,
+            memory_free_mb: None,
         }
     }
 
@@ -209,14 +194,5 @@ mod tests {
         assert_eq!(gpus[1].memory_mb, 81920);
         assert!(parse_gpu_list("0:A100").unwrap_err().contains("gpus[0]"));
         assert!(parse_gpu_list("0:A:1,0:B:2").unwrap_err().contains("twice"));
-        let smi = parse_nvidia_smi("0, NVIDIA H100 80GB HBM3, 81559\n");
-        assert_eq!(
-            smi,
-            vec![Gpu {
-                index: 0,
-                name: "NVIDIA H100 80GB HBM3".into(),
-                memory_mb: 81559
-            }]
-        );
     }
 }

@@ -3,12 +3,14 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use harmonia_shared::queue::Queue;
 use harmonia_shared::storage::{MULTIPART_PART_BYTES, Storage};
 use harmonia_shared::store::Store;
-use harmonia_tests::Scope;
+use harmonia_tests::{Scope, wait_for};
 use mongodb::bson::{Document, doc};
 use redis::AsyncCommands;
 use redis::streams::{StreamReadOptions, StreamReadReply};
@@ -271,18 +273,7 @@ async fn bad_config_fails_with_the_setting_named() {
 #[tokio::test]
 async fn worker_reports_the_devices_it_would_advertise() {
     let scope = Scope::new("devices");
-    let out = scope
-        .command("harmonia-worker")
-        .unwrap()
-        .args(["devices", "--gpus", "0:A100:81920,1:L4:24576"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = devices_report(&scope, &["--gpus", "0:A100:81920,1:L4:24576"]);
     assert_eq!(report["source"], "--gpus");
     assert_eq!(report["gpus"][1]["name"], "L4");
     assert_eq!(report["gpus"][1]["memory_mb"], 24576);
@@ -300,6 +291,136 @@ async fn worker_reports_the_devices_it_would_advertise() {
         stderr.contains("gpus[1]") && stderr.contains("index:name:memory_mb"),
         "{stderr}"
     );
+}
+
+/// A stand-in for `nvidia-smi` in `dir`: prints whatever `dir/nvidia-smi.out` holds (a
+/// capture, which the test may change) and exits with `status`. No GPU machine runs the suite.
+fn replayed_nvidia_smi(dir: &Path, capture: &str, status: i32) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = dir.join("nvidia-smi.out");
+    std::fs::write(&out, capture).unwrap();
+    let program = dir.join("nvidia-smi");
+    let script = format!("#!/bin/sh\ncat '{}'\nexit {status}\n", out.display());
+    std::fs::write(&program, script).unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    program
+}
+
+fn capture(name: &str) -> String {
+    let path = format!(
+        "{}/../shared/fixtures/nvidia-smi/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// `harmonia-worker devices <args>`, which must succeed, as JSON.
+fn devices_report(scope: &Scope, args: &[&str]) -> serde_json::Value {
+    let out = scope
+        .command("harmonia-worker")
+        .unwrap()
+        .arg("devices")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn worker_devices_says_why_there_is_no_gpu_or_why_one_is_left_out() {
+    let scope = Scope::new("devices-detected");
+    let no_driver = replayed_nvidia_smi(&scope.dir.join("no-driver"), &capture("no-driver.txt"), 9);
+    for (program, says) in [
+        (
+            PathBuf::from("/nonexistent/nvidia-smi"),
+            "/nonexistent/nvidia-smi was not found: no GPUs detected",
+        ),
+        (
+            no_driver,
+            "nvidia-smi failed (exit status 9): NVIDIA-SMI has failed because it couldn't \
+             communicate with the NVIDIA driver",
+        ),
+    ] {
+        let report = devices_report(&scope, &["--nvidia-smi", program.to_str().unwrap()]);
+        assert_eq!(report["gpus"], serde_json::json!([]), "{report:#}");
+        let status = report["status"].as_str().unwrap();
+        assert!(status.contains(says), "{status}");
+    }
+
+    let mig = replayed_nvidia_smi(&scope.dir.join("mig"), &capture("a100-mig.csv"), 0);
+    let report = devices_report(&scope, &["--nvidia-smi", mig.to_str().unwrap()]);
+    assert_eq!(report["gpus"].as_array().unwrap().len(), 1, "{report:#}");
+    assert_eq!(report["gpus"][0]["index"], 1);
+    assert_eq!(report["gpus"][0]["memory_free_mb"], 40326);
+    let notes: Vec<&str> = report["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    assert!(
+        notes[0].starts_with("GPU 0 (NVIDIA A100-SXM4-40GB) is in MIG mode"),
+        "{notes:?}"
+    );
+    // This suite runs the default (CPU-only) build, which says it cannot use the GPU it found.
+    assert!(
+        notes[1].contains("built without the `cuda` feature"),
+        "{notes:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_records_its_gpus_free_memory_on_every_heartbeat() {
+    let scope = Scope::new("gpu-free-memory");
+    let h100 = capture("h100x8.csv").lines().next().unwrap().to_owned();
+    let nvidia_smi = replayed_nvidia_smi(&scope.dir.join("smi"), &h100, 0);
+    let mut args = harmonia_tests::cluster::WORKER.to_vec();
+    let program = nvidia_smi.display().to_string();
+    args.extend(["--nvidia-smi", &program]);
+    let _worker = scope.spawn("worker", "harmonia-worker", &args).unwrap();
+    let client = harmonia_tests::Client::connect(&scope).await.unwrap();
+    let free_memory = |want: u64| {
+        let client = &client;
+        async move {
+            let workers = client
+                .store
+                .workers()
+                .seen_within(Duration::from_secs(60))
+                .await?;
+            let gpu = workers.first().and_then(|w| w.gpus.first().cloned());
+            Ok(gpu.filter(|g| g.memory_free_mb == Some(want)))
+        }
+    };
+    let gpu = wait_for(
+        "the worker to register its GPU",
+        Duration::from_secs(30),
+        || free_memory(81008),
+    )
+    .await
+    .unwrap();
+    assert_eq!(gpu.name, "NVIDIA H100 80GB HBM3");
+    assert_eq!(
+        gpu.uuid.as_deref(),
+        Some("GPU-5d4f1a0b-3c2e-9f61-7a8e-0b1c2d3e4f50")
+    );
+
+    // Something else takes 40 GB of the GPU: the next heartbeats record it.
+    let used = h100.replace(", 81008,", ", 40431,");
+    let out = scope.dir.join("smi").join("nvidia-smi.out");
+    std::fs::write(out.with_extension("new"), used).unwrap();
+    std::fs::rename(out.with_extension("new"), &out).unwrap();
+    wait_for(
+        "the heartbeat to record the new free memory",
+        Duration::from_secs(30),
+        || free_memory(40431),
+    )
+    .await
+    .unwrap();
 }
 
 /// Every process migrates at start-up: many at once on a fresh database all succeed (they race

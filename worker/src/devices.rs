@@ -121,6 +121,8 @@ mod tests {
             index: 0,
             name: "A100".into(),
             memory_mb: 81920,
+            uuid: None,
+            memory_free_mb: None,
         };
         let devices = Devices::new(vec![gpu], 0);
         let class = ResourceClass {

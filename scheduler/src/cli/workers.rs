@@ -67,7 +67,10 @@ pub async fn run(config: &Config, args: &WorkersArgs) -> anyhow::Result<ExitCode
         let gpus: Vec<String> = w
             .gpus
             .iter()
-            .map(|g| format!("{}:{} {} MB", g.index, g.name, g.memory_mb))
+            .map(|g| match g.memory_free_mb {
+                Some(free) => format!("{}:{} {} MB ({free} free)", g.index, g.name, g.memory_mb),
+                None => format!("{}:{} {} MB", g.index, g.name, g.memory_mb),
+            })
             .collect();
         writeln!(
             out,

@@ -66,6 +66,21 @@ impl WorkerRepo {
         Ok(())
     }
 
+    /// Records a worker's GPUs as it last saw them (their free memory changes).
+    pub async fn set_gpus(
+        &self,
+        id: &str,
+        gpus: &[crate::resources::Gpu],
+    ) -> Result<(), StoreError> {
+        self.coll
+            .update_one(
+                doc! { "_id": id },
+                doc! { "$set": { "gpus": mongodb::bson::to_bson(gpus)? } },
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Records the models a worker holds (after each model task).
     pub async fn set_models(
         &self,
@@ -82,7 +97,6 @@ impl WorkerRepo {
         Ok(())
     }
 
-    /// Workers that heartbeated within `within` and still take work.
     /// Every worker that heartbeated within `within`, whatever its state, newest first.
     pub async fn seen_within(&self, within: Duration) -> Result<Vec<WorkerDoc>, StoreError> {
         let since =
@@ -96,6 +110,7 @@ impl WorkerRepo {
             .await?)
     }
 
+    /// Workers that heartbeated within `within` and still take work.
     pub async fn live(&self, within: Duration) -> Result<Vec<WorkerDoc>, StoreError> {
         let since =
             DateTime::from_millis(DateTime::now().timestamp_millis() - within.as_millis() as i64);

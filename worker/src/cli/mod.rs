@@ -33,7 +33,7 @@ pub async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let config = harmonia_shared::Config::load(&args.config)?;
     match args.command {
         Command::Run(a) => run::run(&config, &a).await,
-        Command::Devices(a) => devices::run(&a),
+        Command::Devices(a) => devices::run(&a).await,
         Command::Check(check) => Ok(health::run_check(&config, &check).await?),
     }
 }

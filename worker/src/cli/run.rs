@@ -34,6 +34,11 @@ pub struct RunArgs {
     #[arg(long, env = "HARMONIA_GPUS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpus: Option<String>,
+    /// The `nvidia-smi` program GPUs are detected with (without `--gpus`); it is asked again
+    /// every heartbeat for their free memory [default: nvidia-smi].
+    #[arg(long, env = "HARMONIA_NVIDIA_SMI")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nvidia_smi: Option<String>,
     /// CPU tasks run at once (default: the number of CPUs).
     #[arg(long, env = "HARMONIA_CPU_SLOTS")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -57,7 +62,8 @@ pub struct RunArgs {
     #[arg(long, env = "HARMONIA_MODEL_POOL_RAM_MB")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_pool_ram_mb: Option<u64>,
-    /// GPU memory the warm model pool may hold per GPU, in MiB [default: 16384].
+    /// GPU memory the warm model pool may hold per GPU, in MiB, capped at each GPU's own
+    /// memory [default: 16384].
     #[arg(long, env = "HARMONIA_MODEL_POOL_VRAM_MB")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_pool_vram_mb: Option<u64>,
@@ -87,6 +93,7 @@ pub struct RunArgs {
 pub struct Tuning {
     pub name: Option<String>,
     pub gpus: Option<String>,
+    pub nvidia_smi: String,
     pub cpu_slots: Option<u32>,
     pub lease_ms: u64,
     pub heartbeat_ms: Option<u64>,
@@ -104,6 +111,7 @@ impl Default for Tuning {
         Self {
             name: None,
             gpus: None,
+            nvidia_smi: "nvidia-smi".to_owned(),
             cpu_slots: None,
             lease_ms: 30_000,
             heartbeat_ms: None,
@@ -120,7 +128,8 @@ impl Default for Tuning {
 
 pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let args: Tuning = resolve_tuning("worker", &config.worker, args)?;
-    let gpus = registry::gpus(args.gpus.as_deref())?;
+    let (source, found) = discover_gpus(&args).await?;
+    let gpus = found.gpus.clone();
     let cpu_slots = args.cpu_slots.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
     });
@@ -143,7 +152,11 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!("checking the bucket: {e:#}");
     }
     let hub = Hub::new(&config.models)?;
-    let pool = Pool::new(args.model_pool_ram_mb << 20, args.model_pool_vram_mb << 20);
+    let pool = Pool::new(
+        args.model_pool_ram_mb << 20,
+        args.model_pool_vram_mb << 20,
+        &gpus,
+    );
     let env = Arc::new(Env {
         worker_id: id.clone(),
         store: store.clone(),
@@ -160,7 +173,7 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
         id,
         queue,
         store,
-        devices: Devices::new(gpus, cpu_slots),
+        devices: Devices::new(gpus.clone(), cpu_slots),
         env,
         options: Options {
             lease: Duration::from_millis(args.lease_ms),
@@ -180,14 +193,30 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let heartbeat = tokio::spawn(lease::heartbeat(worker.clone()));
     let listener = tokio::spawn(lease::cancel_listener(worker.clone()));
     let claims = tokio::spawn(claim::run(worker.clone()));
+    let refresh = registry::keep_gpus_fresh(&worker, source, gpus, found);
 
     harmonia_shared::signal::terminated().await?;
     drain(&worker).await;
     let _ = claims.await;
     worker.shutdown.stop.cancel();
     let _ = tokio::join!(heartbeat, listener);
+    if let Some(refresh) = refresh {
+        let _ = refresh.await;
+    }
     leave(&worker).await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The GPUs to offer, logged with what discovery said about them (one line each).
+async fn discover_gpus(
+    args: &Tuning,
+) -> anyhow::Result<(registry::GpuSource, harmonia_shared::nvidia_smi::Discovery)> {
+    let (source, found) = registry::gpus(args.gpus.as_deref(), &args.nvidia_smi).await?;
+    tracing::info!("GPUs: {}", found.status);
+    for note in &found.notes {
+        tracing::warn!("GPUs: {note}");
+    }
+    Ok((source, found))
 }
 
 /// Stops claiming, lets in-flight attempts finish within the grace period, hands back the rest.

@@ -5,6 +5,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use harmonia_shared::resources::Gpu;
 use tokio::sync::OnceCell;
 
 type Loaded = Arc<dyn Any + Send + Sync>;
@@ -17,12 +18,11 @@ struct Slot {
     last_used: u64,
 }
 
-/// Budgets in bytes: `cpu` for host memory, `cuda:N` per GPU.
+/// Budgets in bytes: `cpu` for host memory, `cuda:N` for GPU N.
 #[derive(Debug)]
 pub struct Pool {
     slots: Mutex<HashMap<String, Slot>>,
     budgets: HashMap<String, u64>,
-    default_budget: u64,
     tick: std::sync::atomic::AtomicU64,
 }
 
@@ -34,12 +34,17 @@ pub struct Checkout<T> {
 }
 
 impl Pool {
-    /// `ram_bytes` bounds models on the CPU; `vram_bytes` each GPU's.
-    pub fn new(ram_bytes: u64, vram_bytes: u64) -> Self {
+    /// `ram_bytes` bounds models on the CPU; on each of `gpus`, `vram_bytes` or the GPU's own
+    /// memory, whichever is less. A device not listed keeps only the model last loaded on it.
+    pub fn new(ram_bytes: u64, vram_bytes: u64, gpus: &[Gpu]) -> Self {
+        let mut budgets = HashMap::from([("cpu".to_owned(), ram_bytes)]);
+        for gpu in gpus {
+            let budget = vram_bytes.min(gpu.memory_mb << 20);
+            budgets.insert(format!("cuda:{}", gpu.index), budget);
+        }
         Self {
             slots: Mutex::new(HashMap::new()),
-            budgets: HashMap::from([("cpu".to_owned(), ram_bytes)]),
-            default_budget: vram_bytes,
+            budgets,
             tick: Default::default(),
         }
     }
@@ -108,7 +113,7 @@ impl Pool {
     /// Drops least-recently-used models on `device` until it fits its budget (never `keep`,
     /// the one just loaded). A model still used by a running task is freed when it finishes.
     fn evict(&self, slots: &mut HashMap<String, Slot>, device: &str, keep: &str) {
-        let budget = *self.budgets.get(device).unwrap_or(&self.default_budget);
+        let budget = self.budgets.get(device).copied().unwrap_or(0);
         loop {
             let used: u64 = slots
                 .values()
@@ -151,7 +156,11 @@ mod tests {
     use super::*;
 
     async fn load(pool: &Pool, key: &str, bytes: u64) -> bool {
-        pool.get_or_load(key, "cpu", || async {
+        load_on(pool, "cpu", key, bytes).await
+    }
+
+    async fn load_on(pool: &Pool, device: &str, key: &str, bytes: u64) -> bool {
+        pool.get_or_load(key, device, || async {
             Ok::<_, ()>((key.to_owned(), bytes))
         })
         .await
@@ -161,7 +170,7 @@ mod tests {
 
     #[tokio::test]
     async fn hits_and_lru_eviction() {
-        let pool = Pool::new(100, 0);
+        let pool = Pool::new(100, 0, &[]);
         assert!(!load(&pool, "a", 60).await);
         assert!(load(&pool, "a", 60).await, "second use is a hit");
         assert!(!load(&pool, "b", 30).await);
@@ -173,12 +182,46 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_load_is_retried() {
-        let pool = Pool::new(100, 0);
+        let pool = Pool::new(100, 0, &[]);
         let err = pool
             .get_or_load::<String, _, _, _>("x", "cpu", || async { Err("boom") })
             .await
             .expect_err("fails");
         assert_eq!(err, "boom");
         assert!(!load(&pool, "x", 1).await);
+    }
+
+    #[tokio::test]
+    async fn each_gpu_has_its_own_budget_capped_at_its_memory() {
+        const MIB: u64 = 1 << 20;
+        let gpu = |index, memory_mb| Gpu {
+            index,
+            name: "test".into(),
+            memory_mb,
+            uuid: None,
+            memory_free_mb: None,
+        };
+        // 3 MiB per GPU, but GPU 1 has only 2 MiB.
+        let pool = Pool::new(100 * MIB, 3 * MIB, &[gpu(0, 80), gpu(1, 2)]);
+        for key in ["a", "b", "c"] {
+            assert!(!load_on(&pool, "cuda:0", key, MIB).await);
+            assert!(!load_on(&pool, "cuda:1", key, MIB).await);
+        }
+        // GPU 0 holds all three (3 MiB); GPU 1 evicted its least recent (`a`) at 3 > 2 MiB.
+        assert_eq!(
+            pool.loaded(),
+            ["cuda:0/a", "cuda:0/b", "cuda:0/c", "cuda:1/b", "cuda:1/c"]
+        );
+        // A fourth model on GPU 0 evicts only from GPU 0.
+        assert!(!load_on(&pool, "cuda:0", "d", MIB).await);
+        assert!(load_on(&pool, "cuda:1", "b", MIB).await, "GPU 1 untouched");
+        assert!(!load_on(&pool, "cuda:0", "a", MIB).await, "GPU 0 evicted a");
+        // A GPU the worker does not offer keeps only the model last loaded on it.
+        assert!(!load_on(&pool, "cuda:7", "x", MIB).await);
+        assert!(!load_on(&pool, "cuda:7", "y", MIB).await);
+        assert!(
+            !load_on(&pool, "cuda:7", "x", MIB).await,
+            "x was evicted by y"
+        );
     }
 }

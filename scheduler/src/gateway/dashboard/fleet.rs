@@ -92,7 +92,10 @@ fn card(w: &WorkerDoc, tasks: &[(&RunTask, bool)]) -> WorkerCard {
         .map(|g| GpuRow {
             index: g.index,
             name: g.name.clone(),
-            memory: format!("{} MiB", g.memory_mb),
+            memory: match g.memory_free_mb {
+                Some(free) => format!("{} MiB ({free} MiB free)", g.memory_mb),
+                None => format!("{} MiB", g.memory_mb),
+            },
             task: mine
                 .iter()
                 .find(|(t, _)| t.gpu_indices.contains(&g.index))
