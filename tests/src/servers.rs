@@ -131,21 +131,7 @@ pub struct MongoServer {
 
 impl MongoServer {
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
-        let dbpath = dir.join("db");
-        std::fs::create_dir_all(&dbpath)?;
-        let port = free_port()?;
-        let process = ChildGuard::spawn(
-            "mongod",
-            Command::new(mongod_bin()?)
-                .args(["--replSet", "rs0", "--bind_ip", "127.0.0.1"])
-                .args(["--port", &port.to_string()])
-                .args(["--wiredTigerCacheSizeGB", &mongod_cache_gb(), "--quiet"])
-                .arg("--dbpath")
-                .arg(&dbpath)
-                .arg("--logpath")
-                .arg(dir.join("mongod.log")),
-            &dir.join("mongod.stdout"),
-        )?;
+        let (port, process) = spawn_mongod(dir, "rs0", &mongod_cache_gb())?;
         init_replica_set(port, &format!("127.0.0.1:{port}"))
             .await
             .with_context(|| format!("mongod on port {port}; see {}", dir.display()))?;
@@ -157,18 +143,50 @@ impl MongoServer {
     }
 }
 
+/// A mongod for replica set `set` with data and log under `dir`, on a free port.
+fn spawn_mongod(dir: &Path, set: &str, cache_gb: &str) -> anyhow::Result<(u16, ChildGuard)> {
+    let dbpath = dir.join("db");
+    std::fs::create_dir_all(&dbpath)?;
+    let port = free_port()?;
+    let process = ChildGuard::spawn(
+        "mongod",
+        Command::new(mongod_bin()?)
+            .args(["--replSet", set, "--bind_ip", "127.0.0.1"])
+            .args(["--port", &port.to_string()])
+            .args(["--wiredTigerCacheSizeGB", cache_gb, "--quiet"])
+            .arg("--dbpath")
+            .arg(&dbpath)
+            .arg("--logpath")
+            .arg(dir.join("mongod.log")),
+        &dir.join("mongod.stdout"),
+    )?;
+    Ok((port, process))
+}
+
 /// Initiates a one-node replica set `rs0` on a fresh mongod listening on `port` here, with
 /// `member` (`host:port`) as the address clients are told to use, and waits for it to be a
 /// writable primary. Safe to call again on an initiated node.
 pub async fn init_replica_set(port: u16, member: &str) -> anyhow::Result<()> {
-    let uri =
-        format!("mongodb://127.0.0.1:{port}/?directConnection=true&serverSelectionTimeoutMS=1000");
-    let client = mongodb::Client::with_uri_str(&uri).await?;
-    let admin = client.database("admin");
     let config = doc! {
         "_id": "rs0",
         "members": [{ "_id": 0, "host": member }],
     };
+    initiate(port, config).await?;
+    let admin = direct(port).await?.database("admin");
+    wait_for("a writable primary", Duration::from_secs(30), || async {
+        let hello = admin.run_command(doc! { "hello": 1 }).await?;
+        Ok(hello
+            .get_bool("isWritablePrimary")
+            .unwrap_or(false)
+            .then_some(()))
+    })
+    .await
+}
+
+/// `replSetInitiate` with `config` on the mongod at `port`, once it answers; an initiated node
+/// is fine.
+async fn initiate(port: u16, config: mongodb::bson::Document) -> anyhow::Result<()> {
+    let admin = direct(port).await?.database("admin");
     wait_for("replSetInitiate", Duration::from_secs(30), || async {
         match admin
             .run_command(doc! { "replSetInitiate": config.clone() })
@@ -182,15 +200,116 @@ pub async fn init_replica_set(port: u16, member: &str) -> anyhow::Result<()> {
             Err(e) => Err(e.into()),
         }
     })
-    .await?;
-    wait_for("a writable primary", Duration::from_secs(30), || async {
-        let hello = admin.run_command(doc! { "hello": 1 }).await?;
-        Ok(hello
-            .get_bool("isWritablePrimary")
-            .unwrap_or(false)
-            .then_some(()))
-    })
     .await
+}
+
+/// Three mongods on loopback as one replica set (`rs3`), for failover tests: a client given
+/// [`Self::uri`] (all three hosts) follows the primary wherever it moves.
+#[derive(Debug)]
+pub struct MongoReplicaSet {
+    pub uri: String,
+    pub ports: Vec<u16>,
+    pub members: Vec<ChildGuard>,
+}
+
+impl MongoReplicaSet {
+    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        let (mut ports, mut members) = (Vec::new(), Vec::new());
+        for i in 0..3 {
+            let (port, process) = spawn_mongod(&dir.join(format!("m{i}")), "rs3", "0.25")?;
+            ports.push(port);
+            members.push(process);
+        }
+        let hosts: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let config = doc! {
+            "_id": "rs3",
+            "members": hosts
+                .iter()
+                .enumerate()
+                .map(|(i, host)| doc! { "_id": i as i32, "host": host })
+                .collect::<Vec<_>>(),
+        };
+        initiate(ports[0], config)
+            .await
+            .with_context(|| format!("replica set rs3; see {}", dir.display()))?;
+        let set = Self {
+            uri: format!("mongodb://{}/?replicaSet=rs3", hosts.join(",")),
+            ports,
+            members,
+        };
+        // Majority writes need a secondary caught up: wait for the whole set.
+        wait_for(
+            "one primary and two secondaries",
+            Duration::from_secs(60),
+            || async {
+                let states = set.states().await?;
+                let mut sorted = states.clone();
+                sorted.sort();
+                Ok((sorted == ["PRIMARY", "SECONDARY", "SECONDARY"]).then_some(()))
+            },
+        )
+        .await?;
+        Ok(set)
+    }
+
+    /// Each member's state as the set sees it (`PRIMARY`, `SECONDARY`, `STARTUP2`, …).
+    pub async fn states(&self) -> anyhow::Result<Vec<String>> {
+        let status = direct(self.ports[0])
+            .await?
+            .database("admin")
+            .run_command(doc! { "replSetGetStatus": 1 })
+            .await?;
+        Ok(status
+            .get_array("members")?
+            .iter()
+            .filter_map(|m| m.as_document()?.get_str("stateStr").ok())
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// The port of the member that is primary now.
+    pub async fn primary(&self) -> anyhow::Result<Option<u16>> {
+        for &port in &self.ports {
+            let hello = direct(port)
+                .await?
+                .database("admin")
+                .run_command(doc! { "hello": 1 })
+                .await;
+            if hello.is_ok_and(|h| h.get_bool("isWritablePrimary").unwrap_or(false)) {
+                return Ok(Some(port));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Makes the primary step down (`replSetStepDown`: it may not stand again for 60 s) and
+    /// waits until another member is primary. Returns the old primary's port.
+    pub async fn step_down(&self) -> anyhow::Result<u16> {
+        let old = self.primary().await?.context("no primary to step down")?;
+        let stepped = direct(old)
+            .await?
+            .database("admin")
+            .run_command(doc! { "replSetStepDown": 60, "secondaryCatchUpPeriodSecs": 10 })
+            .await;
+        // The primary closes its connections as it steps down; the answer may be lost with them.
+        if let Err(e) = stepped {
+            tracing::info!("replSetStepDown on {old}: {e}");
+        }
+        wait_for(
+            "another member to become primary",
+            Duration::from_secs(60),
+            || async { Ok(self.primary().await?.filter(|p| *p != old)) },
+        )
+        .await?;
+        Ok(old)
+    }
+}
+
+/// A client of one member alone (no server selection across the set).
+async fn direct(port: u16) -> anyhow::Result<mongodb::Client> {
+    let uri =
+        format!("mongodb://127.0.0.1:{port}/?directConnection=true&serverSelectionTimeoutMS=1000");
+    Ok(mongodb::Client::with_uri_str(&uri).await?)
 }
 
 /// The dev S3 server (`harmonia-dev s3`) as a process of its own, so a test can take it down

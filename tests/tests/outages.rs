@@ -4,13 +4,15 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use harmonia_shared::model::{RunStatus, TaskStatus};
 use harmonia_shared::storage::Storage;
 use harmonia_tests::cluster::{SCHEDULER, WORKER, cluster_in};
 use harmonia_tests::process::signal;
-use harmonia_tests::{Scope, submission};
+use harmonia_tests::servers::MongoReplicaSet;
+use harmonia_tests::{Scope, submission, wait_for};
 use serde_json::json;
 use sha2::Digest;
 
@@ -193,4 +195,96 @@ async fn a_submission_sent_while_mongod_is_frozen_is_accepted_when_it_thaws() {
         "{reply}\n{}",
         scheduler.output()
     );
+}
+
+/// The primary of a real three-member replica set steps down (`replSetStepDown`) in the middle
+/// of a 2,000-task run: the driver follows the new primary (retryable writes and reads, majority
+/// write concern), the run completes, and every task succeeded exactly once, in MongoDB and in
+/// the workers' logs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_stepping_down_mid_run_loses_no_task_and_runs_none_twice() {
+    const TASKS: usize = 2000;
+    let mut scope = Scope::new("step-down");
+    let set = MongoReplicaSet::start(&scope.dir.join("rs")).await.unwrap();
+    scope.config.mongo.uri = set.uri.clone();
+    // Leases longer than an election, as in production (30 s against a few seconds): the
+    // step-down must not cost any attempt.
+    let mut worker = cpu_worker();
+    let at = worker.iter().position(|a| *a == "--lease-ms").unwrap();
+    worker[at + 1] = "20000";
+    worker.extend(["--log-format", "json"]);
+    let c = cluster_in(scope, SCHEDULER, &[worker.clone(), worker])
+        .await
+        .unwrap();
+    // 8 slots at 20 ms a task: several seconds of work, so the step-down lands in the middle.
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|i| json!({"id": format!("t{i}"), "type": "debug.sleep", "params": {"ms": 20}}))
+        .collect();
+    let run = c
+        .client
+        .start(&submission("step-down", json!(tasks)))
+        .await
+        .unwrap();
+    let succeeded = || async {
+        let (counts, _) = c.client.store.tasks().count_by_status(run).await?;
+        anyhow::Ok(counts.succeeded as usize)
+    };
+    wait_for("a tenth of the tasks to succeed", DEADLINE, || async {
+        Ok((succeeded().await? >= TASKS / 10).then_some(()))
+    })
+    .await
+    .unwrap();
+    let old = set.step_down().await.unwrap();
+    let at_step_down = succeeded().await.unwrap();
+    assert!(at_step_down < TASKS, "the step-down came after the run");
+
+    let finished = c.client.finished(run, DEADLINE).await.unwrap();
+    assert_eq!(
+        finished.status,
+        RunStatus::Succeeded,
+        "{}",
+        c.scheduler.output()
+    );
+    assert_ne!(set.primary().await.unwrap(), Some(old));
+    for task in c.client.tasks(run).await.unwrap() {
+        let successes = task.attempts.iter().filter(|a| a.outcome == "succeeded");
+        assert_eq!(
+            successes.count(),
+            1,
+            "{}: {:?}",
+            task.node_id,
+            task.attempts
+        );
+    }
+    let mut started: HashMap<String, usize> = HashMap::new();
+    let mut ran: HashMap<String, usize> = HashMap::new();
+    for line in c
+        .workers
+        .iter()
+        .flat_map(|w| w.output().lines().map(str::to_owned).collect::<Vec<_>>())
+    {
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        // No attempt was stopped: an attempt whose outcome is being written is not told its
+        // lease is lost when that write clears it.
+        assert_ne!(
+            event["message"], "lease lost or task cancelled: stopping the attempt",
+            "{line}"
+        );
+        if event["message"] == "task started" {
+            *started
+                .entry(event["task"].as_str().unwrap_or_default().to_owned())
+                .or_default() += 1;
+        }
+        if event["message"] == "task finished" && event["status"] == "succeeded" {
+            *ran.entry(event["task"].as_str().unwrap_or_default().to_owned())
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(ran.len(), TASKS, "every task ran to success in a worker");
+    let twice: Vec<_> = ran.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "succeeded more than once: {twice:?}");
+    let twice: Vec<_> = started.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "started more than once: {twice:?}");
 }

@@ -30,6 +30,7 @@ async fn attempt(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
         task_id: task_id.to_hex(),
         cancel: cancel.clone(),
         progress: progress_rx,
+        ended: Default::default(),
     });
     worker
         .inflight()
@@ -105,6 +106,9 @@ async fn attempt(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
     // Handed to the writer before the devices go back, so a draining worker (which waits for
     // both) never takes this attempt for done before its outcome is durable.
     let recording = worker.outcomes.record(&task, &lease_token, outcome);
+    attempt
+        .ended
+        .store(true, std::sync::atomic::Ordering::Release);
     // The devices are free once the executor has returned: the next task starts while this
     // outcome waits for its batched write. The attempt stays in flight (its lease heartbeated)
     // until the write lands.

@@ -39,6 +39,11 @@ async fn beat(worker: &Worker) -> anyhow::Result<()> {
     let stop = worker.store.tasks().extend_leases(&tokens, until).await?;
     for (token, attempt) in &attempts {
         if stop.contains(token) {
+            // An attempt that has already run only waits for its outcome's write, which is
+            // fenced itself: its lease is most likely gone because that write just landed.
+            if attempt.ended.load(std::sync::atomic::Ordering::Acquire) {
+                continue;
+            }
             // Cancelled by a user, or re-queued while this worker was presumed dead (a stall
             // past the lease): either way its result would be refused, so stop working on it.
             if !attempt.cancel.is_cancelled() {

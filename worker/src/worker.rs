@@ -30,6 +30,9 @@ pub struct Inflight {
     /// end of the grace period.
     pub cancel: CancellationToken,
     pub progress: tokio::sync::watch::Receiver<Option<Progress>>,
+    /// Set once the attempt has run and its outcome is with the writer: its lease is still
+    /// renewed until the write lands, but nothing is left to stop.
+    pub ended: std::sync::atomic::AtomicBool,
 }
 
 /// How a worker stops, one token per step, each cancelled once and for good (so no wait can
