@@ -421,6 +421,11 @@ async fn a_worker_records_its_gpus_free_memory_on_every_heartbeat() {
     )
     .await
     .unwrap();
+    let workers = scope.scheduler_cli_ok(&["workers"]).unwrap();
+    assert!(
+        workers.contains("0:NVIDIA H100 80GB HBM3 81559 MB (40431 free)"),
+        "{workers}"
+    );
 }
 
 /// Every process migrates at start-up: many at once on a fresh database all succeed (they race
