@@ -126,7 +126,7 @@ pub fn interpret(program: &str, run: std::io::Result<std::process::Output>) -> D
         .lines()
         .chain(stdout.lines())
         .map(str::trim)
-        .find(|l| !l.is_empty() && parse_line(l).is_err())
+        .find(|l| !l.is_empty() && l.split(',').count() != COLUMNS)
         .unwrap_or("no message")
         .to_owned();
     notes.retain(|n| !n.contains(&said));
@@ -253,6 +253,22 @@ mod tests {
             "said once, in the status: {:?}",
             found.notes
         );
+    }
+
+    #[test]
+    fn a_failing_run_is_named_by_its_message_not_by_a_gpu_it_left_out() {
+        let mig = fixture("a100-mig.csv");
+        let lost = "Unable to determine the device handle for GPU 0000:3B:00.0: Unknown Error";
+        let found = interpret("nvidia-smi", exited(15, &format!("{mig}{lost}\n"), ""));
+        assert!(
+            found
+                .status
+                .ends_with(&format!("(exit status 15): {lost} (usable GPUs: 1)")),
+            "{}",
+            found.status
+        );
+        assert_eq!(found.notes.len(), 1, "{:?}", found.notes);
+        assert!(found.notes[0].contains("is in MIG mode"));
     }
 
     #[test]
