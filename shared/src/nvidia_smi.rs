@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use crate::resources::Gpu;
 
+/// The program asked unless configured otherwise (found on `PATH`).
+pub const PROGRAM: &str = "nvidia-smi";
+
 /// The columns asked for, in the order [`parse`] reads them.
 pub const QUERY: &str = "--query-gpu=index,uuid,name,memory.total,memory.free,\
                          mig.mode.current,ecc.errors.uncorrected.volatile.total";

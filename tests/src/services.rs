@@ -273,10 +273,15 @@ impl Scope {
 
     /// Runs the scheduler's CLI, which must succeed; its stdout.
     pub fn scheduler_cli_ok(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = self.scheduler_cli(args)?;
+        self.run_ok("harmonia-scheduler", args)
+    }
+
+    /// Runs `binary <args>` to completion, which must succeed; its stdout.
+    pub fn run_ok(&self, binary: &str, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.command(binary)?.args(args).output()?;
         anyhow::ensure!(
             out.status.success(),
-            "harmonia-scheduler {args:?}: {}",
+            "{binary} {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())

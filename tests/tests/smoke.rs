@@ -316,19 +316,11 @@ fn capture(name: &str) -> String {
 
 /// `harmonia-worker devices <args>`, which must succeed, as JSON.
 fn devices_report(scope: &Scope, args: &[&str]) -> serde_json::Value {
-    let out = scope
-        .command("harmonia-worker")
-        .unwrap()
-        .arg("devices")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let args: Vec<&str> = std::iter::once("devices")
+        .chain(args.iter().copied())
+        .collect();
+    let out = scope.run_ok("harmonia-worker", &args).unwrap();
+    serde_json::from_str(&out).unwrap()
 }
 
 #[tokio::test]

@@ -123,7 +123,8 @@ pub fn keep_gpus_fresh(
 }
 
 /// Asks `program` again every heartbeat and records the offered GPUs' free memory on the
-/// worker's document; what it says about GPUs (one lost, ECC errors) is logged when it changes.
+/// worker's document when it changed; what it says about GPUs (one lost, ECC errors) is logged
+/// when it changes.
 /// The set of GPUs offered stays what it was at start-up.
 pub async fn refresh_gpus(
     worker: Arc<Worker>,
@@ -141,9 +142,12 @@ pub async fn refresh_gpus(
             tracing::warn!(status = %now.status, notes = ?now.notes, "GPU discovery changed");
         }
         let gpus = refreshed(&offered, &now);
-        if let Err(e) = worker.store.workers().set_gpus(&worker.id, &gpus).await {
+        // The registration wrote what discovery first saw: write only what changed since.
+        let changed = gpus != refreshed(&offered, &said);
+        if changed && let Err(e) = worker.store.workers().set_gpus(&worker.id, &gpus).await {
             let what = "recording the GPUs' free memory";
             worker.store.outage().report(what, &format_args!("{e:#}"));
+            continue; // `said` stays: the next beat writes again
         }
         said = now;
     }

@@ -12,7 +12,7 @@ pub struct DevicesArgs {
     #[arg(long, env = "HARMONIA_GPUS")]
     pub gpus: Option<String>,
     /// The `nvidia-smi` program GPUs are detected with.
-    #[arg(long, env = "HARMONIA_NVIDIA_SMI", default_value = "nvidia-smi")]
+    #[arg(long, env = "HARMONIA_NVIDIA_SMI", default_value = harmonia_shared::nvidia_smi::PROGRAM)]
     pub nvidia_smi: String,
 }
 

@@ -111,7 +111,7 @@ impl Default for Tuning {
         Self {
             name: None,
             gpus: None,
-            nvidia_smi: "nvidia-smi".to_owned(),
+            nvidia_smi: harmonia_shared::nvidia_smi::PROGRAM.to_owned(),
             cpu_slots: None,
             lease_ms: 30_000,
             heartbeat_ms: None,
