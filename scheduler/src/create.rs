@@ -118,6 +118,7 @@ pub async fn create_run(
     let now = DateTime::now();
     let mut run = run_document(sub, retry_of, now);
     let downstream = downstream_of(sub);
+    let models = crate::models::models_of(store, sub).await?;
     let mut ready = Vec::new();
     for (n, specs) in sub.tasks.chunks(CREATE_CHUNK).enumerate() {
         let mut tasks = Vec::with_capacity(specs.len());
@@ -128,6 +129,7 @@ pub async fn create_run(
                 .map(|&j| sub.tasks[j as usize].id.clone())
                 .collect();
             let mut task = new_task(run.id, index, spec, below, now)?;
+            task.model.clone_from(&models[index]);
             if queue.is_some() && spec.depends_on.is_empty() {
                 task.status = TaskStatus::Queued;
                 task.queued_at = Some(now);
@@ -136,6 +138,7 @@ pub async fn create_run(
                     id: task.id,
                     class: task.class.clone(),
                     attempt: 0,
+                    model: task.model.clone(),
                 });
             }
             tasks.push(task);
@@ -232,6 +235,7 @@ fn new_task(
         waiting_on: spec.depends_on.clone(),
         resources: spec.resources,
         class: ResourceClass::from(spec.resources).to_string(),
+        model: None,
         max_attempts: spec.max_attempts,
         timeout_s: spec.timeout_s,
         priority: spec.priority,

@@ -10,6 +10,7 @@ pub mod events;
 pub mod gateway; // the HTTP API: axum + utoipa, tokens, problem+json
 pub mod ingest; // the submissions stream: validate, create, reply exactly once
 pub mod listing; // run listing filters shared by the gateway and `list`
+pub mod models; // which model each task works on (model affinity)
 pub mod ops; // operator actions, each written to the audit log // task events -> promote or skip downstream
 pub mod publish; // MongoDB `publish_due` -> Redis task streams
 pub mod reader; // reading a stream through the scheduler replicas' group

@@ -61,6 +61,7 @@ fn entries(tasks: &[Published]) -> Vec<(ResourceClass, TaskEntry)> {
             let entry = TaskEntry {
                 task_id: p.id.to_hex(),
                 attempt: p.attempt,
+                model: p.model.clone(),
             };
             (class, entry)
         })

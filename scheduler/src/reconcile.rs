@@ -76,6 +76,8 @@ async fn prune_consumers(ctx: &Scheduler) -> anyhow::Result<()> {
         .into_iter()
         .map(|class| (keys.task_stream(class), WORKERS_GROUP))
         .collect();
+    let hints = ctx.queue.hint_streams().await?;
+    groups.extend(hints.into_iter().map(|stream| (stream, WORKERS_GROUP)));
     groups.push((keys.events(), SCHEDULER_GROUP));
     groups.push((keys.submissions(), SCHEDULER_GROUP));
     for (stream, group) in groups {

@@ -7,10 +7,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use harmonia_shared::model::{RunStatus, TaskStatus};
+use harmonia_shared::resources::ResourceClass;
 use harmonia_tests::cluster::{SCHEDULER, WORKER, cluster_in};
 use harmonia_tests::models::{self, RUN, outputs};
 use harmonia_tests::{Scope, submission, wait_for};
-use mongodb::bson::Document;
+use mongodb::bson::{DateTime, Document};
 use serde_json::json;
 
 /// A file changed on the mirror after it was indexed: the download fails for good with both
@@ -360,4 +361,216 @@ async fn a_cached_model_is_served_when_the_hub_is_down() {
     );
     let error = c.client.task(run, "get").await.unwrap().error.unwrap();
     assert!(error.retryable, "{error:?}");
+}
+
+/// Worker flags for the affinity tests: one slot, its own model cache, `extra` on top.
+fn affinity_worker<'a>(cache: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = WORKER.to_vec();
+    args[2] = "1"; // --cpu-slots
+    args.extend(["--gpus", "none", "--model-cache-dir", cache]);
+    args.extend(extra);
+    args
+}
+
+const AFFINE: &str = "org/affine";
+
+fn download(id: &str) -> serde_json::Value {
+    json!({ "id": id, "type": "model.download", "params": { "repo": AFFINE } })
+}
+
+/// A scheduler and one worker (`holder_extra` on top of [`affinity_worker`]) that holds
+/// [`AFFINE`] and reads its hint stream; returns the cluster and the holder's worker id.
+async fn holder(name: &str, holder_extra: &[&str]) -> (harmonia_tests::cluster::Cluster, String) {
+    let mut scope = Scope::new(name);
+    let root = scope.dir.join("mirror");
+    models::synthetic_repo(&root, AFFINE, 2_000_000).unwrap();
+    let mirror = models::serve_mirror(&root).await.unwrap();
+    scope.config.models.hub_endpoint = mirror.url.clone();
+    let cache = scope.dir.join("cache-a").to_string_lossy().into_owned();
+    let args = affinity_worker(&cache, holder_extra);
+    let c = cluster_in(scope, SCHEDULER, &[args]).await.unwrap();
+    let warm = json!([download("warm")]);
+    let warm = c.client.start(&submission(name, warm)).await.unwrap();
+    assert_eq!(
+        c.client.finished(warm, RUN).await.unwrap().status,
+        RunStatus::Succeeded
+    );
+    let holder = c
+        .client
+        .task(warm, "warm")
+        .await
+        .unwrap()
+        .worker_id
+        .unwrap();
+    wait_for("the holder reads the model's hint stream", RUN, || {
+        looking(&c, true)
+    })
+    .await
+    .unwrap();
+    (c, holder)
+}
+
+/// `Some` once whether a holder of [`AFFINE`] is looking for work is `want`.
+async fn looking(c: &harmonia_tests::cluster::Cluster, want: bool) -> anyhow::Result<Option<()>> {
+    let now = c
+        .client
+        .queue
+        .holder_looking(ResourceClass::CPU, AFFINE)
+        .await?;
+    Ok((now == want).then_some(()))
+}
+
+/// Starts the tasks and waits for their run to succeed; returns the run's tasks.
+async fn run_all(
+    c: &harmonia_tests::cluster::Cluster,
+    request_id: &str,
+    tasks: serde_json::Value,
+) -> Vec<harmonia_shared::model::RunTask> {
+    let run_id = c
+        .client
+        .start(&submission(request_id, tasks))
+        .await
+        .unwrap();
+    let run = c
+        .client
+        .finished(run_id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded);
+    c.client.tasks(run_id).await.unwrap()
+}
+
+/// Model affinity. A worker holds a model; a second worker, with an empty cache, reads the
+/// class stream too. Tasks for the model all run on the holder while it is free (the
+/// newcomer leaves them a head start, here longer than the test), so the model crosses the
+/// wire once; once the holder stops looking for work (SIGSTOP), the newcomer takes them at
+/// once rather than waiting out the head start.
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_for_a_model_go_to_the_free_worker_holding_it_and_elsewhere_when_it_is_busy() {
+    let (mut c, holder) = holder("affinity", &[]).await;
+    let cache_b = c.scope.dir.join("cache-b").to_string_lossy().into_owned();
+    let newcomer = affinity_worker(&cache_b, &["--affinity-wait-ms", "120000"]);
+    c.workers.push(
+        c.scope
+            .spawn("worker-b", "harmonia-worker", &newcomer)
+            .unwrap(),
+    );
+    // Its heartbeat loop starts with its claim loop: once it has beaten, it reads.
+    let store = c.client.store.clone();
+    let newcomer_id = wait_for("the newcomer runs", RUN, || {
+        let (store, holder) = (store.clone(), holder.clone());
+        async move {
+            let workers = store.workers().seen_within(Duration::from_secs(60)).await?;
+            Ok(workers
+                .into_iter()
+                .find(|w| w.id != holder && w.heartbeat_at > w.started_at)
+                .map(|w| w.id))
+        }
+    })
+    .await
+    .unwrap();
+
+    let tasks: Vec<_> = (0..8).map(|i| download(&format!("d{i}"))).collect();
+    for task in run_all(&c, "affinity-held", json!(tasks)).await {
+        assert_eq!(
+            task.worker_id.as_deref(),
+            Some(holder.as_str()),
+            "{}",
+            task.node_id
+        );
+        assert_eq!(outputs(&task).get_i64("bytes_downloaded").unwrap(), 0);
+    }
+    let fetched_by_b = std::path::Path::new(&cache_b).join("models--org--affine");
+    assert!(!fetched_by_b.exists(), "the newcomer fetched the model");
+    // ... though it was handed class copies of them (Redis makes a consumer on its first read
+    // that returns entries): it let the holder have them.
+    let queue = &c.client.queue;
+    let mut conn = queue.conn().await.unwrap();
+    let class_stream = queue.keys().task_stream(ResourceClass::CPU);
+    let consumers: redis::streams::StreamInfoConsumersReply =
+        redis::AsyncCommands::xinfo_consumers(&mut *conn, &class_stream, "workers")
+            .await
+            .unwrap();
+    drop(conn);
+    assert!(
+        consumers.consumers.iter().any(|w| w.name == newcomer_id),
+        "the newcomer read no entry: {consumers:?}"
+    );
+
+    // The holder stops looking for work: the newcomer does not wait out its head start.
+    harmonia_tests::process::signal(c.workers[0].pid(), libc::SIGSTOP);
+    wait_for("the holder is seen idle", RUN, || looking(&c, false))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..2).map(|i| download(&format!("e{i}"))).collect();
+    for task in run_all(&c, "affinity-busy", json!(tasks)).await {
+        assert_eq!(
+            task.worker_id,
+            Some(newcomer_id.clone()),
+            "{}",
+            task.node_id
+        );
+    }
+    harmonia_tests::process::signal(c.workers[0].pid(), libc::SIGCONT);
+}
+
+/// No starvation: a holder alone and busy, a task naming no model queued, then model tasks
+/// queued more than the patience (300 ms) after it: the holder takes the older task right after
+/// the first model task, not after all of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_is_not_passed_over_for_model_tasks_that_came_a_patience_after_it() {
+    let (c, _) = holder("patience", &["--affinity-patience-ms", "300"]).await;
+    let sleep = json!([{ "id": "s", "type": "debug.sleep", "params": { "ms": 3000 } }]);
+    let sleep_run = c
+        .client
+        .start(&submission("patience-sleep", sleep))
+        .await
+        .unwrap();
+    c.client
+        .task_reaches(sleep_run, "s", TaskStatus::Running)
+        .await
+        .unwrap();
+    let noop = json!([{ "id": "n", "type": "debug.noop" }]);
+    let older = c
+        .client
+        .start(&submission("patience-older", noop))
+        .await
+        .unwrap();
+    wait_for(
+        "the older task waits longer than the patience",
+        RUN,
+        || async {
+            let task = c.client.task(older, "n").await?;
+            let waited = task
+                .queued_at
+                .is_some_and(|q| DateTime::now().timestamp_millis() - q.timestamp_millis() > 600);
+            Ok(waited.then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    let tasks: Vec<_> = (0..6).map(|i| download(&format!("f{i}"))).collect();
+    let later = c
+        .client
+        .start(&submission("patience-later", json!(tasks)))
+        .await
+        .unwrap();
+    let busy = c.client.task(sleep_run, "s").await.unwrap();
+    assert_eq!(
+        busy.status,
+        TaskStatus::Running,
+        "the holder was busy when they came"
+    );
+    for run in [older, later] {
+        let run = c.client.finished(run, RUN).await.unwrap();
+        assert_eq!(run.status, RunStatus::Succeeded);
+    }
+    let older_started = c.client.task(older, "n").await.unwrap().started_at.unwrap();
+    let later = c.client.tasks(later).await.unwrap();
+    let mut starts: Vec<_> = later.iter().map(|t| t.started_at.unwrap()).collect();
+    starts.sort();
+    assert!(
+        older_started <= starts[1],
+        "the older task started at {older_started}, after model tasks that came later: {starts:?}"
+    );
 }

@@ -268,6 +268,7 @@ async fn a_publish_mark_that_lands_after_a_flush_is_published_again() {
     let entry = TaskEntry {
         task_id: a.id.to_hex(),
         attempt: a.attempt,
+        model: None,
     };
     let written_in = client
         .queue

@@ -149,3 +149,78 @@ async fn the_workers_group_lag_is_the_number_of_tasks_waiting_for_a_worker() {
     .unwrap();
     assert_eq!(info.lag, Some(0), "{info:?}");
 }
+
+/// The ids in `stream`, oldest first.
+async fn ids(client: &Client, stream: &str) -> Vec<String> {
+    let mut conn = client.queue.conn().await.expect("a connection");
+    let range: redis::streams::StreamRangeReply =
+        redis::AsyncCommands::xrange_all(&mut *conn, stream)
+            .await
+            .expect("XRANGE");
+    range.ids.into_iter().map(|e| e.id).collect()
+}
+
+/// An entry that names a model is a pair: its class copy and its hint copy share one id.
+/// Handing back either appends a new pair and drops the old one; acking one acks and deletes
+/// both, so a task claimed through one copy is never read again through the other.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_entry_naming_a_model_is_published_handed_back_and_acked_as_a_pair() {
+    use harmonia_shared::queue::{TaskEntry, TaskStream};
+    let scope = Scope::new("hint-pairs");
+    let client = Client::connect(&scope).await.unwrap();
+    let queue = &client.queue;
+    let cpu = ResourceClass::CPU;
+    let (class, hint) = (TaskStream::class(cpu), TaskStream::hint(cpu, "org/m"));
+    let (class_key, hint_key) = (class.key(queue.keys()), hint.key(queue.keys()));
+    for key in [&class_key, &hint_key] {
+        queue.ensure_group(key, WORKERS_GROUP).await.unwrap();
+    }
+    let entry = TaskEntry {
+        task_id: "0123456789abcdef01234567".into(),
+        attempt: 2,
+        model: Some("org/m".into()),
+    };
+    queue.publish(&[(cpu, entry.clone())]).await.unwrap();
+    let first = ids(&client, &class_key).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        ids(&client, &hint_key).await,
+        first,
+        "one id for both copies"
+    );
+
+    let read = queue
+        .read_tasks("w1", std::slice::from_ref(&class), 10, false)
+        .await
+        .unwrap();
+    let got = &read[0].1[0];
+    assert_eq!(
+        TaskEntry::of(got),
+        Some(entry.clone()),
+        "the class copy names the model"
+    );
+    queue.hand_back(cpu, &got.id, &entry).await.unwrap();
+    let second = ids(&client, &class_key).await;
+    assert_eq!(second.len(), 1);
+    assert_ne!(second, first, "appended anew");
+    assert_eq!(ids(&client, &hint_key).await, second);
+
+    let read = queue
+        .read_hints("w2", std::slice::from_ref(&hint), 10)
+        .await
+        .unwrap();
+    assert_eq!(read[0].1[0].id, second[0]);
+    assert!(
+        queue.holder_looking(cpu, "org/m").await.unwrap(),
+        "a hint read marks a holder looking"
+    );
+    queue.ack_pairs(cpu, "org/m", &second).await.unwrap();
+    assert!(ids(&client, &class_key).await.is_empty());
+    assert!(ids(&client, &hint_key).await.is_empty());
+    let pending = queue
+        .group_info(&hint_key, WORKERS_GROUP)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pending.pending, 0, "the read copy was acked");
+}

@@ -1,15 +1,17 @@
 //! The claim loop: read entries only from streams whose resource class fits the devices free
-//! right now, win the claim in MongoDB, then start the attempt.
+//! right now (the hint streams of the models this worker holds first: [`crate::affinity`]),
+//! win the claim in MongoDB, then start the attempt.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harmonia_shared::queue::{Entry, TaskEntry, WORKERS_GROUP};
+use harmonia_shared::queue::{Entry, TaskEntry, TaskStream, WORKERS_GROUP};
 use harmonia_shared::resources::ResourceClass;
 use harmonia_shared::store::tasks::ClaimRequest;
 use mongodb::bson::oid::ObjectId;
 
+use crate::affinity::Affinity;
 use crate::devices::Alloc;
 use crate::execute::execute;
 use crate::worker::Worker;
@@ -17,30 +19,49 @@ use crate::worker::Worker;
 const CLASS_REFRESH: Duration = Duration::from_millis(500);
 /// How long a full worker, once something is released, waits before it reads again.
 const BURST: Duration = Duration::from_millis(1);
+/// How often an entry held back for a model's holder is looked for (gone: the holder has it).
+const DEFER_POLL: Duration = Duration::from_millis(10);
+
+/// What the claim loop keeps between rounds.
+struct Loop {
+    classes: Vec<ResourceClass>,
+    classes_at: Option<Instant>,
+    /// Streams whose `workers` group this worker made sure of.
+    grouped: HashSet<TaskStream>,
+    reclaimed_at: Instant,
+    affinity: Affinity,
+}
 
 /// Claims and starts tasks until the worker drains.
 pub async fn run(worker: Arc<Worker>) {
-    let mut classes: Vec<ResourceClass> = Vec::new();
-    let mut classes_at: Option<Instant> = None;
-    let mut grouped: HashSet<ResourceClass> = HashSet::new();
-    let mut reclaimed_at = Instant::now();
+    let mut state = Loop {
+        classes: Vec::new(),
+        classes_at: None,
+        grouped: HashSet::new(),
+        reclaimed_at: Instant::now(),
+        affinity: Affinity::new(worker.options.affinity),
+    };
     while !worker.is_draining() {
-        if classes_at.is_none_or(|t| t.elapsed() >= CLASS_REFRESH) {
+        if state
+            .classes_at
+            .is_none_or(|t| t.elapsed() >= CLASS_REFRESH)
+        {
             match worker.queue.classes().await {
-                Ok(c) => classes = c,
+                Ok(c) => state.classes = c,
                 Err(e) => worker
                     .queue
                     .outage()
                     .report("listing task classes", &format_args!("{e:#}")),
             }
-            classes_at = Some(Instant::now());
+            state.affinity.refresh(&worker).await;
+            state.classes_at = Some(Instant::now());
         }
         // Outcomes behind on their writes (a slow mongod): claim nothing more until they catch up.
         tokio::select! {
             () = worker.outcomes.room() => {}
             () = worker.shutdown.drain.cancelled() => continue,
         }
-        let (fitting, free_cpu) = worker.devices.fitting(&classes);
+        let (fitting, free_cpu) = worker.devices.fitting(&state.classes);
         if fitting.is_empty() {
             tokio::select! {
                 () = worker.devices.released.notified() => {
@@ -53,65 +74,187 @@ pub async fn run(worker: Arc<Worker>) {
             }
             continue;
         }
-        for class in &fitting {
-            if !grouped.contains(class) {
-                let stream = worker.queue.keys().task_stream(*class);
-                match worker.queue.ensure_group(&stream, WORKERS_GROUP).await {
-                    Ok(()) => {
-                        grouped.insert(*class);
-                    }
-                    Err(e) => tracing::warn!(%stream, "creating consumer group: {e:#}"),
-                }
-            }
-        }
-        if reclaimed_at.elapsed() >= worker.options.reclaim_after / 2 {
-            reclaim(&worker, &fitting).await;
-            reclaimed_at = Instant::now();
-        }
         // COUNT is per stream; only the CPU stream can fill several slots at once.
         let count = if fitting.contains(&ResourceClass::CPU) {
             free_cpu.max(1) as usize
         } else {
             1
         };
-        match worker.queue.read_tasks(&worker.id, &fitting, count).await {
-            Ok(batches) => {
-                // Devices are taken synchronously first, so claims in flight never over-commit
-                // them; the read's claims are one MongoDB write, made while the loop reads on.
-                let mut taken = Vec::new();
-                for (class, entries) in batches {
-                    for entry in entries {
-                        match worker.devices.try_take(class) {
-                            Some(alloc) => taken.push((class, entry, alloc)),
-                            None => hand_back(&worker, class, &entry).await,
-                        }
-                    }
-                }
-                if !taken.is_empty() {
-                    tokio::spawn(start(worker.clone(), taken));
-                }
+        let hints = state.affinity.hint_streams(&worker, &fitting);
+        let classes = fitting.iter().map(|c| TaskStream::class(*c));
+        let streams: Vec<TaskStream> = hints.iter().cloned().chain(classes).collect();
+        state.group(&worker, &streams).await;
+        if state.reclaimed_at.elapsed() >= worker.options.reclaim_after / 2 {
+            reclaim(&worker, &streams).await;
+            state.reclaimed_at = Instant::now();
+        }
+        match read(&worker, &mut state.affinity, &hints, &streams, count).await {
+            Ok(batches) => take(&worker, &mut state.affinity, batches).await,
+            Err(e) if e.is_no_group() => {
+                // Redis lost the stream (flush/restart): recreate groups next round.
+                state.grouped.clear();
             }
             Err(e) => {
-                if e.is_no_group() {
-                    // Redis lost the stream (flush/restart): recreate groups next round.
-                    grouped.clear();
-                } else {
-                    let what = "reading task streams";
-                    worker.queue.outage().report(what, &format_args!("{e:#}"));
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+                let what = "reading task streams";
+                worker.queue.outage().report(what, &format_args!("{e:#}"));
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
     }
 }
 
+impl Loop {
+    /// Makes sure each of `streams` has its `workers` group.
+    async fn group(&mut self, worker: &Worker, streams: &[TaskStream]) {
+        for stream in streams {
+            if self.grouped.contains(stream) {
+                continue;
+            }
+            let key = stream.key(worker.queue.keys());
+            match worker.queue.ensure_group(&key, WORKERS_GROUP).await {
+                Ok(()) => {
+                    self.grouped.insert(stream.clone());
+                }
+                Err(e) => tracing::warn!(stream = %key, "creating consumer group: {e:#}"),
+            }
+        }
+    }
+}
+
+/// One read: the held models' hint streams alone first, and when they have nothing, every
+/// stream, waiting for an entry. While an entry of the class streams would be passed over for
+/// work that came more than the patience after it, the class streams alone, in arrival order.
+async fn read(
+    worker: &Worker,
+    affinity: &mut Affinity,
+    hints: &[TaskStream],
+    streams: &[TaskStream],
+    count: usize,
+) -> Result<Vec<(TaskStream, Vec<Entry>)>, harmonia_shared::queue::QueueError> {
+    let queue = &worker.queue;
+    if !hints.is_empty() {
+        let classes: Vec<TaskStream> = streams
+            .iter()
+            .filter(|s| s.model.is_none())
+            .cloned()
+            .collect();
+        if !affinity.hints_first(worker, &classes).await {
+            return queue.read_tasks(&worker.id, &classes, count, true).await;
+        }
+        let got = queue.read_hints(&worker.id, hints, count).await?;
+        if got.iter().any(|(_, entries)| !entries.is_empty()) {
+            affinity.served(&got);
+            return Ok(got);
+        }
+    }
+    queue.read_tasks(&worker.id, streams, count, true).await
+}
+
+/// Takes devices for what a read returned (handing back what does not fit), then claims:
+/// at once, or after the head start a holder of the entry's model gets.
+async fn take(
+    worker: &Arc<Worker>,
+    affinity: &mut Affinity,
+    batches: Vec<(TaskStream, Vec<Entry>)>,
+) {
+    // Devices are taken synchronously first, so claims in flight never over-commit them; the
+    // read's claims are one MongoDB write, made while the loop reads on.
+    let mut now = Vec::new();
+    let mut later = Vec::new();
+    let mut seen = HashSet::new();
+    for (stream, entries) in batches {
+        let class = stream.class;
+        for entry in entries {
+            // Both copies of a pair in one read: the second is acked with the first.
+            if !seen.insert(entry.id.clone()) {
+                continue;
+            }
+            let Some(alloc) = worker.devices.try_take(class) else {
+                hand_back(worker, class, &entry).await;
+                continue;
+            };
+            match affinity.defer(worker, class, &entry).await {
+                d if d.is_zero() => now.push((class, entry, alloc)),
+                d => later.push((d, (class, entry, alloc))),
+            }
+        }
+    }
+    if !now.is_empty() {
+        tokio::spawn(start(worker.clone(), now));
+    }
+    if let Some(wait) = later.iter().map(|(d, _)| *d).max() {
+        let taken = later.into_iter().map(|(_, t)| t).collect();
+        tokio::spawn(start_after(worker.clone(), wait, taken));
+    }
+}
+
+/// [`start`] once `wait` has passed (a holder of the model had it first). Entries a holder
+/// took meanwhile (their class copy is gone) are let go at once, their devices with them; a
+/// drain hands the rest back.
+async fn start_after(
+    worker: Arc<Worker>,
+    wait: Duration,
+    mut taken: Vec<(ResourceClass, Entry, Alloc)>,
+) {
+    let until = Instant::now() + wait;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || worker.is_draining() {
+            break;
+        }
+        tokio::time::sleep(left.min(DEFER_POLL)).await;
+        taken = let_go_of_taken(&worker, taken).await;
+        if taken.is_empty() {
+            return;
+        }
+    }
+    if worker.is_draining() {
+        for (class, entry, alloc) in taken {
+            hand_back(&worker, class, &entry).await;
+            worker.devices.release(alloc);
+        }
+        return;
+    }
+    start(worker, taken).await;
+}
+
+/// Keeps the entries whose class copy is still there; the others (a holder claimed them and
+/// deleted the pair) are acked and their devices released.
+async fn let_go_of_taken(
+    worker: &Worker,
+    taken: Vec<(ResourceClass, Entry, Alloc)>,
+) -> Vec<(ResourceClass, Entry, Alloc)> {
+    let ids: Vec<(ResourceClass, &str)> =
+        taken.iter().map(|(c, e, _)| (*c, e.id.as_str())).collect();
+    let present = match worker.queue.present(&ids).await {
+        Ok(present) => present,
+        Err(e) => {
+            tracing::debug!("looking for deferred task entries: {e:#}");
+            return taken;
+        }
+    };
+    let mut kept = Vec::new();
+    let mut acks: Acks = HashMap::new();
+    for ((class, entry, alloc), present) in taken.into_iter().zip(present) {
+        if present {
+            kept.push((class, entry, alloc));
+        } else {
+            let model = TaskEntry::of(&entry).and_then(|t| t.model);
+            acks.entry((class, model)).or_default().push(entry.id);
+            worker.devices.release(alloc);
+        }
+    }
+    ack_all(worker, acks).await;
+    kept
+}
+
 /// Takes over entries that sat unacked past `reclaim_after` in the pending list of a worker
 /// that died between reading and claiming them.
-async fn reclaim(worker: &Arc<Worker>, classes: &[ResourceClass]) {
-    for class in classes {
-        let stream = worker.queue.keys().task_stream(*class);
+async fn reclaim(worker: &Arc<Worker>, streams: &[TaskStream]) {
+    for stream in streams {
+        let key = stream.key(worker.queue.keys());
         let claimed = worker.queue.autoclaim(
-            &stream,
+            &key,
             WORKERS_GROUP,
             &worker.id,
             worker.options.reclaim_after,
@@ -122,16 +265,16 @@ async fn reclaim(worker: &Arc<Worker>, classes: &[ResourceClass]) {
                 let mut taken = Vec::new();
                 for entry in entries {
                     tracing::info!(entry = %entry.id, "took over a task entry a dead worker read");
-                    match worker.devices.try_take(*class) {
-                        Some(alloc) => taken.push((*class, entry, alloc)),
-                        None => hand_back(worker, *class, &entry).await,
+                    match worker.devices.try_take(stream.class) {
+                        Some(alloc) => taken.push((stream.class, entry, alloc)),
+                        None => hand_back(worker, stream.class, &entry).await,
                     }
                 }
                 if !taken.is_empty() {
                     tokio::spawn(start(worker.clone(), taken));
                 }
             }
-            Err(e) => tracing::debug!(%stream, "XAUTOCLAIM: {e:#}"),
+            Err(e) => tracing::debug!(stream = %key, "XAUTOCLAIM: {e:#}"),
         }
     }
 }
@@ -151,7 +294,7 @@ async fn hand_back(worker: &Worker, class: ResourceClass, entry: &Entry) {
 async fn start(worker: Arc<Worker>, taken: Vec<(ResourceClass, Entry, Alloc)>) {
     let mut requests = Vec::with_capacity(taken.len());
     let mut claimable = Vec::with_capacity(taken.len());
-    let mut acks: HashMap<ResourceClass, Vec<String>> = HashMap::new();
+    let mut acks: Acks = HashMap::new();
     for (class, entry, alloc) in taken {
         let task = TaskEntry::of(&entry);
         match task.and_then(|t| Some((ObjectId::parse_str(&t.task_id).ok()?, t.attempt))) {
@@ -166,7 +309,7 @@ async fn start(worker: Arc<Worker>, taken: Vec<(ResourceClass, Entry, Alloc)>) {
             }
             None => {
                 // Unreadable entry: drop it.
-                acks.entry(class).or_default().push(entry.id);
+                acks.entry((class, None)).or_default().push(entry.id);
                 worker.devices.release(alloc);
             }
         }
@@ -199,7 +342,8 @@ async fn start(worker: Arc<Worker>, taken: Vec<(ResourceClass, Entry, Alloc)>) {
     // MongoDB now holds the leases (or the entries were stale): the entries have done their job.
     let mut won = Vec::new();
     for ((class, entry, alloc), claim) in claimable.into_iter().zip(claims) {
-        acks.entry(class).or_default().push(entry.id);
+        let model = TaskEntry::of(&entry).and_then(|t| t.model);
+        acks.entry((class, model)).or_default().push(entry.id);
         match claim {
             Some(claim) => won.push((claim, alloc)),
             None => worker.devices.release(alloc),
@@ -211,11 +355,20 @@ async fn start(worker: Arc<Worker>, taken: Vec<(ResourceClass, Entry, Alloc)>) {
     }
 }
 
-async fn ack_all(worker: &Worker, acks: HashMap<ResourceClass, Vec<String>>) {
-    for (class, ids) in acks {
-        let stream = worker.queue.keys().task_stream(class);
-        if let Err(e) = worker.queue.ack_delete(&stream, WORKERS_GROUP, &ids).await {
-            tracing::warn!(%stream, "acking task entries: {e:#}");
+/// Entry ids to ack, by class and model (an entry that names a model is acked with its twin).
+type Acks = HashMap<(ResourceClass, Option<String>), Vec<String>>;
+
+async fn ack_all(worker: &Worker, acks: Acks) {
+    for ((class, model), ids) in acks {
+        let acked = match &model {
+            None => {
+                let stream = worker.queue.keys().task_stream(class);
+                worker.queue.ack_delete(&stream, WORKERS_GROUP, &ids).await
+            }
+            Some(model) => worker.queue.ack_pairs(class, model, &ids).await,
+        };
+        if let Err(e) = acked {
+            tracing::warn!(%class, "acking task entries: {e:#}");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `harmonia-worker`: claims tasks it can run from Redis streams, executes them, and records
 //! results in MongoDB and S3. The binary is a thin clap front over this library.
 
+pub mod affinity; // hint streams of held models first, a head start for holders
 pub mod claim; // the claim loop: fitting streams -> batched fenced claims in MongoDB
 pub mod cli; // one file per subcommand
 pub mod devices; // free GPUs and CPU slots

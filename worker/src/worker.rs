@@ -20,6 +20,8 @@ pub struct Options {
     pub retry_base: Duration,
     /// Task stream entries idle this long in a dead worker's pending list are taken over.
     pub reclaim_after: Duration,
+    /// Model affinity: hint streams first, a head start for holders.
+    pub affinity: crate::affinity::Settings,
 }
 
 /// One attempt in flight, by lease token.

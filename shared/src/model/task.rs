@@ -72,6 +72,11 @@ pub struct RunTask {
     pub resources: Resources,
     /// The task stream it is queued on (see [`crate::resources::ResourceClass`]).
     pub class: String,
+    /// The model repository it works on, when the scheduler could tell at submission (see
+    /// `docs/protocol.md`, model affinity): its stream entry is also offered first to the
+    /// workers that hold this model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     pub max_attempts: u32,
     pub timeout_s: u64,
     pub priority: i32,

@@ -49,6 +49,23 @@ impl Keys {
             .ok()
     }
 
+    /// The hint stream of one model in one resource class: a copy of each of its entries
+    /// that names `model`, read first by the workers that hold the model (model affinity).
+    pub fn hint_stream(&self, class: ResourceClass, model: &str) -> String {
+        format!("{}:hints:{class}:{model}", self.prefix)
+    }
+
+    /// Exists (expiring after a second) while a worker holding `model` is looking for work in
+    /// `class`: it is set by each read of the model's hint stream.
+    pub fn looking(&self, class: ResourceClass, model: &str) -> String {
+        format!("{}:looking:{class}:{model}", self.prefix)
+    }
+
+    /// Set of the hint streams entries were appended to (their consumers are pruned too).
+    pub fn hint_streams(&self) -> String {
+        format!("{}:hint-streams", self.prefix)
+    }
+
     /// Set of resource classes that have a task stream (workers read it to find streams).
     pub fn classes(&self) -> String {
         format!("{}:classes", self.prefix)
@@ -93,5 +110,14 @@ mod tests {
         assert_eq!(keys.task_stream(class), "harmonia:tasks:g1m40000");
         assert_eq!(keys.class_of("harmonia:tasks:g1m40000"), Some(class));
         assert_eq!(keys.class_of("other:tasks:cpu"), None);
+        assert_eq!(
+            keys.hint_stream(class, "org/model"),
+            "harmonia:hints:g1m40000:org/model"
+        );
+        assert_eq!(keys.class_of("harmonia:hints:g1m40000:org/model"), None);
+        assert_eq!(
+            keys.looking(ResourceClass::CPU, "org/model"),
+            "harmonia:looking:cpu:org/model"
+        );
     }
 }

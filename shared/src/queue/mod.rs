@@ -5,6 +5,7 @@ pub mod dead;
 pub mod epoch;
 pub mod events;
 pub mod groups;
+pub mod hints;
 pub mod keys;
 pub mod replies;
 pub mod stats;
@@ -14,7 +15,7 @@ pub mod tasks;
 pub use events::{SCHEDULER_GROUP, TaskEvent};
 pub use keys::Keys;
 pub use replies::{Reply, ReplyTo};
-pub use tasks::{TaskEntry, WORKERS_GROUP};
+pub use tasks::{TaskEntry, TaskStream, WORKERS_GROUP};
 
 /// One stream entry as read through a group: its id and its fields (`entry.get("payload")`).
 pub use redis::streams::StreamId as Entry;

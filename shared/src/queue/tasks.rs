@@ -3,6 +3,11 @@
 //! An entry only says "task X, as of attempt N, may be claimed". MongoDB decides whether a claim
 //! wins (fenced on status and attempt), so duplicate or stale entries are harmless and Redis can
 //! always be rebuilt from MongoDB.
+//!
+//! An entry that names a model is written twice, under one id: in its class stream, where any
+//! fitting worker finds it, and in the model's hint stream in that class, which only workers
+//! holding the model read (see [`super::hints`]). The two are a pair: whoever is done with one
+//! copy acks and deletes both, so a task claimed through either is not read again.
 
 use std::sync::LazyLock;
 
@@ -21,6 +26,9 @@ pub struct TaskEntry {
     pub task_id: String,
     /// The task's `attempt` when it was published; a claim must still see this value.
     pub attempt: u32,
+    /// The model repository the task works on, if the scheduler knows it: the entry then has
+    /// a twin in that model's hint stream.
+    pub model: Option<String>,
 }
 
 impl TaskEntry {
@@ -29,7 +37,37 @@ impl TaskEntry {
         Some(Self {
             task_id: entry.get("task")?,
             attempt: entry.get("attempt")?,
+            model: entry.get("model"),
         })
+    }
+}
+
+/// A stream task entries are read from: a class's stream, or a model's hint stream in it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TaskStream {
+    pub class: ResourceClass,
+    /// `Some`: the hint stream of this model.
+    pub model: Option<String>,
+}
+
+impl TaskStream {
+    pub fn class(class: ResourceClass) -> Self {
+        Self { class, model: None }
+    }
+
+    pub fn hint(class: ResourceClass, model: &str) -> Self {
+        Self {
+            class,
+            model: Some(model.to_owned()),
+        }
+    }
+
+    /// Its key.
+    pub fn key(&self, keys: &super::Keys) -> String {
+        match &self.model {
+            None => keys.task_stream(self.class),
+            Some(model) => keys.hint_stream(self.class, model),
+        }
     }
 }
 
@@ -63,15 +101,27 @@ impl Queue {
             pipe.sadd(self.keys().classes(), class.to_string());
         }
         for (class, entry) in entries {
-            pipe.xadd(
-                self.keys().task_stream(*class),
-                "*",
-                &[
-                    ("task", entry.task_id.as_str()),
-                    ("attempt", &entry.attempt.to_string()),
-                ],
-            )
-            .ignore();
+            let stream = self.keys().task_stream(*class);
+            let attempt = entry.attempt.to_string();
+            match &entry.model {
+                None => {
+                    let fields = [("task", entry.task_id.as_str()), ("attempt", &attempt)];
+                    pipe.xadd(stream, "*", &fields).ignore();
+                }
+                // EVAL, not EVALSHA: a transaction cannot recover from NOSCRIPT.
+                Some(model) => {
+                    pipe.cmd("EVAL")
+                        .arg(super::hints::APPEND_PAIR.as_str())
+                        .arg(3)
+                        .arg(stream)
+                        .arg(self.keys().hint_stream(*class, model))
+                        .arg(self.keys().hint_streams())
+                        .arg(&entry.task_id)
+                        .arg(&attempt)
+                        .arg(model)
+                        .ignore();
+                }
+            }
         }
         let mut conn = self.conn().await?;
         let (epoch, added): (Option<String>, Vec<i64>) = {
@@ -103,7 +153,8 @@ impl Queue {
         Ok(names.iter().filter_map(|n| n.parse().ok()).collect())
     }
 
-    /// Acks and deletes entries of one stream (trimming as we go).
+    /// Acks and deletes entries of one class stream (trimming as we go); entries that name a
+    /// model go through [`Queue::ack_pairs`].
     pub async fn ack_delete(
         &self,
         stream: &str,
@@ -132,6 +183,9 @@ impl Queue {
         entry_id: &str,
         entry: &TaskEntry,
     ) -> Result<(), QueueError> {
+        if let Some(model) = &entry.model {
+            return self.hand_back_pair(class, model, entry_id, entry).await;
+        }
         let mut conn = self.conn().await?;
         let _: i32 = HAND_BACK
             .key(self.keys().task_stream(class))
@@ -146,30 +200,44 @@ impl Queue {
 }
 
 impl Queue {
-    /// One read, for worker `consumer`, of new entries on the task streams of `classes` (at most
-    /// `count` per stream, waiting up to [`super::BLOCK_MS`]), by class.
+    /// One read, for worker `consumer`, of new entries on `streams` (at most `count` per
+    /// stream; when `block`, waiting up to [`super::BLOCK_MS`] for one), by stream.
     pub async fn read_tasks(
         &self,
         consumer: &str,
-        classes: &[ResourceClass],
+        streams: &[TaskStream],
         count: usize,
-    ) -> Result<Vec<(ResourceClass, Vec<redis::streams::StreamId>)>, QueueError> {
+        block: bool,
+    ) -> Result<Vec<(TaskStream, Vec<redis::streams::StreamId>)>, QueueError> {
         use redis::streams::{StreamReadOptions, StreamReadReply};
-        let streams: Vec<String> = classes.iter().map(|c| self.keys.task_stream(*c)).collect();
-        let cursors = vec![">"; streams.len()];
-        let opts = StreamReadOptions::default()
+        let keys: Vec<String> = streams.iter().map(|s| s.key(&self.keys)).collect();
+        let cursors = vec![">"; keys.len()];
+        let mut opts = StreamReadOptions::default()
             .group(WORKERS_GROUP, consumer)
-            .count(count)
-            .block(super::BLOCK_MS);
+            .count(count);
+        if block {
+            opts = opts.block(super::BLOCK_MS);
+        }
         let mut conn = self.conn().await?;
-        let reply: Option<StreamReadReply> = conn.xread_options(&streams, &cursors, &opts).await?;
-        Ok(reply
-            .map(|r| {
-                r.keys
-                    .into_iter()
-                    .filter_map(|k| Some((self.keys.class_of(&k.key)?, k.ids)))
-                    .collect()
-            })
-            .unwrap_or_default())
+        let reply: Option<StreamReadReply> = conn.xread_options(&keys, &cursors, &opts).await?;
+        Ok(by_stream(reply, &keys, streams))
     }
+}
+
+/// A read's reply by stream (`keys[i]` is the key of `streams[i]`).
+pub(super) fn by_stream(
+    reply: Option<redis::streams::StreamReadReply>,
+    keys: &[String],
+    streams: &[TaskStream],
+) -> Vec<(TaskStream, Vec<redis::streams::StreamId>)> {
+    let by_key: std::collections::HashMap<&str, &TaskStream> =
+        keys.iter().map(String::as_str).zip(streams).collect();
+    reply
+        .map(|r| {
+            r.keys
+                .into_iter()
+                .filter_map(|k| Some(((*by_key.get(k.key.as_str())?).clone(), k.ids)))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -22,7 +22,7 @@ pub struct Args {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Register, claim and run tasks until SIGTERM.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Print the GPUs and CPUs this worker would advertise.
     Devices(devices::DevicesArgs),
     /// Check that Redis, MongoDB and S3 answer with this configuration.

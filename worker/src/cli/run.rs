@@ -1,6 +1,6 @@
 //! `harmonia-worker run`: register, claim and execute until SIGTERM, then drain gracefully.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -85,6 +85,22 @@ pub struct RunArgs {
     #[arg(long, env = "HARMONIA_OUTCOME_LINGER_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome_linger_ms: Option<u64>,
+    /// Read the task entries of models this worker holds first, and leave a fresh entry for a
+    /// model it lacks to a free worker that holds it for `--affinity-wait-ms` [default: true].
+    #[arg(long, env = "HARMONIA_MODEL_AFFINITY", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_affinity: Option<bool>,
+    /// The head start, in ms, a free worker holding a task's model gets on a fresh entry
+    /// before this one claims it [default: 50].
+    #[arg(long, env = "HARMONIA_AFFINITY_WAIT_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity_wait_ms: Option<u64>,
+    /// No task is passed over for a held model's task that came more than this many ms after
+    /// it: a worker whose hint entries are that much newer than the oldest entry of its class
+    /// streams reads those alone, in arrival order, until it is taken [default: 10000].
+    #[arg(long, env = "HARMONIA_AFFINITY_PATIENCE_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity_patience_ms: Option<u64>,
 }
 
 /// [`RunArgs`] resolved: defaults < `[worker]` in the file < flags and env.
@@ -104,6 +120,9 @@ pub struct Tuning {
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub outcome_batch: u32,
     pub outcome_linger_ms: u64,
+    pub model_affinity: bool,
+    pub affinity_wait_ms: u64,
+    pub affinity_patience_ms: u64,
 }
 
 impl Default for Tuning {
@@ -122,7 +141,26 @@ impl Default for Tuning {
             metrics_listen: None,
             outcome_batch: 256,
             outcome_linger_ms: 0,
+            model_affinity: true,
+            affinity_wait_ms: 50,
+            affinity_patience_ms: 10_000,
         }
+    }
+}
+
+/// The loops' settings from the resolved tuning.
+fn options(args: &Tuning) -> Options {
+    Options {
+        lease: Duration::from_millis(args.lease_ms),
+        heartbeat: Duration::from_millis(args.heartbeat_ms.unwrap_or(args.lease_ms / 3).max(10)),
+        grace: Duration::from_secs(args.grace_s),
+        retry_base: Duration::from_millis(args.retry_base_ms),
+        reclaim_after: Duration::from_millis(args.lease_ms.max(2000)),
+        affinity: crate::affinity::Settings {
+            on: args.model_affinity,
+            wait: Duration::from_millis(args.affinity_wait_ms),
+            patience: Duration::from_millis(args.affinity_patience_ms),
+        },
     }
 }
 
@@ -175,15 +213,7 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
         store,
         devices: Devices::new(gpus.clone(), cpu_slots),
         env,
-        options: Options {
-            lease: Duration::from_millis(args.lease_ms),
-            heartbeat: Duration::from_millis(
-                args.heartbeat_ms.unwrap_or(args.lease_ms / 3).max(10),
-            ),
-            grace: Duration::from_secs(args.grace_s),
-            retry_base: Duration::from_millis(args.retry_base_ms),
-            reclaim_after: Duration::from_millis(args.lease_ms.max(2000)),
-        },
+        options: options(&args),
         inflight: Mutex::new(HashMap::new()),
         outcomes,
         shutdown,
@@ -253,12 +283,29 @@ async fn all_released(worker: &Worker) {
     worker.outcomes.settled().await;
 }
 
-/// Removes this worker's consumer from every task stream where it holds nothing, and marks it
-/// stopped.
+/// Removes this worker's consumer from every task stream, and the hint streams of the models it
+/// holds, where it holds nothing, and marks it stopped.
 async fn leave(worker: &Worker) {
+    let keys = worker.queue.keys();
+    let hints: HashSet<String> = worker
+        .queue
+        .hint_streams()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let held = worker.env.models.hub.cached_repos();
     let classes = worker.queue.classes().await.unwrap_or_default();
-    for class in classes {
-        let stream = worker.queue.keys().task_stream(class);
+    let held_hints = classes
+        .iter()
+        .flat_map(|c| held.iter().map(|m| keys.hint_stream(*c, m)))
+        .filter(|s| hints.contains(s));
+    let streams: Vec<String> = classes
+        .iter()
+        .map(|c| keys.task_stream(*c))
+        .chain(held_hints)
+        .collect();
+    for stream in streams {
         let left = worker.queue.leave_group(&stream, WORKERS_GROUP, &worker.id);
         if let Err(e) = left.await {
             tracing::debug!(%stream, "removing consumer: {e:#}");

@@ -46,6 +46,9 @@ pub struct Published {
     pub id: ObjectId,
     pub class: String,
     pub attempt: u32,
+    /// The model repository it works on, if known (for model affinity).
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 /// How a task that waits on nothing any more is queued.
@@ -58,7 +61,7 @@ enum Queuing<'a> {
 
 /// The projection a [`Published`] is read with.
 fn published_fields() -> Document {
-    doc! { "class": 1, "attempt": 1 }
+    doc! { "class": 1, "attempt": 1, "model": 1 }
 }
 
 /// One node's place in the graph, for graph walks.
