@@ -82,7 +82,7 @@ impl Affinity {
     pub async fn hints_first(&self, worker: &Worker, classes: &[TaskStream]) -> bool {
         let classes: Vec<ResourceClass> = classes.iter().map(|s| s.class).collect();
         match worker.queue.oldest_entry_ms(&classes).await {
-            Ok(Some(oldest)) => oldest + self.patience_ms() >= self.served_ms,
+            Ok(Some(oldest)) => oldest.saturating_add(self.patience_ms()) >= self.served_ms,
             Ok(None) => true,
             Err(e) => {
                 tracing::debug!("reading the oldest task entry: {e:#}");
