@@ -47,9 +47,8 @@ static ACK_PAIRS: LazyLock<redis::Script> = LazyLock::new(|| {
     )
 });
 
-/// KEYS: class stream, hint stream, set of hint streams. ARGV: task id, attempt, model,
-/// group, entry id. Appends
-/// the pair anew and drops the old one.
+/// KEYS: class stream, hint stream, set of hint streams. ARGV: task id, attempt, model, group,
+/// entry id. Appends the pair anew and drops the old one.
 static HAND_BACK_PAIR: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
         r"{APPEND}
