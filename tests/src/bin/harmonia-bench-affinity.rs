@@ -54,6 +54,9 @@ struct Figures {
     /// Model snapshots in the fleet's caches at the end: how many times a model was fetched.
     fetches: usize,
     cold_loads: usize,
+    /// When each model first ran on a worker other than the first to run it, seconds into
+    /// the run, sorted: when the fetches beyond one per model happened.
+    later_fetches_s: Vec<f64>,
 }
 
 /// `<root>/bench/minilm-<i>`: the real MiniLM's files, hard-linked under one name per model,
@@ -246,12 +249,46 @@ async fn mode(args: &Args, affinity: bool) -> anyhow::Result<Figures> {
         let out = models::outputs(task);
         cold_loads += usize::from(!out.get_bool("pool_hit").context("pool_hit")?);
     }
+    let run_started = run.started_at.map_or(0, |t| t.timestamp_millis());
     Ok(Figures {
         seconds,
         bytes: mirror.mirror.bytes_served.load(Ordering::Relaxed) - sent_before,
         fetches: snapshots(&dir, args.workers, &repos),
         cold_loads,
+        later_fetches_s: later_fetches(&tasks, run_started)?,
     })
+}
+
+/// See [`Figures::later_fetches_s`].
+fn later_fetches(
+    tasks: &[harmonia_shared::model::RunTask],
+    run_started_ms: i64,
+) -> anyhow::Result<Vec<f64>> {
+    // (model, worker) -> first start.
+    let mut first: std::collections::HashMap<(String, String), i64> = Default::default();
+    for task in tasks {
+        let model = models::outputs(task)
+            .get_object_id("model_artifact_id")?
+            .to_hex();
+        let worker = task.worker_id.clone().unwrap_or_default();
+        let at = task.started_at.map_or(i64::MAX, |t| t.timestamp_millis());
+        let slot = first.entry((model, worker)).or_insert(at);
+        *slot = (*slot).min(at);
+    }
+    let mut by_model: std::collections::HashMap<String, Vec<i64>> = Default::default();
+    for ((model, _), at) in first {
+        by_model.entry(model).or_default().push(at);
+    }
+    let mut later: Vec<f64> = by_model
+        .into_values()
+        .flat_map(|mut starts| {
+            starts.sort_unstable();
+            starts.into_iter().skip(1)
+        })
+        .map(|at| (at - run_started_ms).max(0) as f64 / 1e3)
+        .collect();
+    later.sort_by(f64::total_cmp);
+    Ok(later)
 }
 
 fn print(label: &str, tasks: usize, f: &Figures) {
@@ -262,6 +299,16 @@ fn print(label: &str, tasks: usize, f: &Figures) {
         f.bytes as f64 / 1e6,
         f.fetches,
         f.cold_loads
+    );
+    let at: Vec<String> = f
+        .later_fetches_s
+        .iter()
+        .map(|s| format!("{s:.1}"))
+        .collect();
+    println!(
+        "  {:<13} fetches beyond one per model began at (s into the run): {}",
+        "",
+        at.join(", ")
     );
 }
 
