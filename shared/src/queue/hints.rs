@@ -139,15 +139,9 @@ impl Queue {
                 .ignore();
         }
         let keys: Vec<String> = hints.iter().map(|s| s.key(self.keys())).collect();
-        pipe.cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(WORKERS_GROUP)
-            .arg(consumer)
-            .arg("COUNT")
-            .arg(count)
-            .arg("STREAMS")
-            .arg(&keys)
-            .arg(vec![">"; keys.len()]);
+        let cursors = vec![">"; keys.len()];
+        let opts = super::tasks::group_read(consumer, count, false);
+        pipe.xread_options(&keys, &cursors, &opts);
         let mut conn = self.conn().await?;
         let (reply,): (Option<redis::streams::StreamReadReply>,) =
             pipe.query_async(&mut *conn).await?;

@@ -209,18 +209,29 @@ impl Queue {
         count: usize,
         block: bool,
     ) -> Result<Vec<(TaskStream, Vec<redis::streams::StreamId>)>, QueueError> {
-        use redis::streams::{StreamReadOptions, StreamReadReply};
         let keys: Vec<String> = streams.iter().map(|s| s.key(&self.keys)).collect();
         let cursors = vec![">"; keys.len()];
-        let mut opts = StreamReadOptions::default()
-            .group(WORKERS_GROUP, consumer)
-            .count(count);
-        if block {
-            opts = opts.block(super::BLOCK_MS);
-        }
+        let opts = group_read(consumer, count, block);
         let mut conn = self.conn().await?;
-        let reply: Option<StreamReadReply> = conn.xread_options(&keys, &cursors, &opts).await?;
+        let reply: Option<redis::streams::StreamReadReply> =
+            conn.xread_options(&keys, &cursors, &opts).await?;
         Ok(by_stream(reply, &keys, streams))
+    }
+}
+
+/// XREADGROUP's options for worker `consumer` in the `workers` group.
+pub(super) fn group_read(
+    consumer: &str,
+    count: usize,
+    block: bool,
+) -> redis::streams::StreamReadOptions {
+    let opts = redis::streams::StreamReadOptions::default()
+        .group(WORKERS_GROUP, consumer)
+        .count(count);
+    if block {
+        opts.block(super::BLOCK_MS)
+    } else {
+        opts
     }
 }
 

@@ -1,6 +1,6 @@
 //! `harmonia-worker run`: register, claim and execute until SIGTERM, then drain gracefully.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -10,7 +10,7 @@ use harmonia_shared::Config;
 use harmonia_shared::config::resolve_tuning;
 use harmonia_shared::health;
 use harmonia_shared::model::WorkerState;
-use harmonia_shared::queue::WORKERS_GROUP;
+use harmonia_shared::queue::{TaskStream, WORKERS_GROUP};
 use harmonia_shared::store::migrate::migrate;
 use serde::{Deserialize, Serialize};
 
@@ -286,24 +286,13 @@ async fn all_released(worker: &Worker) {
 /// Removes this worker's consumer from every task stream, and the hint streams of the models it
 /// holds, where it holds nothing, and marks it stopped.
 async fn leave(worker: &Worker) {
-    let keys = worker.queue.keys();
-    let hints: HashSet<String> = worker
-        .queue
-        .hint_streams()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    let held = worker.env.models.hub.cached_repos();
     let classes = worker.queue.classes().await.unwrap_or_default();
-    let held_hints = classes
-        .iter()
-        .flat_map(|c| held.iter().map(|m| keys.hint_stream(*c, m)))
-        .filter(|s| hints.contains(s));
-    let streams: Vec<String> = classes
-        .iter()
-        .map(|c| keys.task_stream(*c))
-        .chain(held_hints)
+    let mut affinity = crate::affinity::Affinity::new(worker.options.affinity);
+    affinity.refresh(worker).await;
+    let hints = affinity.hint_streams(worker, &classes);
+    let streams: Vec<String> = (classes.iter().map(|c| TaskStream::class(*c)))
+        .chain(hints)
+        .map(|s| s.key(worker.queue.keys()))
         .collect();
     for stream in streams {
         let left = worker.queue.leave_group(&stream, WORKERS_GROUP, &worker.id);
