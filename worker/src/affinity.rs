@@ -82,7 +82,7 @@ impl Affinity {
     pub async fn hints_first(&self, worker: &Worker, classes: &[TaskStream]) -> bool {
         let classes: Vec<ResourceClass> = classes.iter().map(|s| s.class).collect();
         match worker.queue.oldest_entry_ms(&classes).await {
-            Ok(Some(oldest)) => oldest.saturating_add(self.patience_ms()) >= self.served_ms,
+            Ok(Some(oldest)) => !passed_over(oldest, self.served_ms, self.settings.patience),
             Ok(None) => true,
             Err(e) => {
                 tracing::debug!("reading the oldest task entry: {e:#}");
@@ -99,10 +99,6 @@ impl Affinity {
             .map(|e| entry_ms(&e.id))
             .max();
         self.served_ms = self.served_ms.max(newest.unwrap_or(0));
-    }
-
-    fn patience_ms(&self) -> u64 {
-        u64::try_from(self.settings.patience.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// How long to hold an entry of `class` before claiming it: the rest of `wait` when it
@@ -159,6 +155,13 @@ impl Affinity {
     }
 }
 
+/// Whether an entry of Redis time `oldest` (ms) is passed over by hint entries as new as
+/// `served` (ms) for longer than `patience`.
+fn passed_over(oldest: u64, served: u64, patience: Duration) -> bool {
+    let patience = u64::try_from(patience.as_millis()).unwrap_or(u64::MAX);
+    oldest.saturating_add(patience) < served
+}
+
 /// The milliseconds an entry id starts with (Redis's clock when it was appended).
 fn entry_ms(id: &str) -> u64 {
     id.split('-')
@@ -178,6 +181,21 @@ fn age(ms: u64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_entry_is_passed_over_only_by_work_newer_than_the_patience() {
+        let patience = Duration::from_secs(10);
+        assert!(!passed_over(1_000, 11_000, patience));
+        assert!(passed_over(1_000, 11_001, patience));
+        assert!(!passed_over(5_000, 0, patience), "nothing served yet");
+        // A patience too large for u64 milliseconds never overflows into "passed over".
+        assert!(!passed_over(u64::MAX - 5, u64::MAX, Duration::MAX));
+        assert!(!passed_over(
+            u64::MAX - 5,
+            u64::MAX,
+            Duration::from_millis(u64::MAX)
+        ));
+    }
 
     #[test]
     fn an_entry_id_gives_its_age() {
