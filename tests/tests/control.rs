@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use harmonia_shared::model::{RunStatus, TaskStatus};
 use harmonia_shared::resources::ResourceClass;
-use harmonia_tests::cluster::{LONG, cluster};
-use harmonia_tests::{submission, wait_for};
+use harmonia_tests::cluster::{LONG, SCHEDULER, cluster};
+use harmonia_tests::process::ChildGuard;
+use harmonia_tests::proxy::Proxy;
+use harmonia_tests::{Client, Scope, submission, wait_for};
+use mongodb::bson::oid::ObjectId;
 use redis::AsyncCommands;
 use serde_json::json;
 
@@ -238,10 +241,7 @@ async fn submit_resends_a_submission_redis_lost() {
     .await
     .unwrap();
     let mut conn = queue.conn().await.unwrap();
-    let () = redis::cmd("FLUSHALL")
-        .query_async(&mut *conn)
-        .await
-        .unwrap();
+    let () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
 
     let _scheduler = scope
         .spawn(
@@ -297,4 +297,95 @@ async fn submit_with_no_scheduler_running_says_so_and_keeps_waiting() {
         started.elapsed() >= Duration::from_secs(4),
         "it waited out --timeout-s"
     );
+}
+
+/// Submits one `debug.noop` task after holding the worker's Redis replies back, until Redis has
+/// handed the task's entry to that worker's blocked read (the reply waiting in the proxy).
+/// A try whose read had timed out before the entry came finds it unread: the replies are let
+/// through, the worker runs it, and the next try begins. Returns the run held back.
+async fn deliver_to_held_read(client: &Client, proxy: &Proxy, stream: &str) -> ObjectId {
+    for n in 0..30 {
+        proxy.hold_replies();
+        let body = submission(
+            &format!("held-{n}"),
+            json!([{"id": "t", "type": "debug.noop"}]),
+        );
+        let run_id = client.start(&body).await.unwrap();
+        // Redis serves a blocked reader within the XADD itself: once the entry is in the stream,
+        // it is either in the worker's pending list or unread for good (its read timed out).
+        let pending = wait_for("the entry to be published", LONG, || async {
+            let mut conn = client.queue.conn().await?;
+            let len: usize = conn.xlen(stream).await?;
+            let consumers = client.queue.consumers(stream, "workers").await?;
+            let pending: u64 = consumers.iter().map(|(_, n)| n).sum();
+            Ok((len == 1).then_some(pending))
+        })
+        .await
+        .unwrap();
+        if pending == 1 {
+            return run_id;
+        }
+        proxy.release_replies();
+        client.finished(run_id, LONG).await.unwrap();
+    }
+    panic!("Redis never handed an entry to the worker's blocked read in 30 tries");
+}
+
+/// An entry Redis hands a worker's blocked read just as the worker begins to drain is not run
+/// there nor kept: the draining worker hands it back, and another worker runs it at once
+/// instead of after the drained worker's lease (30 s here) or its pending entry's reclaim.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_read_as_a_worker_begins_to_drain_is_run_at_once_by_another_worker() {
+    let scope = Scope::new("read-while-draining");
+    let redis = scope.config.redis.url.trim_start_matches("redis://");
+    let proxy = Proxy::start(redis.parse().unwrap()).await.unwrap();
+    let _scheduler = scope
+        .spawn("scheduler", "harmonia-scheduler", SCHEDULER)
+        .unwrap();
+    let args = [
+        "run",
+        "--gpus",
+        "none",
+        "--cpu-slots",
+        "1",
+        "--lease-ms",
+        "30000",
+        "--heartbeat-ms",
+        "300",
+        "--grace-s",
+        "10",
+    ];
+    let mut cmd = scope.command("harmonia-worker").unwrap();
+    cmd.args(args)
+        .env("HARMONIA_REDIS_URL", format!("redis://{}", proxy.addr));
+    let log = scope.dir.join("draining.log");
+    let mut draining = ChildGuard::spawn("draining", &mut cmd, &log).unwrap();
+    let client = Client::connect(&scope).await.unwrap();
+    // A first task makes the CPU stream and puts the worker in its blocking reads of it.
+    let warm_up = submission("warm-up", json!([{"id": "t", "type": "debug.noop"}]));
+    let warm_up = client.start(&warm_up).await.unwrap();
+    client.finished(warm_up, LONG).await.unwrap();
+    let stream = client.queue.keys().task_stream(ResourceClass::CPU);
+
+    let run_id = deliver_to_held_read(&client, &proxy, &stream).await;
+    draining.terminate();
+    draining
+        .says("SIGTERM: draining", Duration::from_secs(10))
+        .await
+        .unwrap();
+    proxy.release_replies();
+    let status = draining
+        .exits_within(Duration::from_secs(15))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+
+    let other = scope.spawn("other", "harmonia-worker", &args).unwrap();
+    let run = client.finished(run_id, Duration::from_secs(10)).await;
+    let run = run.unwrap_or_else(|e| panic!("{e:#}\n{}", draining.output()));
+    assert_eq!(run.status, RunStatus::Succeeded);
+    let task = client.task(run_id, "t").await.unwrap();
+    assert_eq!(task.attempt, 1, "{:?}", task.attempts);
+    let by = task.worker_id.unwrap();
+    assert!(by.contains(&format!("-{}-", other.pid())), "{by}");
 }

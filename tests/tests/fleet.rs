@@ -109,7 +109,12 @@ fn assert_each_ran_once(tasks: &[RunTask]) {
             t.node_id,
             t.error
         );
-        assert_eq!(t.attempt, 1, "task {} ran {} times", t.node_id, t.attempt);
+        // The history says why an attempt ended (a lease expiry names its worker).
+        assert_eq!(
+            t.attempt, 1,
+            "task {} ran {} times: {:?}",
+            t.node_id, t.attempt, t.attempts
+        );
     }
 }
 
@@ -305,7 +310,10 @@ async fn a_worker_cut_off_past_its_lease_loses_its_task_and_its_late_output_is_r
     if docker().is_none() {
         return;
     }
-    let fleet = Fleet::up("partition", 2).await.expect("fleet up");
+    let short_lease = [("HARMONIA_LEASE_MS", "3000")];
+    let fleet = Fleet::up_with("partition", 2, &short_lease)
+        .await
+        .expect("fleet up");
     let body = submission(
         "partition",
         json!([{"id": "w", "type": "debug.write", "params": {"bytes": 65536, "after_ms": 5000},

@@ -169,7 +169,7 @@ async fn take(
             if !seen.insert(entry.id.clone()) {
                 continue;
             }
-            let Some(alloc) = worker.devices.try_take(class) else {
+            let Some(alloc) = devices_for(worker, class) else {
                 hand_back(worker, class, &entry).await;
                 continue;
             };
@@ -265,7 +265,7 @@ async fn reclaim(worker: &Arc<Worker>, streams: &[TaskStream]) {
                 let mut taken = Vec::new();
                 for entry in entries {
                     tracing::info!(entry = %entry.id, "took over a task entry a dead worker read");
-                    match worker.devices.try_take(stream.class) {
+                    match devices_for(worker, stream.class) {
                         Some(alloc) => taken.push((stream.class, entry, alloc)),
                         None => hand_back(worker, stream.class, &entry).await,
                     }
@@ -277,6 +277,16 @@ async fn reclaim(worker: &Arc<Worker>, streams: &[TaskStream]) {
             Err(e) => tracing::debug!(stream = %key, "XAUTOCLAIM: {e:#}"),
         }
     }
+}
+
+/// Devices for an entry of `class` just read, if free. None once the drain has begun: a read
+/// that returns after that starts nothing, and what it brought goes back to the other workers
+/// at once (not after this worker's lease or the pending entry's reclaim time).
+fn devices_for(worker: &Worker, class: ResourceClass) -> Option<Alloc> {
+    if worker.is_draining() {
+        return None;
+    }
+    worker.devices.try_take(class)
 }
 
 /// Returns an entry this worker read but cannot start now to every other worker.

@@ -226,8 +226,7 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let refresh = registry::keep_gpus_fresh(&worker, source, gpus, found);
 
     harmonia_shared::signal::terminated().await?;
-    drain(&worker).await;
-    let _ = claims.await;
+    drain(&worker, claims).await;
     worker.shutdown.stop.cancel();
     let _ = tokio::join!(heartbeat, listener);
     if let Some(refresh) = refresh {
@@ -251,10 +250,12 @@ async fn discover_gpus(
 
 /// Stops claiming, lets in-flight attempts finish within the grace period, hands back the rest.
 /// "In flight" is every device allocation held, so a claim still being written counts too, and
-/// every outcome not yet written.
-async fn drain(worker: &Worker) {
+/// every outcome not yet written. The claim loop is waited for first: a read it had in flight
+/// returns after the drain began, and only once the loop is done is "nothing held" final.
+async fn drain(worker: &Worker, claims: tokio::task::JoinHandle<()>) {
     worker.shutdown.drain.cancel();
     tracing::info!(held = worker.devices.held(), grace = ?worker.options.grace, "SIGTERM: draining");
+    let _ = claims.await;
     if tokio::time::timeout(worker.options.grace, all_released(worker))
         .await
         .is_err()
