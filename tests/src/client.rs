@@ -174,6 +174,25 @@ pub fn submission(request_id: &str, tasks: serde_json::Value) -> serde_json::Val
     })
 }
 
+/// The tasks of a run that exercises promotion and fan-out at once: a chain `c0 → c1 → …` of
+/// `chain` `debug.sleep` tasks of `chain_ms` (each promoted when the one before succeeds) beside
+/// `fan` independent ones `i0, i1, …` of `fan_ms`.
+pub fn chain_and_fan(chain: usize, chain_ms: u64, fan: usize, fan_ms: u64) -> serde_json::Value {
+    use serde_json::json;
+    let chained = (0..chain).map(|i| {
+        let after = if i == 0 {
+            json!([])
+        } else {
+            json!([format!("c{}", i - 1)])
+        };
+        json!({"id": format!("c{i}"), "type": "debug.sleep", "params": {"ms": chain_ms},
+               "depends_on": after})
+    });
+    let fanned = (0..fan)
+        .map(|i| json!({"id": format!("i{i}"), "type": "debug.sleep", "params": {"ms": fan_ms}}));
+    serde_json::Value::Array(chained.chain(fanned).collect())
+}
+
 /// The `path` of every error of a rejection reply.
 pub fn error_paths(reply: &serde_json::Value) -> Vec<&str> {
     reply["errors"]

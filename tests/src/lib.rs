@@ -14,6 +14,7 @@ pub mod models; // real models from the local mirror, test repos
 pub mod peer; // the apalis-redis peer of scripts/bench
 pub mod process; // children that die with the test process
 pub mod proxy; // a TCP proxy that holds a server's replies back on demand
+pub mod redis_cluster; // a 3-master Redis Cluster with replicas, and a manual failover
 pub mod s3; // S3 over a directory (s3s-fs), in-process or as `harmonia-dev s3`
 pub mod servers; // redis-server and mongod launchers, replica-set initiation
 pub mod services; // per-suite services and per-test scopes

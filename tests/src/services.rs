@@ -233,6 +233,7 @@ impl Scope {
         let mut env = vec![
             ("HARMONIA_REDIS_URL", c.redis.url.clone()),
             ("HARMONIA_REDIS_PREFIX", c.redis.prefix.clone()),
+            ("HARMONIA_REDIS_CLUSTER", c.redis.cluster.to_string()),
             ("HARMONIA_MONGO_URI", c.mongo.uri.clone()),
             ("HARMONIA_MONGO_DATABASE", c.mongo.database.clone()),
             ("HARMONIA_S3_BUCKET", c.s3.bucket.clone()),

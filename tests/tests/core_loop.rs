@@ -317,10 +317,7 @@ async fn a_run_survives_a_redis_flushall() {
         .await
         .unwrap();
     let mut conn = c.client.queue.conn().await.unwrap();
-    let () = redis::cmd("FLUSHALL")
-        .query_async(&mut *conn)
-        .await
-        .unwrap();
+    let () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
     let run = c.client.finished(run_id, LONG).await.unwrap();
     assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
     assert_eq!(run.counts.succeeded, 24);

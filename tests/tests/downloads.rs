@@ -488,7 +488,7 @@ async fn tasks_for_a_model_go_to_the_free_worker_holding_it_and_elsewhere_when_i
     let mut conn = queue.conn().await.unwrap();
     let class_stream = queue.keys().task_stream(ResourceClass::CPU);
     let consumers: redis::streams::StreamInfoConsumersReply =
-        redis::AsyncCommands::xinfo_consumers(&mut *conn, &class_stream, "workers")
+        redis::AsyncCommands::xinfo_consumers(&mut conn, &class_stream, "workers")
             .await
             .unwrap();
     drop(conn);

@@ -98,7 +98,7 @@ async fn left_pending_by_a_dead_scheduler(client: &Client, stream: &str, payload
         .ignore()
         .xread_options(&[stream], &[">"], &opts)
         .ignore()
-        .query_async(&mut *conn)
+        .query_async(&mut conn)
         .await
         .unwrap();
 }
@@ -148,7 +148,7 @@ async fn drop_cpu_entries(client: &Client) -> i64 {
         .arg(&stream)
         .arg("MAXLEN")
         .arg(0)
-        .query_async(&mut *conn)
+        .query_async(&mut conn)
         .await
         .unwrap()
 }
@@ -164,10 +164,7 @@ async fn a_running_scheduler_keeps_ingesting_after_redis_is_flushed_or_restarted
     );
 
     let mut conn = c.client.queue.conn().await.unwrap();
-    let () = redis::cmd("FLUSHALL")
-        .query_async(&mut *conn)
-        .await
-        .unwrap();
+    let () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
     drop(conn);
     let after_flush = accepted(&c.client, "after-flush").await;
     assert_eq!(
@@ -276,10 +273,7 @@ async fn a_publish_mark_that_lands_after_a_flush_is_published_again() {
         .await
         .unwrap();
     let mut conn = client.queue.conn().await.unwrap();
-    let () = redis::cmd("FLUSHALL")
-        .query_async(&mut *conn)
-        .await
-        .unwrap();
+    let () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
     let epoch = client.queue.epoch().await.unwrap();
     assert!(epoch.started, "a flushed Redis starts a new epoch");
     assert_eq!(

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use harmonia_shared::model::{RunStatus, RunTask, TaskStatus};
+use harmonia_tests::client::chain_and_fan;
 use harmonia_tests::fleet::{self, Fleet};
 use harmonia_tests::{submission, wait_for};
 use mongodb::bson::doc;
@@ -380,26 +381,12 @@ async fn the_redis_container_replaced_by_an_empty_one_mid_run_loses_no_task() {
     let fleet = Fleet::up("redis-empty", 2).await.expect("fleet up");
     let mut runs = Vec::new();
     for r in 0..4 {
-        let mut tasks: Vec<serde_json::Value> = (0..5)
-            .map(|i| {
-                let after = if i == 0 {
-                    json!([])
-                } else {
-                    json!([format!("c{}", i - 1)])
-                };
-                json!({"id": format!("c{i}"), "type": "debug.sleep", "params": {"ms": 400},
-                       "depends_on": after})
-            })
-            .collect();
-        tasks.extend(
-            (0..30).map(
-                |i| json!({"id": format!("i{i}"), "type": "debug.sleep", "params": {"ms": 200}}),
-            ),
-        );
+        // A chain of 5 tasks of 400 ms beside 30 independent ones of 200 ms.
+        let tasks = chain_and_fan(5, 400, 30, 200);
         runs.push(
             fleet
                 .client
-                .start(&submission(&format!("redis-{r}"), json!(tasks)))
+                .start(&submission(&format!("redis-{r}"), tasks))
                 .await
                 .expect("submit"),
         );

@@ -154,7 +154,7 @@ async fn the_workers_group_lag_is_the_number_of_tasks_waiting_for_a_worker() {
 async fn ids(client: &Client, stream: &str) -> Vec<String> {
     let mut conn = client.queue.conn().await.expect("a connection");
     let range: redis::streams::StreamRangeReply =
-        redis::AsyncCommands::xrange_all(&mut *conn, stream)
+        redis::AsyncCommands::xrange_all(&mut conn, stream)
             .await
             .expect("XRANGE");
     range.ids.into_iter().map(|e| e.id).collect()

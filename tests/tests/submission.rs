@@ -19,7 +19,7 @@ const MAX_BYTES: usize = 64 * 1024;
 
 struct Api {
     queue: Queue,
-    conn: deadpool_redis::Connection,
+    conn: harmonia_shared::queue::Conn,
 }
 
 impl Api {

@@ -92,6 +92,7 @@ impl Worker {
     pub fn cancel_tasks(&self, task_ids: &[&str]) {
         for attempt in self.inflight().values() {
             if task_ids.contains(&attempt.task_id.as_str()) {
+                tracing::info!(task = %attempt.task_id, "cancel signal: stopping the attempt");
                 attempt.cancel.cancel();
             }
         }

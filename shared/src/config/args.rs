@@ -46,6 +46,16 @@ pub struct RedisArgs {
     )]
     #[serde(rename = "pool_size", skip_serializing_if = "Option::is_none")]
     pub redis_pool_size: Option<usize>,
+    /// Connect to a Redis Cluster: --redis-url then lists seed nodes, comma-separated, and the
+    /// prefix must hold a hash tag (e.g. {harmonia}).
+    #[arg(
+        long = "redis-cluster",
+        env = "HARMONIA_REDIS_CLUSTER",
+        value_name = "BOOL",
+        global = true
+    )]
+    #[serde(rename = "cluster", skip_serializing_if = "Option::is_none")]
+    pub redis_cluster: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, clap::Args, Serialize)]

@@ -83,9 +83,76 @@ where
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
+    /// One server's URL; with `cluster`, seed nodes of the Cluster, comma-separated.
     pub url: String,
     pub prefix: String,
     pub pool_size: usize,
+    /// Connect to a Redis Cluster (the prefix must then hold a hash tag, e.g. `{harmonia}`).
+    #[serde(default)]
+    pub cluster: bool,
+}
+
+impl RedisConfig {
+    /// The URLs in `url`: one, or a Cluster's seed nodes.
+    pub fn urls(&self) -> Vec<String> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let urls = self.urls();
+        if urls.is_empty() || (!self.cluster && urls.len() > 1) {
+            return Err(ConfigError::invalid(
+                "redis.url",
+                "one URL (several, comma-separated, only as the seed nodes of a Cluster)",
+            ));
+        }
+        for url in &urls {
+            let parsed = url::Url::parse(url)
+                .map_err(|e| ConfigError::invalid("redis.url", format!("not a URL: {e}")))?;
+            if !matches!(parsed.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
+                return Err(ConfigError::invalid(
+                    "redis.url",
+                    format!(
+                        "scheme must be redis:// or rediss://, got {}://",
+                        parsed.scheme()
+                    ),
+                ));
+            }
+        }
+        check_name("redis.prefix", &self.prefix, |c| {
+            !c.is_whitespace() && c != ':'
+        })?;
+        if self.cluster && hash_tag(&self.prefix).is_none() {
+            return Err(ConfigError::invalid(
+                "redis.prefix",
+                format!(
+                    "on a Redis Cluster the prefix must hold a hash tag, e.g. {{{}}}: the scripts \
+                     and transactions touch several keys, which must share one slot",
+                    self.prefix
+                ),
+            ));
+        }
+        if self.pool_size == 0 {
+            return Err(ConfigError::invalid(
+                "redis.pool_size",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The part of `key` Redis Cluster hashes: what is between the first `{` and the next `}`,
+/// when that is not empty.
+fn hash_tag(key: &str) -> Option<&str> {
+    let open = key.find('{')?;
+    let len = key[open + 1..].find('}')?;
+    (len > 0).then(|| &key[open + 1..open + 1 + len])
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,6 +199,7 @@ impl Default for Config {
                 url: "redis://127.0.0.1:6379".into(),
                 prefix: "harmonia".into(),
                 pool_size: 16,
+                cluster: false,
             },
             mongo: MongoConfig {
                 uri: "mongodb://127.0.0.1:27017/?replicaSet=rs0".into(),
@@ -197,26 +265,7 @@ impl Config {
 
     /// Checks every setting so a bad value fails at start-up with its name, not at first use.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let url = url::Url::parse(&self.redis.url)
-            .map_err(|e| ConfigError::invalid("redis.url", format!("not a URL: {e}")))?;
-        if !matches!(url.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
-            return Err(ConfigError::invalid(
-                "redis.url",
-                format!(
-                    "scheme must be redis:// or rediss://, got {}://",
-                    url.scheme()
-                ),
-            ));
-        }
-        check_name("redis.prefix", &self.redis.prefix, |c| {
-            !c.is_whitespace() && c != ':'
-        })?;
-        if self.redis.pool_size == 0 {
-            return Err(ConfigError::invalid(
-                "redis.pool_size",
-                "must be at least 1",
-            ));
-        }
+        self.redis.validate()?;
         if !self.mongo.uri.starts_with("mongodb://") {
             return Err(ConfigError::invalid(
                 "mongo.uri",
@@ -412,11 +461,42 @@ mod tests {
             (&["--s3-bucket", "Bad_Bucket"], "s3.bucket"),
             (&["--s3-endpoint", "ftp://x"], "s3.endpoint"),
             (&["--hub-endpoint", "nope"], "models.hub_endpoint"),
+            (&["--redis-url", "redis://a:1,redis://b:2"], "redis.url"),
+            (
+                &["--redis-cluster", "true", "--redis-prefix", "h"],
+                "redis.prefix",
+            ),
+            (
+                &["--redis-cluster", "true", "--redis-prefix", "{}h"],
+                "redis.prefix",
+            ),
         ];
         for (args, setting) in cases {
             let err = Config::load(&parse(args)).unwrap_err().to_string();
             assert!(err.contains(setting), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_cluster_takes_seed_nodes_and_a_hash_tagged_prefix() {
+        let args = parse(&[
+            "--redis-cluster",
+            "true",
+            "--redis-url",
+            "redis://10.0.0.1:7000, redis://10.0.0.2:7000",
+            "--redis-prefix",
+            "{prod}",
+        ]);
+        let config = Config::load(&args).unwrap();
+        assert!(config.redis.cluster);
+        assert_eq!(
+            config.redis.urls(),
+            ["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]
+        );
+        assert_eq!(hash_tag("{prod}"), Some("prod"));
+        assert_eq!(hash_tag("a{b}c{d}"), Some("b"));
+        assert_eq!(hash_tag("{}a"), None);
+        assert_eq!(hash_tag("a{b"), None);
     }
 
     #[test]

@@ -22,12 +22,29 @@ impl Queue {
     }
 
     /// The cancel signals, as task id lists, on a connection of their own (pub/sub holds it).
-    /// The stream ends when the connection breaks; subscribe again.
+    /// The stream ends when the connection breaks; subscribe again. On a Cluster the connection
+    /// is to the first seed node that answers: a Cluster delivers a `PUBLISH` on every node.
     pub async fn cancel_signals(
         &self,
     ) -> Result<impl Stream<Item = Vec<String>> + Send + use<>, QueueError> {
-        let client = redis::Client::open(self.url.as_str())?;
-        let mut pubsub = client.get_async_pubsub().await?;
+        let mut pubsub = None;
+        let mut failed = None;
+        for url in &self.urls {
+            match redis::Client::open(url.as_str()) {
+                Ok(client) => match client.get_async_pubsub().await {
+                    Ok(p) => {
+                        pubsub = Some(p);
+                        break;
+                    }
+                    Err(e) => failed = Some(e),
+                },
+                Err(e) => failed = Some(e),
+            }
+        }
+        let Some(mut pubsub) = pubsub else {
+            let none = || redis::RedisError::from((redis::ErrorKind::Client, "no Redis URL"));
+            return Err(failed.unwrap_or_else(none).into());
+        };
         pubsub.subscribe(self.keys.cancel_channel()).await?;
         Ok(pubsub.into_on_message().filter_map(|msg| async move {
             let ids: String = msg.get_payload().ok()?;

@@ -38,7 +38,7 @@ impl Queue {
         let (id, started): (String, i32) = ENSURE_EPOCH
             .key(self.keys().epoch())
             .arg(fresh)
-            .invoke_async(&mut *conn)
+            .invoke_async(&mut conn)
             .await?;
         Ok(Epoch {
             id,
@@ -52,7 +52,7 @@ impl Queue {
         let mut conn = self.conn().await?;
         let id: Option<String> = redis::cmd("GET")
             .arg(self.keys().epoch())
-            .query_async(&mut *conn)
+            .query_async(&mut conn)
             .await?;
         Ok(id)
     }

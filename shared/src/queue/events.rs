@@ -68,7 +68,7 @@ impl Queue {
                 .ignore();
         }
         let mut conn = self.conn().await?;
-        let () = pipe.query_async(&mut *conn).await?;
+        let () = pipe.query_async(&mut conn).await?;
         Ok(())
     }
 }

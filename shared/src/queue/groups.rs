@@ -190,7 +190,7 @@ impl Queue {
             .key(stream)
             .arg(group)
             .arg(idle_ms)
-            .invoke_async(&mut *conn)
+            .invoke_async(&mut conn)
             .await?)
     }
 

@@ -78,7 +78,7 @@ impl Queue {
             .key(self.keys().hint_stream(class, model))
             .arg(WORKERS_GROUP)
             .arg(ids)
-            .invoke_async(&mut *conn)
+            .invoke_async(&mut conn)
             .await?;
         Ok(())
     }
@@ -101,7 +101,7 @@ impl Queue {
             .arg(model)
             .arg(WORKERS_GROUP)
             .arg(entry_id)
-            .invoke_async(&mut *conn)
+            .invoke_async(&mut conn)
             .await?;
         Ok(())
     }
@@ -144,7 +144,7 @@ impl Queue {
         pipe.xread_options(&keys, &cursors, &opts);
         let mut conn = self.conn().await?;
         let (reply,): (Option<redis::streams::StreamReadReply>,) =
-            pipe.query_async(&mut *conn).await?;
+            pipe.query_async(&mut conn).await?;
         Ok(super::tasks::by_stream(reply, &keys, hints))
     }
 
@@ -162,7 +162,7 @@ impl Queue {
                 .arg(*id);
         }
         let mut conn = self.conn().await?;
-        let found: Vec<redis::streams::StreamRangeReply> = pipe.query_async(&mut *conn).await?;
+        let found: Vec<redis::streams::StreamRangeReply> = pipe.query_async(&mut conn).await?;
         Ok(found.iter().map(|r| !r.ids.is_empty()).collect())
     }
 
@@ -189,7 +189,7 @@ impl Queue {
                 .arg(1);
         }
         let mut conn = self.conn().await?;
-        let heads: Vec<redis::streams::StreamRangeReply> = pipe.query_async(&mut *conn).await?;
+        let heads: Vec<redis::streams::StreamRangeReply> = pipe.query_async(&mut conn).await?;
         Ok(heads
             .iter()
             .filter_map(|r| r.ids.first())

@@ -20,7 +20,10 @@ pub use tasks::{TaskEntry, TaskStream, WORKERS_GROUP};
 /// One stream entry as read through a group: its id and its fields (`entry.get("payload")`).
 pub use redis::streams::StreamId as Entry;
 
-use deadpool_redis::{Config as PoolConfig, Pool, Runtime};
+mod conn;
+pub use conn::Conn;
+
+use conn::Pools;
 
 use crate::config::RedisConfig;
 
@@ -64,10 +67,11 @@ pub const BLOCK_MS: usize = 250;
 /// A pooled Redis handle plus the key names for this deployment's prefix.
 #[derive(Clone)]
 pub struct Queue {
-    pool: Pool,
+    pool: Pools,
     keys: Keys,
-    /// For the connections a pool cannot lend (pub/sub). Never printed: it may hold a password.
-    url: String,
+    /// For the connections a pool cannot lend (pub/sub): the server's URL, or a Cluster's seed
+    /// nodes. Never printed: they may hold a password.
+    urls: Vec<String>,
     /// Whether Redis answers, as the pool sees it (one log line each way per outage).
     outage: std::sync::Arc<crate::outage::Outage>,
 }
@@ -79,15 +83,14 @@ impl std::fmt::Debug for Queue {
 }
 
 impl Queue {
-    /// Builds the pool and checks that the server answers.
+    /// Builds the pool (of one server's connections, or of Cluster connections when
+    /// `config.cluster`) and checks that Redis answers.
     pub async fn connect(config: &RedisConfig) -> Result<Self, QueueError> {
-        let mut pool_config = PoolConfig::from_url(config.url.clone());
-        pool_config.pool = Some(deadpool_redis::PoolConfig::new(config.pool_size));
-        let pool = pool_config.create_pool(Some(Runtime::Tokio1))?;
+        let urls = config.urls();
         let queue = Self {
-            pool,
+            pool: Pools::new(config.cluster, &urls, config.pool_size)?,
             keys: Keys::new(config.prefix.clone()),
-            url: config.url.clone(),
+            urls,
             outage: std::sync::Arc::new(crate::outage::Outage::new("Redis")),
         };
         queue.ping().await?;
@@ -100,7 +103,7 @@ impl Queue {
 
     /// A pooled connection. The pool checks a connection before lending it, so failing to get
     /// one means Redis does not answer: that starts an outage, and the next success ends it.
-    pub async fn conn(&self) -> Result<deadpool_redis::Connection, QueueError> {
+    pub async fn conn(&self) -> Result<Conn, QueueError> {
         match self.pool.get().await {
             Ok(conn) => {
                 self.outage.answered();
@@ -122,10 +125,17 @@ impl Queue {
     /// (Not counted as an outage when it fails: `connect` and `check` report that themselves.)
     pub async fn ping(&self) -> Result<String, QueueError> {
         let mut conn = self.pool.get().await?;
-        let info: redis::InfoDict = redis::cmd("INFO")
+        let info: redis::Value = redis::cmd("INFO")
             .arg("server")
             .query_async(&mut conn)
             .await?;
+        // A Cluster connection asks every master and answers with a map of their replies.
+        let info = match info {
+            redis::Value::Map(nodes) => nodes.into_iter().next().map_or(redis::Value::Nil, |n| n.1),
+            one => one,
+        };
+        let info: redis::InfoDict =
+            redis::FromRedisValue::from_redis_value(info).map_err(redis::RedisError::from)?;
         Ok(info
             .get::<String>("redis_version")
             .unwrap_or_else(|| "unknown".into()))

@@ -112,7 +112,7 @@ impl Queue {
         let opts = StreamReadOptions::default().count(1).block(super::BLOCK_MS);
         loop {
             let reply: Option<StreamReadReply> =
-                redis::AsyncCommands::xread_options(&mut *conn, &[stream], &[after], &opts).await?;
+                redis::AsyncCommands::xread_options(&mut conn, &[stream], &[after], &opts).await?;
             let entry = reply
                 .and_then(|r| r.keys.into_iter().next())
                 .and_then(|k| k.ids.into_iter().next());

@@ -125,7 +125,7 @@ impl Queue {
         }
         let mut conn = self.conn().await?;
         let (epoch, added): (Option<String>, Vec<i64>) = {
-            let mut values: Vec<redis::Value> = pipe.query_async(&mut *conn).await?;
+            let mut values: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
             let epoch =
                 redis::from_redis_value(values.remove(0)).map_err(redis::RedisError::from)?;
             let added = values
@@ -171,7 +171,7 @@ impl Queue {
             .ignore()
             .xdel(stream, ids)
             .ignore()
-            .query_async(&mut *conn)
+            .query_async(&mut conn)
             .await?;
         Ok(())
     }
@@ -193,7 +193,7 @@ impl Queue {
             .arg(entry_id)
             .arg(&entry.task_id)
             .arg(entry.attempt)
-            .invoke_async(&mut *conn)
+            .invoke_async(&mut conn)
             .await?;
         Ok(())
     }
