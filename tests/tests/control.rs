@@ -389,3 +389,52 @@ async fn a_task_read_as_a_worker_begins_to_drain_is_run_at_once_by_another_worke
     let by = task.worker_id.unwrap();
     assert!(by.contains(&format!("-{}-", other.pid())), "{by}");
 }
+
+/// SIGTERM while the worker's Redis does not answer (a proxy holds every reply back): the task
+/// it is running still finishes and is recorded, and the worker exits within its grace period
+/// instead of waiting on Redis.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_told_to_stop_while_its_redis_does_not_answer_exits_within_its_grace() {
+    let scope = Scope::new("drain-redis-silent");
+    let redis = scope.config.redis.url.trim_start_matches("redis://");
+    let proxy = Proxy::start(redis.parse().unwrap()).await.unwrap();
+    let _scheduler = scope
+        .spawn("scheduler", "harmonia-scheduler", SCHEDULER)
+        .unwrap();
+    let mut cmd = scope.command("harmonia-worker").unwrap();
+    cmd.args([
+        "run",
+        "--gpus",
+        "none",
+        "--cpu-slots",
+        "1",
+        "--grace-s",
+        "4",
+    ])
+    .env("HARMONIA_REDIS_URL", format!("redis://{}", proxy.addr));
+    let log = scope.dir.join("worker.log");
+    let mut worker = ChildGuard::spawn("worker", &mut cmd, &log).unwrap();
+    let client = Client::connect(&scope).await.unwrap();
+    let body = submission(
+        "silent",
+        json!([{"id": "s", "type": "debug.sleep", "params": {"ms": 1500}}]),
+    );
+    let run_id = client.start(&body).await.unwrap();
+    client
+        .task_reaches(run_id, "s", TaskStatus::Running)
+        .await
+        .unwrap();
+    proxy.hold_replies();
+    let stopped = std::time::Instant::now();
+    worker.terminate();
+    let status = worker.exits_within(Duration::from_secs(20)).await.unwrap();
+    let took = stopped.elapsed();
+    assert!(status.success(), "{status:?}\n{}", worker.output());
+    assert!(
+        took < Duration::from_secs(8),
+        "{took:?}\n{}",
+        worker.output()
+    );
+    let task = client.task(run_id, "s").await.unwrap();
+    assert_eq!((task.status, task.attempt), (TaskStatus::Succeeded, 1));
+}

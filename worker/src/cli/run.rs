@@ -255,8 +255,14 @@ async fn discover_gpus(
 async fn drain(worker: &Worker, claims: tokio::task::JoinHandle<()>) {
     worker.shutdown.drain.cancel();
     tracing::info!(held = worker.devices.held(), grace = ?worker.options.grace, "SIGTERM: draining");
-    let _ = claims.await;
-    if tokio::time::timeout(worker.options.grace, all_released(worker))
+    // Both within the grace period: a claim loop waiting on a Redis that does not answer (each
+    // call times out, but they add up) does not hold the drain up; nothing it reads from now on
+    // is started.
+    let finished = async {
+        let _ = claims.await;
+        all_released(worker).await;
+    };
+    if tokio::time::timeout(worker.options.grace, finished)
         .await
         .is_err()
     {
