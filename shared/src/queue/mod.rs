@@ -48,7 +48,21 @@ impl QueueError {
     pub fn is_unreachable(&self) -> bool {
         match self {
             Self::Pool(_) => true,
-            Self::Redis(e) => e.is_io_error() || e.is_connection_refusal() || e.is_timeout(),
+            Self::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+                    // A Cluster moving a slot or electing a master (MOVED inside a transaction,
+                    // TRYAGAIN, CLUSTERDOWN, MASTERDOWN, READONLY from a demoted master): the
+                    // same command succeeds soon.
+                    || e.is_cluster_error()
+                    || matches!(
+                        e.kind(),
+                        redis::ErrorKind::Server(
+                            redis::ServerErrorKind::MasterDown | redis::ServerErrorKind::ReadOnly
+                        )
+                    )
+            }
             Self::CreatePool(_) | Self::NoReply { .. } => false,
         }
     }
@@ -139,5 +153,34 @@ impl Queue {
         Ok(info
             .get::<String>("redis_version")
             .unwrap_or_else(|| "unknown".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+    use super::QueueError;
+
+    fn error(kind: ServerErrorKind) -> QueueError {
+        QueueError::Redis(RedisError::from((
+            ErrorKind::Server(kind),
+            "from the server",
+        )))
+    }
+
+    #[test]
+    fn a_cluster_failing_over_is_unreachable_for_now_and_a_refused_command_is_not() {
+        for kind in [
+            ServerErrorKind::ClusterDown,
+            ServerErrorKind::TryAgain,
+            ServerErrorKind::MasterDown,
+            ServerErrorKind::Moved,
+            ServerErrorKind::ReadOnly,
+        ] {
+            assert!(error(kind).is_unreachable(), "{kind:?}");
+        }
+        assert!(!error(ServerErrorKind::CrossSlot).is_unreachable());
+        assert!(!error(ServerErrorKind::NoScript).is_unreachable());
     }
 }
