@@ -30,6 +30,9 @@ mongod_path() {
 
 ensure_redis() {
   command -v redis-server >/dev/null || apt_install redis-server
+  # redis-cli makes the Redis Cluster of tests/tests/redis_cluster.rs (a dependency of Debian's
+  # redis-server, installed on its own where redis-server came from elsewhere).
+  command -v redis-cli >/dev/null || apt_install redis-tools
 }
 
 ensure_mongod() {
