@@ -36,7 +36,10 @@ async fn pass(ctx: &Scheduler, last_repair: &mut Option<Instant>) -> anyhow::Res
     let started = Instant::now();
     let epoch = ctx.queue.epoch().await?;
     if epoch.started && last_repair.is_some() {
-        tracing::warn!("Redis lost its data (restart or flush): rebuilding it from MongoDB");
+        tracing::warn!(
+            "Redis lost its data or may have lost its last writes (a flush, a restart, a \
+             failover): rebuilding it from MongoDB"
+        );
     }
     // Every pass, not only when this replica saw the epoch start: another replica may have
     // started it, and a publisher's mark can land after the loss it belonged before.
@@ -44,7 +47,7 @@ async fn pass(ctx: &Scheduler, last_repair: &mut Option<Instant>) -> anyhow::Res
     if stale > 0 {
         tracing::info!(
             requeued = stale,
-            "re-publishing queued tasks whose stream entries Redis lost"
+            "re-publishing queued tasks whose stream entries Redis lost or may have lost"
         );
         ctx.publish.notify_one();
     }

@@ -87,6 +87,20 @@ impl RedisServer {
     /// every client connection broken.
     pub async fn restart_empty(&mut self) -> anyhow::Result<()> {
         self.process.kill();
+        let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
+        let fresh = Self::start_on(&self.dir, self.port).await?;
+        *self = fresh;
+        Ok(())
+    }
+
+    /// A crash (SIGKILL) and a restart from the last snapshot (`SAVE`): what was written after
+    /// it is lost, what was written before is back, the epoch key included.
+    pub async fn restart_from_snapshot(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.dir.join("dump.rdb").is_file(),
+            "no snapshot: SAVE first"
+        );
+        self.process.kill();
         let fresh = Self::start_on(&self.dir, self.port).await?;
         *self = fresh;
         Ok(())

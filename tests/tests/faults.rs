@@ -626,3 +626,49 @@ async fn a_run_larger_than_a_repair_page_is_repaired_whole() {
         assert_eq!(task.status, want, "{}", task.node_id);
     }
 }
+
+/// Waits until the CPU stream holds `n` entries (published, not yet taken: no worker runs).
+async fn entries_in_cpu_stream(client: &Client, n: usize) {
+    let stream = client.queue.keys().task_stream(ResourceClass::CPU);
+    wait_for(&format!("{n} entries in the CPU stream"), LONG, || async {
+        let mut conn = client.queue.conn().await?;
+        let len: usize = redis::AsyncCommands::xlen(&mut conn, &stream).await?;
+        Ok((len == n).then_some(()))
+    })
+    .await
+    .unwrap();
+}
+
+/// Redis SIGKILLed and restarted from a snapshot taken before a task was published: the
+/// snapshot brings the epoch key back but not the task's entry. Redis is another process now,
+/// which starts a new epoch, so the task is published again and runs (it used to stay queued
+/// for good: same epoch key, so its publish mark looked current). A failover to a replica that
+/// had not received the last entries is the same loss.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_published_after_the_snapshot_redis_restarts_from_is_published_again() {
+    let (scope, mut redis) = Scope::with_own_redis("snapshot-restart").await.unwrap();
+    let _scheduler = scope
+        .spawn("scheduler", "harmonia-scheduler", SCHEDULER)
+        .unwrap();
+    let client = Client::connect(&scope).await.unwrap();
+    let one = |id: &str| submission(id, json!([{"id": "t", "type": "debug.noop"}]));
+    let before = client.start(&one("before-snapshot")).await.unwrap();
+    entries_in_cpu_stream(&client, 1).await;
+    let mut conn = client.queue.conn().await.unwrap();
+    let () = redis::cmd("SAVE").query_async(&mut conn).await.unwrap();
+    drop(conn);
+    let after = client.start(&one("after-snapshot")).await.unwrap();
+    entries_in_cpu_stream(&client, 2).await;
+
+    redis.restart_from_snapshot().await.unwrap();
+    let _worker = scope
+        .spawn("worker", "harmonia-worker", &cpu_worker())
+        .unwrap();
+    for run_id in [before, after] {
+        let run = client.finished(run_id, Duration::from_secs(20)).await;
+        let run = run.unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(run.status, RunStatus::Succeeded);
+        let task = client.task(run_id, "t").await.unwrap();
+        assert_eq!(task.attempt, 1, "{:?}", task.attempts);
+    }
+}

@@ -1,23 +1,30 @@
-//! The Redis epoch: a random id the scheduler writes once per Redis lifetime. Its absence means
-//! Redis lost its data (a restart on an empty data dir, a FLUSHALL).
+//! The Redis epoch: a random id the scheduler writes once per Redis process holding the
+//! deployment's keys. It changes when Redis may have lost writes: its absence means Redis lost
+//! its data (a restart on an empty data dir, a FLUSHALL); a different server process (`run_id`)
+//! means a restart from a snapshot or a failover to a replica, either of which can lose the last
+//! writes while the epoch key itself survives.
 //!
 //! Task stream entries are written together with a read of the epoch (one MULTI), and MongoDB
 //! records the epoch each task was published in. A task marked as published in an older epoch
-//! than the current one has no entry any more and is published again; this also covers a mark
-//! that lands after the flush it should have been lost in.
+//! than the current one may have no entry any more and is published again (a second entry for a
+//! task is harmless: its claim is fenced); this also covers a mark that lands after the loss it
+//! should have been lost in.
 
 use std::sync::LazyLock;
 
 use super::{Queue, QueueError};
 
-/// KEYS: epoch. ARGV: a fresh id. Returns {epoch, 1 if it was just created}.
+/// KEYS: epoch. ARGV: a fresh id, the server's `run_id`. An epoch is `<id>@<run_id>`: kept
+/// while the same server process holds it. Returns {epoch, 1 if it was just started}.
 static ENSURE_EPOCH: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
         local current = redis.call('GET', KEYS[1])
-        if current then return {current, 0} end
-        redis.call('SET', KEYS[1], ARGV[1])
-        return {ARGV[1], 1}
+        local suffix = '@' .. ARGV[2]
+        if current and string.sub(current, -#suffix) == suffix then return {current, 0} end
+        local epoch = ARGV[1] .. suffix
+        redis.call('SET', KEYS[1], epoch)
+        return {epoch, 1}
         ",
     )
 });
@@ -26,18 +33,31 @@ static ENSURE_EPOCH: LazyLock<redis::Script> = LazyLock::new(|| {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Epoch {
     pub id: String,
-    /// True on the first call after Redis started empty or was flushed.
+    /// True on the first call after Redis started empty, was flushed, restarted or failed over.
     pub started: bool,
 }
 
 impl Queue {
-    /// Reads the epoch, starting a new one if Redis has none.
+    /// Reads the epoch, starting a new one if Redis has none or another server process holds
+    /// the deployment's keys than the one that started it.
     pub async fn epoch(&self) -> Result<Epoch, QueueError> {
         let fresh = mongodb::bson::oid::ObjectId::new().to_hex();
         let mut conn = self.conn().await?;
+        // INFO after a command on the epoch key: on a Cluster the pipeline goes to that key's
+        // master, whose process is the one that counts.
+        let (_, info): (Option<String>, String) = redis::pipe()
+            .get(self.keys().epoch())
+            .cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await?;
+        let run_id = run_id(&info).ok_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::Parse, "INFO server has no run_id"))
+        })?;
         let (id, started): (String, i32) = ENSURE_EPOCH
             .key(self.keys().epoch())
             .arg(fresh)
+            .arg(run_id)
             .invoke_async(&mut conn)
             .await?;
         Ok(Epoch {
@@ -55,5 +75,23 @@ impl Queue {
             .query_async(&mut conn)
             .await?;
         Ok(id)
+    }
+}
+
+/// The server process's id in an `INFO server` reply.
+fn run_id(info: &str) -> Option<&str> {
+    info.lines()
+        .find_map(|line| line.strip_prefix("run_id:"))
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_run_id_is_read_from_info_server() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nrun_id:7c1f0a\r\ntcp_port:6379\r\n";
+        assert_eq!(super::run_id(info), Some("7c1f0a"));
+        assert_eq!(super::run_id("# Server\r\nredis_version:7.0.15\r\n"), None);
     }
 }
