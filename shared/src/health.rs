@@ -52,7 +52,7 @@ pub async fn check(config: &Config) -> HealthReport {
             Ok(queue) => queue.ping().await.map(|v| format!("redis {v}")),
             Err(e) => Err(e),
         };
-        status("redis", redact_uri(&config.redis.url), result)
+        status("redis", redis_target(&config.redis), result)
     };
     let mongo = async {
         let result = match Store::connect(&config.mongo).await {
@@ -81,6 +81,13 @@ pub async fn check(config: &Config) -> HealthReport {
     HealthReport {
         services: vec![redis, mongo, s3],
     }
+}
+
+/// The Redis URL as printed: each seed node of a Cluster redacted on its own (each may carry a
+/// password).
+fn redis_target(redis: &crate::config::RedisConfig) -> String {
+    let urls: Vec<String> = redis.urls().iter().map(|u| redact_uri(u)).collect();
+    urls.join(",")
 }
 
 fn status<E: std::fmt::Display>(
@@ -141,4 +148,18 @@ pub async fn run_check(
     } else {
         std::process::ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_seed_node_of_a_cluster_is_printed_without_its_password() {
+        let mut redis = crate::Config::default().redis;
+        redis.url = "redis://:one@10.0.0.1:7000,redis://10.0.0.2:7000,redis://u:two@h:1".into();
+        let printed = super::redis_target(&redis);
+        assert_eq!(
+            printed,
+            "redis://***@10.0.0.1:7000,redis://10.0.0.2:7000,redis://***@h:1"
+        );
+    }
 }

@@ -451,5 +451,6 @@ mod tests {
             "mongodb://***@h:1/?replicaSet=rs0"
         );
         assert_eq!(super::redact_uri("mongodb://h:1"), "mongodb://h:1");
+        assert_eq!(super::redact_uri("redis://:p@h:1"), "redis://***@h:1");
     }
 }
