@@ -20,16 +20,22 @@ use crate::servers::{MongoServer, RedisServer, S3Server, workspace_root};
 pub const S3_ACCESS_KEY: &str = "harmonia-test";
 pub const S3_SECRET_KEY: &str = "harmonia-test-secret";
 
+/// Set to `1` to give the suite a Redis Cluster (three masters with a replica each) instead of
+/// one Redis server: every scope then connects in Cluster mode with a hash-tagged prefix.
+/// `scripts/test` runs the core-loop suite so, besides everything on one server.
+pub const CLUSTER_ENV: &str = "HARMONIA_TEST_REDIS_CLUSTER";
+
 /// Where the suite's servers listen.
 #[derive(Debug, Clone)]
 pub struct Services {
+    /// One URL, or a Cluster's seed nodes (comma-separated) when `redis_cluster`.
     pub redis_url: String,
+    pub redis_cluster: bool,
     pub mongo_uri: String,
     pub s3_endpoint: String,
     /// Data dir of this suite: `$TMPDIR/harmonia-tests/<pid>`.
     pub root: PathBuf,
     /// Server pids, for tests that must stop or restart a server.
-    pub redis_pid: u32,
     pub mongod_pid: u32,
 }
 
@@ -105,13 +111,21 @@ fn start() -> anyhow::Result<Services> {
     Ok(services)
 }
 
+/// The suite's Redis: one server, or a Cluster when [`CLUSTER_ENV`] is `1`. Its URL (or seed
+/// nodes) and its processes.
+async fn start_redis(dir: &Path) -> anyhow::Result<(String, bool, Vec<ChildGuard>)> {
+    if std::env::var(CLUSTER_ENV).is_ok_and(|v| v == "1") {
+        let cluster = crate::redis_cluster::RedisCluster::start(dir).await?;
+        return Ok((cluster.url(), true, cluster.nodes));
+    }
+    let redis = RedisServer::start(dir).await?;
+    Ok((redis.url, false, vec![redis.process]))
+}
+
 async fn start_servers(root: &Path) -> anyhow::Result<(Services, Vec<ChildGuard>)> {
     let (redis_dir, mongo_dir) = (root.join("redis"), root.join("mongo"));
-    let (redis, mongo) = tokio::join!(
-        RedisServer::start(&redis_dir),
-        MongoServer::start(&mongo_dir)
-    );
-    let (redis, mongo) = (redis?, mongo?);
+    let (redis, mongo) = tokio::join!(start_redis(&redis_dir), MongoServer::start(&mongo_dir));
+    let ((redis_url, redis_cluster, redis_processes), mongo) = (redis?, mongo?);
     let s3_port = free_port()?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", s3_port)).await?;
     let s3_root = root.join("s3");
@@ -129,17 +143,20 @@ async fn start_servers(root: &Path) -> anyhow::Result<(Services, Vec<ChildGuard>
         }
     });
     if let Ok(mut pids) = CLEANUP.lock() {
-        pids.extend([redis.process.pid(), mongo.process.pid()]);
+        pids.extend(redis_processes.iter().map(ChildGuard::pid));
+        pids.push(mongo.process.pid());
     }
     let services = Services {
-        redis_url: redis.url.clone(),
+        redis_url,
+        redis_cluster,
         mongo_uri: mongo.uri.clone(),
         s3_endpoint: format!("http://127.0.0.1:{s3_port}"),
         root: root.to_owned(),
-        redis_pid: redis.process.pid(),
         mongod_pid: mongo.process.pid(),
     };
-    Ok((services, vec![redis.process, mongo.process]))
+    let mut processes = redis_processes;
+    processes.push(mongo.process);
+    Ok((services, processes))
 }
 
 extern "C" fn stop_at_exit() {
@@ -191,6 +208,10 @@ impl Scope {
         let mut config = Config::default();
         config.redis.url = services.redis_url.clone();
         config.redis.prefix = format!("t-{name}");
+        if services.redis_cluster {
+            config.redis.cluster = true;
+            config.redis.prefix = format!("{{t-{name}}}");
+        }
         config.mongo.uri = services.mongo_uri.clone();
         config.mongo.database = format!("t_{}", name.replace('-', "_"));
         config.s3.endpoint = Some(services.s3_endpoint.clone());
@@ -208,6 +229,7 @@ impl Scope {
         let mut scope = Self::new(test);
         let redis = RedisServer::start(&scope.dir.join("redis")).await?;
         scope.config.redis.url = redis.url.clone();
+        scope.config.redis.cluster = false;
         Ok((scope, redis))
     }
 
