@@ -32,6 +32,22 @@ pub const WORKER: &[&str] = &[
     "10",
 ];
 
+/// Worker flags for one CPU slot, no GPUs and a 30 s lease, with heartbeats `heartbeat_ms`
+/// apart: for tests that need one task at a time and a lease that does not lapse on its own.
+pub fn one_slot_worker(heartbeat_ms: &'static str) -> Vec<&'static str> {
+    vec![
+        "run",
+        "--gpus",
+        "none",
+        "--cpu-slots",
+        "1",
+        "--lease-ms",
+        "30000",
+        "--heartbeat-ms",
+        heartbeat_ms,
+    ]
+}
+
 /// A generous deadline for a run in tests.
 pub const LONG: Duration = Duration::from_secs(60);
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use harmonia_shared::model::{RunStatus, TaskStatus};
 use harmonia_shared::resources::ResourceClass;
-use harmonia_tests::cluster::{LONG, SCHEDULER, cluster};
+use harmonia_tests::cluster::{LONG, SCHEDULER, cluster, one_slot_worker};
 use harmonia_tests::process::ChildGuard;
 use harmonia_tests::proxy::Proxy;
 use harmonia_tests::{Client, Scope, submission, wait_for};
@@ -299,6 +299,26 @@ async fn submit_with_no_scheduler_running_says_so_and_keeps_waiting() {
     );
 }
 
+/// A scheduler on `scope`, and a worker (`args`, its log named `label`) whose Redis connections
+/// go through a proxy that can hold Redis's replies back.
+async fn behind_a_proxy(
+    scope: &Scope,
+    label: &str,
+    args: &[&str],
+) -> (Proxy, ChildGuard, ChildGuard) {
+    let redis = scope.config.redis.url.trim_start_matches("redis://");
+    let proxy = Proxy::start(redis.parse().unwrap()).await.unwrap();
+    let scheduler = scope
+        .spawn("scheduler", "harmonia-scheduler", SCHEDULER)
+        .unwrap();
+    let mut cmd = scope.command("harmonia-worker").unwrap();
+    cmd.args(args)
+        .env("HARMONIA_REDIS_URL", format!("redis://{}", proxy.addr));
+    let log = scope.dir.join(format!("{label}.log"));
+    let worker = ChildGuard::spawn(label, &mut cmd, &log).unwrap();
+    (proxy, scheduler, worker)
+}
+
 /// Submits one `debug.noop` task after holding the worker's Redis replies back, until Redis has
 /// handed the task's entry to that worker's blocked read (the reply waiting in the proxy).
 /// A try whose read had timed out before the entry came finds it unread: the replies are let
@@ -337,29 +357,9 @@ async fn deliver_to_held_read(client: &Client, proxy: &Proxy, stream: &str) -> O
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_read_as_a_worker_begins_to_drain_is_run_at_once_by_another_worker() {
     let scope = Scope::new("read-while-draining");
-    let redis = scope.config.redis.url.trim_start_matches("redis://");
-    let proxy = Proxy::start(redis.parse().unwrap()).await.unwrap();
-    let _scheduler = scope
-        .spawn("scheduler", "harmonia-scheduler", SCHEDULER)
-        .unwrap();
-    let args = [
-        "run",
-        "--gpus",
-        "none",
-        "--cpu-slots",
-        "1",
-        "--lease-ms",
-        "30000",
-        "--heartbeat-ms",
-        "300",
-        "--grace-s",
-        "10",
-    ];
-    let mut cmd = scope.command("harmonia-worker").unwrap();
-    cmd.args(args)
-        .env("HARMONIA_REDIS_URL", format!("redis://{}", proxy.addr));
-    let log = scope.dir.join("draining.log");
-    let mut draining = ChildGuard::spawn("draining", &mut cmd, &log).unwrap();
+    let mut args = one_slot_worker("300");
+    args.extend(["--grace-s", "10"]);
+    let (proxy, _scheduler, mut draining) = behind_a_proxy(&scope, "draining", &args).await;
     let client = Client::connect(&scope).await.unwrap();
     // A first task makes the CPU stream and puts the worker in its blocking reads of it.
     let warm_up = submission("warm-up", json!([{"id": "t", "type": "debug.noop"}]));
@@ -396,13 +396,7 @@ async fn a_task_read_as_a_worker_begins_to_drain_is_run_at_once_by_another_worke
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_told_to_stop_while_its_redis_does_not_answer_exits_within_its_grace() {
     let scope = Scope::new("drain-redis-silent");
-    let redis = scope.config.redis.url.trim_start_matches("redis://");
-    let proxy = Proxy::start(redis.parse().unwrap()).await.unwrap();
-    let _scheduler = scope
-        .spawn("scheduler", "harmonia-scheduler", SCHEDULER)
-        .unwrap();
-    let mut cmd = scope.command("harmonia-worker").unwrap();
-    cmd.args([
+    let args = [
         "run",
         "--gpus",
         "none",
@@ -410,10 +404,8 @@ async fn a_worker_told_to_stop_while_its_redis_does_not_answer_exits_within_its_
         "1",
         "--grace-s",
         "4",
-    ])
-    .env("HARMONIA_REDIS_URL", format!("redis://{}", proxy.addr));
-    let log = scope.dir.join("worker.log");
-    let mut worker = ChildGuard::spawn("worker", &mut cmd, &log).unwrap();
+    ];
+    let (proxy, _scheduler, mut worker) = behind_a_proxy(&scope, "worker", &args).await;
     let client = Client::connect(&scope).await.unwrap();
     let body = submission(
         "silent",

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use harmonia_tests::cluster::{LONG, SCHEDULER, WORKER, cluster_with};
+use harmonia_tests::cluster::{LONG, SCHEDULER, WORKER, cluster_with, one_slot_worker};
 use harmonia_tests::gateway::{Gateway, Token};
 use harmonia_tests::process::free_port;
 use harmonia_tests::{submission, wait_for};
@@ -117,18 +117,7 @@ async fn gateway_and_worker_metrics_parse_and_their_counters_move() {
 /// times within its first 4 seconds.
 #[tokio::test(flavor = "multi_thread")]
 async fn progress_reaches_mongodb_within_a_second_between_heartbeats() {
-    let worker = vec![
-        "run",
-        "--gpus",
-        "none",
-        "--cpu-slots",
-        "1",
-        "--lease-ms",
-        "30000",
-        "--heartbeat-ms",
-        "10000",
-    ];
-    let c = cluster_with("progress", SCHEDULER, &[worker])
+    let c = cluster_with("progress", SCHEDULER, &[one_slot_worker("10000")])
         .await
         .unwrap();
     let run = c

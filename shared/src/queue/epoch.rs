@@ -43,15 +43,8 @@ impl Queue {
     pub async fn epoch(&self) -> Result<Epoch, QueueError> {
         let fresh = mongodb::bson::oid::ObjectId::new().to_hex();
         let mut conn = self.conn().await?;
-        // INFO after a command on the epoch key: on a Cluster the pipeline goes to that key's
-        // master, whose process is the one that counts.
-        let (_, info): (Option<String>, String) = redis::pipe()
-            .get(self.keys().epoch())
-            .cmd("INFO")
-            .arg("server")
-            .query_async(&mut conn)
-            .await?;
-        let run_id = run_id(&info).ok_or_else(|| {
+        let info = self.server_info(&mut conn).await?;
+        let run_id = super::info_field(&info, "run_id").ok_or_else(|| {
             redis::RedisError::from((redis::ErrorKind::Parse, "INFO server has no run_id"))
         })?;
         let (id, started): (String, i32) = ENSURE_EPOCH
@@ -75,23 +68,5 @@ impl Queue {
             .query_async(&mut conn)
             .await?;
         Ok(id)
-    }
-}
-
-/// The server process's id in an `INFO server` reply.
-fn run_id(info: &str) -> Option<&str> {
-    info.lines()
-        .find_map(|line| line.strip_prefix("run_id:"))
-        .map(str::trim)
-        .filter(|id| !id.is_empty())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_run_id_is_read_from_info_server() {
-        let info = "# Server\r\nredis_version:7.0.15\r\nrun_id:7c1f0a\r\ntcp_port:6379\r\n";
-        assert_eq!(super::run_id(info), Some("7c1f0a"));
-        assert_eq!(super::run_id("# Server\r\nredis_version:7.0.15\r\n"), None);
     }
 }

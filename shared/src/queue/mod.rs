@@ -139,21 +139,32 @@ impl Queue {
     /// (Not counted as an outage when it fails: `connect` and `check` report that themselves.)
     pub async fn ping(&self) -> Result<String, QueueError> {
         let mut conn = self.pool.get().await?;
-        let info: redis::Value = redis::cmd("INFO")
-            .arg("server")
-            .query_async(&mut conn)
-            .await?;
-        // A Cluster connection asks every master and answers with a map of their replies.
-        let info = match info {
-            redis::Value::Map(nodes) => nodes.into_iter().next().map_or(redis::Value::Nil, |n| n.1),
-            one => one,
-        };
-        let info: redis::InfoDict =
-            redis::FromRedisValue::from_redis_value(info).map_err(redis::RedisError::from)?;
-        Ok(info
-            .get::<String>("redis_version")
-            .unwrap_or_else(|| "unknown".into()))
+        let info = self.server_info(&mut conn).await?;
+        Ok(info_field(&info, "redis_version")
+            .unwrap_or("unknown")
+            .to_owned())
     }
+
+    /// `INFO server` of the Redis process holding this deployment's keys: the pipeline starts
+    /// with a command on a key, so on a Cluster it goes to that key's master (a bare `INFO`
+    /// would ask every master).
+    pub(crate) async fn server_info(&self, conn: &mut Conn) -> Result<String, QueueError> {
+        let (_, info): (Option<String>, String) = redis::pipe()
+            .get(self.keys().epoch())
+            .cmd("INFO")
+            .arg("server")
+            .query_async(conn)
+            .await?;
+        Ok(info)
+    }
+}
+
+/// One field (`run_id`, `redis_version`) of an `INFO` reply.
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
 }
 
 #[cfg(test)]
@@ -167,6 +178,16 @@ mod tests {
             ErrorKind::Server(kind),
             "from the server",
         )))
+    }
+
+    #[test]
+    fn the_run_id_is_read_from_info_server() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nrun_id:7c1f0a\r\ntcp_port:6379\r\n";
+        assert_eq!(super::info_field(info, "run_id"), Some("7c1f0a"));
+        assert_eq!(
+            super::info_field("# Server\r\nredis_version:7.0.15\r\n", "run_id"),
+            None
+        );
     }
 
     #[test]
