@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use harmonia_shared::model::{TaskError, TaskStatus};
-use harmonia_shared::queue::{SCHEDULER_GROUP, WORKERS_GROUP};
+use harmonia_shared::queue::{SCHEDULER_GROUP, TaskEntry, WORKERS_GROUP};
 use harmonia_shared::resources::ResourceClass;
-use harmonia_shared::store::tasks::Outcome;
+use harmonia_shared::store::tasks::{ClaimRequest, Deferred, Ending, Outcome, lease_token};
+use mongodb::bson::oid::ObjectId;
 
 use crate::context::Scheduler;
 
@@ -53,6 +54,14 @@ async fn pass(ctx: &Scheduler, last_repair: &mut Option<Instant>) -> anyhow::Res
     }
     if leases_can_be_judged(ctx, started) {
         expire_leases(ctx).await?;
+        if ctx
+            .queue
+            .outage()
+            .up_for()
+            .is_some_and(|up| up >= ctx.options.live_within)
+        {
+            expire_unwritten_claims(ctx).await?;
+        }
     }
     mark_unfit(ctx).await?;
     // The first full repair waits one interval: a start needs none (lost events are reclaimed
@@ -138,6 +147,111 @@ async fn expire_leases(ctx: &Scheduler) -> anyhow::Result<()> {
             status = after.status.as_str(), "lease expired");
         if after.status == TaskStatus::Failed {
             ctx.queue.announce(&after).await?;
+            ctx.store.settle_run(task.run_id).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The CPU stream's entries pending for a worker that stopped keeping them (a live worker
+/// touches the entries of its deferred claims every heartbeat: see the worker's `hold`). An
+/// entry that names no model may have been run on a deferred claim that was never written:
+/// that attempt is counted as a lease expiry would count it (a retryable failure, or the
+/// task's last), fenced like the claim it stands for, so an attempt whose claim was written
+/// after all is left to its lease. An entry that names a model was never run unclaimed: it
+/// is handed back to every worker. Judged only once Redis, too, has answered for a worker
+/// timeout (an outage stops the touches).
+async fn expire_unwritten_claims(ctx: &Scheduler) -> anyhow::Result<()> {
+    let stream = ctx.queue.keys().task_stream(ResourceClass::CPU);
+    let (consumer, within) = (&ctx.options.consumer, ctx.options.live_within);
+    let stale = ctx
+        .queue
+        .take_stale(&stream, WORKERS_GROUP, consumer, within, 256)
+        .await?;
+    let mut lost = Vec::new();
+    let mut acks = Vec::new();
+    for (entry, holder) in stale {
+        let task = TaskEntry::of(&entry);
+        match task.as_ref().map(|t| (t, ObjectId::parse_str(&t.task_id))) {
+            Some((t, Ok(id))) if t.model.is_none() => lost.push((id, t.attempt, holder)),
+            Some((t, _)) if t.model.is_some() => {
+                ctx.queue
+                    .hand_back(ResourceClass::CPU, &entry.id, t)
+                    .await?;
+                continue;
+            }
+            _ => {}
+        }
+        acks.push(entry.id);
+    }
+    if !lost.is_empty() {
+        count_lost_attempts(ctx, &lost).await?;
+    }
+    ctx.queue.ack_delete(&stream, WORKERS_GROUP, &acks).await?;
+    Ok(())
+}
+
+/// Ends the attempts of tasks still queued as of the attempt their entry named, run by
+/// `holder` on a claim it never wrote, as failures of a worker presumed dead.
+async fn count_lost_attempts(
+    ctx: &Scheduler,
+    lost: &[(ObjectId, u32, String)],
+) -> anyhow::Result<()> {
+    let tasks = ctx.store.tasks();
+    let requests: Vec<ClaimRequest> = lost
+        .iter()
+        .map(|(id, attempt, _)| ClaimRequest {
+            id: *id,
+            attempt: *attempt,
+            gpu_indices: Vec::new(),
+        })
+        .collect();
+    let found = tasks.queued_as_published(&requests).await?;
+    let batch = ObjectId::new().to_hex();
+    let mut ended = Vec::new();
+    for ((id, attempt, holder), task) in lost.iter().zip(found) {
+        let Some(mut task) = task else { continue };
+        task.attempt += 1; // as the claim leaves it, so the retry counts this attempt
+        let error = TaskError {
+            message: format!(
+                "worker {holder} stopped renewing its lease during attempt {} (presumed dead)",
+                task.attempt
+            ),
+            retryable: true,
+        };
+        let outcome = Outcome::Failed {
+            retry_at: task.retry_at(ctx.options.retry_base),
+            error,
+        };
+        let deferred = Deferred {
+            attempt: *attempt,
+            worker_id: holder.clone(),
+            started_at: mongodb::bson::DateTime::now(),
+        };
+        ended.push((task, lease_token(&batch, *id), outcome, deferred));
+    }
+    let endings: Vec<Ending<'_>> = ended
+        .iter()
+        .map(|(task, token, outcome, deferred)| Ending {
+            id: task.id,
+            lease_token: token,
+            outcome,
+            deferred: Some(deferred),
+        })
+        .collect();
+    let recorded = tasks.finish_many(&endings).await?;
+    for ((mut task, _, outcome, _), ok) in ended.into_iter().zip(recorded) {
+        if !ok {
+            continue; // its worker wrote the claim or the outcome after all
+        }
+        task.status = outcome.status();
+        tracing::warn!(task = %task.id, node = %task.node_id, status = task.status.as_str(),
+            "claim never written by a worker presumed dead: attempt counted");
+        if let Outcome::Failed { error, .. } = outcome {
+            task.error = Some(error);
+        }
+        if task.status == TaskStatus::Failed {
+            ctx.queue.announce(&task).await?;
             ctx.store.settle_run(task.run_id).await?;
         }
     }

@@ -59,6 +59,25 @@ pub struct Cluster {
     pub workers: Vec<ChildGuard>,
 }
 
+impl Cluster {
+    /// Waits until one of the workers logged the start of an attempt of task `node`. An attempt
+    /// on a deferred claim runs while its task still reads `queued`, so this, not the task's
+    /// status, is when a short task is in flight.
+    pub async fn started(&self, node: &str) -> anyhow::Result<()> {
+        let field = format!("node={node} ");
+        crate::wait_for(&format!("task {node} to start"), LONG, || async {
+            let started = self.workers.iter().any(|w| {
+                w.output()
+                    .lines()
+                    .map(crate::process::plain)
+                    .any(|l| l.contains("task started") && l.contains(&field))
+            });
+            Ok(started.then_some(()))
+        })
+        .await
+    }
+}
+
 /// A scheduler and one worker per entry of `gpus` (`none` or an `index:name:mb` list), with
 /// the test flags.
 pub async fn cluster(name: &str, gpus: &[&str]) -> anyhow::Result<Cluster> {

@@ -7,13 +7,73 @@ use std::time::Duration;
 
 use harmonia_shared::model::{RunStatus, TaskStatus};
 use harmonia_shared::resources::ResourceClass;
-use harmonia_tests::cluster::{LONG, SCHEDULER, cluster, one_slot_worker};
+use harmonia_tests::cluster::{LONG, SCHEDULER, cluster, cluster_with, one_slot_worker};
 use harmonia_tests::process::ChildGuard;
 use harmonia_tests::proxy::Proxy;
 use harmonia_tests::{Client, Scope, submission, wait_for};
 use mongodb::bson::oid::ObjectId;
 use redis::AsyncCommands;
 use serde_json::json;
+
+/// A task running on a deferred claim reads `queued`, so a cancel cancels it as a queued task
+/// (no signal is sent): the attempt stops when its claim write finds the task cancelled, well
+/// before its worker's next heartbeat, records nothing, and the worker's one slot runs the next
+/// task at once.
+#[tokio::test]
+async fn cancelling_a_task_running_on_a_deferred_claim_stops_it_when_its_claim_is_written() {
+    let mut worker = one_slot_worker("20000");
+    worker.extend(["--claim-after-ms", "500"]);
+    let c = cluster_with("cancel-deferred", SCHEDULER, &[worker])
+        .await
+        .unwrap();
+    let sleep = json!([{"id": "s", "type": "debug.sleep", "params": {"ms": 60000}}]);
+    let run_id = c
+        .client
+        .start(&submission("cancel-deferred", sleep))
+        .await
+        .unwrap();
+    c.started("s").await.unwrap();
+    let task = c.client.task(run_id, "s").await.unwrap();
+    assert_eq!(
+        task.status,
+        TaskStatus::Queued,
+        "its claim is not written yet"
+    );
+    let w = &c.workers[0];
+    c.scope
+        .scheduler_cli_ok(&["cancel", "run", &run_id.to_hex()])
+        .unwrap();
+    let run = c.client.finished(run_id, LONG).await.unwrap();
+    assert_eq!(run.status, RunStatus::Cancelled);
+
+    let next = c
+        .client
+        .start(&submission(
+            "after-deferred",
+            json!([{"id": "x", "type": "debug.noop"}]),
+        ))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let run = c.client.finished(next, LONG).await.unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the slot was held {:?}\n{}",
+        started.elapsed(),
+        w.output()
+    );
+    assert!(
+        w.output()
+            .contains("the task moved on before its claim was written")
+    );
+    let task = c.client.task(run_id, "s").await.unwrap();
+    assert_eq!(
+        (task.status, task.attempts.len()),
+        (TaskStatus::Cancelled, 0),
+        "nothing of the attempt is kept"
+    );
+}
 
 #[tokio::test]
 async fn cancelling_a_run_stops_running_tasks_within_seconds() {
@@ -191,10 +251,8 @@ async fn sigterm_drains_in_flight_tasks_and_leaves_the_group() {
         ))
         .await
         .unwrap();
-    c.client
-        .task_reaches(run_id, "s", TaskStatus::Running)
-        .await
-        .unwrap();
+    // Started (on a deferred claim: the task still reads queued, its entry pending here).
+    c.started("s").await.unwrap();
     let mut worker = c.workers.remove(0);
     worker.terminate();
     let status = worker.exits_within(Duration::from_secs(15)).await.unwrap();
@@ -412,10 +470,7 @@ async fn a_worker_told_to_stop_while_its_redis_does_not_answer_exits_within_its_
         json!([{"id": "s", "type": "debug.sleep", "params": {"ms": 1500}}]),
     );
     let run_id = client.start(&body).await.unwrap();
-    client
-        .task_reaches(run_id, "s", TaskStatus::Running)
-        .await
-        .unwrap();
+    worker.says("task started", LONG).await.unwrap();
     proxy.hold_replies();
     let stopped = std::time::Instant::now();
     worker.terminate();

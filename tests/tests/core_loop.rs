@@ -312,10 +312,7 @@ async fn a_run_survives_a_redis_flushall() {
         .start(&submission("flush", json!(tasks)))
         .await
         .unwrap();
-    c.client
-        .task_reaches(run_id, "s1", TaskStatus::Running)
-        .await
-        .unwrap();
+    c.started("s1").await.unwrap();
     let mut conn = c.client.queue.conn().await.unwrap();
     let () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
     let run = c.client.finished(run_id, LONG).await.unwrap();

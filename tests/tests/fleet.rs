@@ -215,7 +215,8 @@ async fn docker_stop_drains_two_workers_mid_run_and_no_task_waits_for_a_lease() 
         return;
     }
     let fleet = Fleet::up("drain", 3).await.expect("fleet up");
-    let sleep = json!({"type": "debug.sleep", "params": {"ms": 1500}});
+    // Long enough to read `running` for a while (its claim is written after 1 s).
+    let sleep = json!({"type": "debug.sleep", "params": {"ms": 2500}});
     let runs = submit_runs(&fleet, "drain", 1, 40, sleep)
         .await
         .expect("submit");

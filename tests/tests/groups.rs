@@ -78,8 +78,9 @@ async fn a_dead_consumer_is_removed_only_once_nothing_it_read_is_pending() {
         "{names:?}"
     );
 
-    // A worker takes the entry over (after its reclaim time), runs every task, and the ghost,
-    // holding nothing now, goes too.
+    // The scheduler takes the entry over once it sat idle a worker timeout (the ghost may
+    // have run it on a deferred claim: that attempt is counted), a worker runs every task, and
+    // the ghost, holding nothing now, goes too.
     let worker = c
         .scope
         .spawn("worker", "harmonia-worker", &cpu_worker())
@@ -92,10 +93,26 @@ async fn a_dead_consumer_is_removed_only_once_nothing_it_read_is_pending() {
     })
     .await
     .unwrap();
+    let log = c.scheduler.output();
     assert!(
-        worker
-            .output()
-            .contains("took over a task entry a dead worker read")
+        log.contains("attempt counted"),
+        "{log}\n{}",
+        worker.output()
+    );
+    let lapsed: Vec<_> = c
+        .client
+        .tasks(run_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .flat_map(|t| t.attempts)
+        .filter(|a| a.worker_id.as_deref() == Some("ghost-holding"))
+        .map(|a| a.outcome)
+        .collect();
+    assert_eq!(
+        lapsed,
+        ["retrying"],
+        "the ghost's one entry cost one attempt"
     );
 }
 

@@ -6,14 +6,17 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use harmonia_shared::model::{RunTask, TaskStatus};
 use harmonia_shared::queue::{Entry, TaskEntry, TaskStream, WORKERS_GROUP};
 use harmonia_shared::resources::ResourceClass;
-use harmonia_shared::store::tasks::ClaimRequest;
+use harmonia_shared::store::tasks::{Claim, ClaimRequest, Deferred, lease_token};
+use mongodb::bson::DateTime;
 use mongodb::bson::oid::ObjectId;
 
 use crate::affinity::Affinity;
 use crate::devices::Alloc;
 use crate::execute::execute;
+use crate::hold::{Hold, State, Unwritten};
 use crate::worker::Worker;
 
 const CLASS_REFRESH: Duration = Duration::from_millis(500);
@@ -249,9 +252,15 @@ async fn let_go_of_taken(
 }
 
 /// Takes over entries that sat unacked past `reclaim_after` in the pending list of a worker
-/// that died between reading and claiming them.
+/// that died between reading and claiming them (GPU classes and hint streams: the CPU
+/// stream's go to the scheduler, `reconcile::expire_unwritten_claims`).
 async fn reclaim(worker: &Arc<Worker>, streams: &[TaskStream]) {
     for stream in streams {
+        // The CPU stream's are the scheduler's: one of them may have run on a deferred claim
+        // that was never written, and must be counted, not run again uncounted.
+        if *stream == TaskStream::class(ResourceClass::CPU) {
+            continue;
+        }
         let key = stream.key(worker.queue.keys());
         let claimed = worker.queue.autoclaim(
             &key,
@@ -299,23 +308,33 @@ async fn hand_back(worker: &Worker, class: ResourceClass, entry: &Entry) {
     }
 }
 
-/// Claims entries in MongoDB (one write) with the devices already taken for each, and runs
-/// the attempts won; the devices of a lost claim go back.
+/// Starts the attempts of entries read, with the devices already taken for each: CPU entries
+/// that name no model on a deferred claim (a read of their tasks, no write: see
+/// [`crate::hold`]), the rest claimed in MongoDB first (one write). Devices of entries that
+/// win nothing go back.
 async fn start(worker: Arc<Worker>, taken: Vec<(ResourceClass, Entry, Alloc)>) {
+    let defer = !worker.options.claim_after.is_zero();
     let mut requests = Vec::with_capacity(taken.len());
     let mut claimable = Vec::with_capacity(taken.len());
+    let mut deferrable = Vec::new();
     let mut acks: Acks = HashMap::new();
     for (class, entry, alloc) in taken {
         let task = TaskEntry::of(&entry);
+        let model = task.as_ref().is_some_and(|t| t.model.is_some());
         match task.and_then(|t| Some((ObjectId::parse_str(&t.task_id).ok()?, t.attempt))) {
             Some((id, attempt)) => {
                 let gpu_indices = alloc.gpu_indices();
-                requests.push(ClaimRequest {
+                let request = ClaimRequest {
                     id,
                     attempt,
                     gpu_indices,
-                });
-                claimable.push((class, entry, alloc));
+                };
+                if defer && class == ResourceClass::CPU && !model {
+                    deferrable.push((request, entry, alloc));
+                } else {
+                    requests.push(request);
+                    claimable.push((class, entry, alloc));
+                }
             }
             None => {
                 // Unreadable entry: drop it.
@@ -324,15 +343,26 @@ async fn start(worker: Arc<Worker>, taken: Vec<(ResourceClass, Entry, Alloc)>) {
             }
         }
     }
-    let claims = if requests.is_empty() {
-        Ok(Vec::new())
-    } else {
-        let tasks = worker.store.tasks();
-        tasks
-            .claim(&requests, &worker.id, worker.options.lease)
-            .await
-    };
-    let claims = match claims {
+    ack_all(&worker, acks).await;
+    if !deferrable.is_empty() {
+        start_deferred(&worker, deferrable).await;
+    }
+    if !requests.is_empty() {
+        claim_and_start(&worker, &requests, claimable).await;
+    }
+}
+
+/// Claims entries in MongoDB (one write) and runs the attempts won.
+async fn claim_and_start(
+    worker: &Arc<Worker>,
+    requests: &[ClaimRequest],
+    claimable: Vec<(ResourceClass, Entry, Alloc)>,
+) {
+    let tasks = worker.store.tasks();
+    let claims = match tasks
+        .claim(requests, &worker.id, worker.options.lease)
+        .await
+    {
         Ok(claims) => claims,
         Err(e) => {
             // MongoDB did not answer (an outage, a stall): the claims may or may not have
@@ -342,15 +372,15 @@ async fn start(worker: Arc<Worker>, taken: Vec<(ResourceClass, Entry, Alloc)>) {
             let what = format!("claiming {} entries (handed back)", claimable.len());
             worker.store.outage().report(&what, &format_args!("{e:#}"));
             for (class, entry, alloc) in claimable {
-                hand_back(&worker, class, &entry).await;
+                hand_back(worker, class, &entry).await;
                 worker.devices.release(alloc);
             }
-            ack_all(&worker, acks).await;
             return;
         }
     };
     // MongoDB now holds the leases (or the entries were stale): the entries have done their job.
     let mut won = Vec::new();
+    let mut acks: Acks = HashMap::new();
     for ((class, entry, alloc), claim) in claimable.into_iter().zip(claims) {
         let model = TaskEntry::of(&entry).and_then(|t| t.model);
         acks.entry((class, model)).or_default().push(entry.id);
@@ -359,10 +389,83 @@ async fn start(worker: Arc<Worker>, taken: Vec<(ResourceClass, Entry, Alloc)>) {
             None => worker.devices.release(alloc),
         }
     }
-    ack_all(&worker, acks).await;
+    ack_all(worker, acks).await;
     for (claim, alloc) in won {
-        tokio::spawn(execute(worker.clone(), claim, alloc));
+        let hold = Hold::new(State::Leased, claim.task.id, &claim.lease_token, worker);
+        tokio::spawn(execute(worker.clone(), claim, alloc, hold));
     }
+}
+
+/// Runs attempts on deferred claims: one read of the tasks (those still queued as of their
+/// entry's attempt run; the other entries are stale and acked), each entry left pending in
+/// this worker's list until the claim or the outcome is written.
+async fn start_deferred(worker: &Arc<Worker>, entries: Vec<(ClaimRequest, Entry, Alloc)>) {
+    let requests: Vec<ClaimRequest> = entries.iter().map(|(r, _, _)| r.clone()).collect();
+    let found = match worker.store.tasks().queued_as_published(&requests).await {
+        Ok(found) => found,
+        Err(e) => {
+            let what = format!("reading {} tasks (handed back)", entries.len());
+            worker.store.outage().report(&what, &format_args!("{e:#}"));
+            for (_, entry, alloc) in entries {
+                hand_back(worker, ResourceClass::CPU, &entry).await;
+                worker.devices.release(alloc);
+            }
+            return;
+        }
+    };
+    let stream = worker.queue.keys().task_stream(ResourceClass::CPU);
+    let batch = ObjectId::new().to_hex();
+    let mut stale = Vec::new();
+    for ((request, entry, alloc), task) in entries.into_iter().zip(found) {
+        let Some(task) = task else {
+            stale.push(entry.id);
+            worker.devices.release(alloc);
+            continue;
+        };
+        let (claim, unwritten) = deferred_claim(worker, &batch, task, request.attempt);
+        let unwritten = Unwritten {
+            stream: stream.clone(),
+            entry_id: entry.id,
+            claim: unwritten,
+        };
+        let hold = Hold::new(
+            State::Deferred(unwritten),
+            claim.task.id,
+            &claim.lease_token,
+            worker,
+        );
+        tokio::spawn(execute(worker.clone(), claim, alloc, hold));
+    }
+    if let Err(e) = worker
+        .queue
+        .ack_delete(&stream, WORKERS_GROUP, &stale)
+        .await
+    {
+        tracing::warn!("acking stale task entries: {e:#}");
+    }
+}
+
+/// The claim an attempt on `task` starts on without writing it: the task as the claim will
+/// leave it, and what the claim records.
+fn deferred_claim(
+    worker: &Worker,
+    batch: &str,
+    mut task: RunTask,
+    attempt: u32,
+) -> (Claim, Deferred) {
+    let started_at = DateTime::now();
+    let lease_token = lease_token(batch, task.id);
+    task.status = TaskStatus::Running;
+    task.attempt += 1;
+    task.worker_id = Some(worker.id.clone());
+    task.started_at = Some(started_at);
+    task.lease_token = Some(lease_token.clone());
+    let deferred = Deferred {
+        attempt,
+        worker_id: worker.id.clone(),
+        started_at,
+    };
+    (Claim { task, lease_token }, deferred)
 }
 
 /// Entry ids to ack, by class and model (an entry that names a model is acked with its twin).

@@ -4,24 +4,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use harmonia_shared::error::ExecError;
-use harmonia_shared::model::{TaskError, TaskKind};
+use harmonia_shared::model::{RunTask, TaskError, TaskKind};
 use harmonia_shared::store::tasks::{Claim, Outcome};
+use mongodb::bson::Document;
 
 use crate::devices::Alloc;
 use crate::executor::{self, TaskContext};
+use crate::hold::{Hold, State, Written};
 use crate::worker::{Inflight, Worker};
 
 /// Runs the claimed attempt, gives the devices back, and records its outcome. Everything it
 /// logs carries the run id, task id and attempt (a `task` span).
-pub async fn execute(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
+pub async fn execute(worker: Arc<Worker>, claim: Claim, alloc: Alloc, hold: Hold) {
     use tracing::Instrument;
     let t = &claim.task;
     let span =
         tracing::info_span!("task", run_id = %t.run_id, task_id = %t.id, attempt = t.attempt);
-    attempt(worker, claim, alloc).instrument(span).await;
+    attempt(worker, claim, alloc, Arc::new(hold))
+        .instrument(span)
+        .await;
 }
 
-async fn attempt(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
+async fn attempt(worker: Arc<Worker>, claim: Claim, alloc: Alloc, hold: Arc<Hold>) {
     let Claim { task, lease_token } = claim;
     let (task_id, run_id, node) = (task.id, task.run_id, task.node_id.clone());
     let cancel = worker.shutdown.hand_back.child_token();
@@ -31,6 +35,7 @@ async fn attempt(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
         cancel: cancel.clone(),
         progress: progress_rx,
         ended: Default::default(),
+        hold: hold.clone(),
     });
     worker
         .inflight()
@@ -47,8 +52,67 @@ async fn attempt(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
         lease_token.clone(),
         attempt.progress.clone(),
     ));
+    mark_run_started(&worker, run_id);
+
+    let promoter = write_claim_later(&worker, &hold, &cancel);
+    let ctx = TaskContext::new(
+        worker.env.clone(),
+        task.clone(),
+        alloc.gpu_indices(),
+        cancel,
+        lease_token.clone(),
+        hold.clone(),
+        progress_tx,
+    );
+    tracing::info!(task = %task_id, %node, r#type = %task.task_type, attempt = ctx.attempt,
+        gpus = ?ctx.gpus, "task started");
+    let kind = executor::params::kind(&task);
+    let uses_models = kind.as_ref().is_ok_and(TaskKind::uses_models);
+    let result = run_within_timeout(&ctx, kind).await;
+    let outcome = outcome_of(&worker, &task, result);
+    reporter.abort();
+    let label = outcome_label(&outcome);
+    let state = hold.close().await;
+    if let Some(promoter) = promoter {
+        promoter.abort();
+    }
+    let deferred = match state {
+        State::Leased => None,
+        State::Deferred(unwritten) => Some(unwritten),
+        // The task moved on before the claim was written: nothing of this attempt is kept.
+        State::Lost => {
+            worker.devices.release(alloc);
+            worker.inflight().remove(&lease_token);
+            occupancy(&worker);
+            return;
+        }
+    };
+    // Handed to the writer before the devices go back, so a draining worker (which waits for
+    // both) never takes this attempt for done before its outcome is durable.
+    let recording = worker
+        .outcomes
+        .record(&task, &lease_token, outcome, deferred);
+    attempt
+        .ended
+        .store(true, std::sync::atomic::Ordering::Release);
+    // The devices are free once the executor has returned: the next task starts while this
+    // outcome waits for its batched write. The attempt stays in flight (its lease heartbeated)
+    // until the write lands.
+    worker.devices.release(alloc);
+    occupancy(&worker);
+    recording.recorded().await;
+    crate::metrics::task_finished(&task.task_type, label, started.elapsed());
+    if uses_models {
+        advertise_models(&worker).await;
+    }
+    worker.inflight().remove(&lease_token);
+    occupancy(&worker);
+}
+
+/// Marks the run started the first time this worker starts one of its tasks, off the start
+/// path: the attempt need not wait for this write.
+fn mark_run_started(worker: &Worker, run_id: mongodb::bson::oid::ObjectId) {
     if worker.first_start_of(run_id) {
-        // Off the start path: the attempt need not wait for this write.
         let store = worker.store.clone();
         tokio::spawn(async move {
             if let Err(e) = store.runs().mark_started(run_id).await {
@@ -56,33 +120,27 @@ async fn attempt(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
             }
         });
     }
+}
 
-    let ctx = TaskContext::new(
-        worker.env.clone(),
-        task.clone(),
-        alloc.gpu_indices(),
-        cancel,
-        lease_token.clone(),
-        progress_tx,
-    );
-    tracing::info!(task = %task_id, %node, r#type = %task.task_type, attempt = ctx.attempt,
-        gpus = ?ctx.gpus, "task started");
-    let kind = executor::params::kind(&task);
-    let uses_models = kind.as_ref().is_ok_and(TaskKind::uses_models);
-    let result = match kind {
-        Err(e) => Err(e),
-        Ok(kind) => {
-            let limit = Duration::from_secs(task.timeout_s);
-            match tokio::time::timeout(limit, executor::run(&ctx, &kind)).await {
-                Ok(result) => result,
-                Err(_) => Err(ExecError::retryable(format!(
-                    "timed out after {} s",
-                    task.timeout_s
-                ))),
-            }
-        }
-    };
-    let outcome = match result {
+/// Runs the executor for `kind` within the task's timeout (past it: a retryable failure).
+async fn run_within_timeout(
+    ctx: &TaskContext,
+    kind: Result<TaskKind, ExecError>,
+) -> Result<Document, ExecError> {
+    let kind = kind?;
+    let limit = Duration::from_secs(ctx.task.timeout_s);
+    match tokio::time::timeout(limit, executor::run(ctx, &kind)).await {
+        Ok(result) => result,
+        Err(_) => Err(ExecError::retryable(format!(
+            "timed out after {} s",
+            ctx.task.timeout_s
+        ))),
+    }
+}
+
+/// How the attempt ended, from what its executor returned.
+fn outcome_of(worker: &Worker, task: &RunTask, result: Result<Document, ExecError>) -> Outcome {
+    match result {
         Ok(outputs) => Outcome::Succeeded { outputs },
         Err(ExecError::Cancelled) if worker.shutdown.hand_back.is_cancelled() => {
             Outcome::HandedBack
@@ -100,27 +158,39 @@ async fn attempt(worker: Arc<Worker>, claim: Claim, alloc: Alloc) {
                 retry_at,
             }
         }
-    };
-    reporter.abort();
-    let label = outcome_label(&outcome);
-    // Handed to the writer before the devices go back, so a draining worker (which waits for
-    // both) never takes this attempt for done before its outcome is durable.
-    let recording = worker.outcomes.record(&task, &lease_token, outcome);
-    attempt
-        .ended
-        .store(true, std::sync::atomic::Ordering::Release);
-    // The devices are free once the executor has returned: the next task starts while this
-    // outcome waits for its batched write. The attempt stays in flight (its lease heartbeated)
-    // until the write lands.
-    worker.devices.release(alloc);
-    occupancy(&worker);
-    recording.recorded().await;
-    crate::metrics::task_finished(&task.task_type, label, started.elapsed());
-    if uses_models {
-        advertise_models(&worker).await;
     }
-    worker.inflight().remove(&lease_token);
-    occupancy(&worker);
+}
+
+/// For an attempt on a deferred claim, a task that writes the claim once the attempt has run
+/// for `--claim-after-ms` (a long attempt shows as running, its lease renewed like any other);
+/// if the task moved on meanwhile, the attempt is stopped. Aborted once the attempt has run.
+fn write_claim_later(
+    worker: &Arc<Worker>,
+    hold: &Arc<Hold>,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if !matches!(hold.peek(), Some(State::Deferred(_))) {
+        return None;
+    }
+    let (worker, hold, cancel) = (worker.clone(), hold.clone(), cancel.clone());
+    Some(tokio::spawn(async move {
+        tokio::time::sleep(worker.options.claim_after).await;
+        loop {
+            match hold.write_claim().await {
+                Ok(Written::Held | Written::Closed) => return,
+                Ok(Written::MovedOn) => {
+                    tracing::warn!("the task moved on before its claim was written: stopping");
+                    cancel.cancel();
+                    return;
+                }
+                Err(e) => {
+                    let what = "writing a deferred claim (will retry)";
+                    worker.store.outage().report(what, &format_args!("{e:#}"));
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }))
 }
 
 fn occupancy(worker: &Worker) {

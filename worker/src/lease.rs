@@ -7,8 +7,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use harmonia_shared::model::WorkerState;
+use harmonia_shared::queue::WORKERS_GROUP;
+use harmonia_shared::store::tasks::ClaimRequest;
 use mongodb::bson::DateTime;
+use mongodb::bson::oid::ObjectId;
 
+use crate::hold::{State, Unwritten, Written};
 use crate::worker::Worker;
 
 pub async fn heartbeat(worker: Arc<Worker>) {
@@ -32,24 +36,32 @@ async fn beat(worker: &Worker) -> anyhow::Result<()> {
         .iter()
         .map(|(t, a)| (t.clone(), a.clone()))
         .collect();
-    let tokens: Vec<String> = attempts.iter().map(|(t, _)| t.clone()).collect();
+    // Written claims have their leases renewed; deferred ones their entries kept pending here.
+    let (mut leased, mut deferred) = (Vec::new(), Vec::new());
+    for (token, attempt) in &attempts {
+        match attempt.hold.peek() {
+            Some(State::Leased) => leased.push((token, attempt)),
+            Some(State::Deferred(unwritten)) => deferred.push((unwritten, attempt)),
+            // Lost, or its claim being written right now: the next beat sees it.
+            Some(State::Lost) | None => {}
+        }
+    }
+    if let Err(e) = keep_deferred(worker, &deferred).await {
+        // Not a reason to skip renewing the leases below.
+        let what = "keeping deferred claims' entries";
+        worker.queue.outage().report(what, &format_args!("{e:#}"));
+    }
+    let tokens: Vec<String> = leased.iter().map(|(t, _)| (*t).clone()).collect();
     let until = DateTime::from_millis(
         DateTime::now().timestamp_millis() + worker.options.lease.as_millis() as i64,
     );
     let stop = worker.store.tasks().extend_leases(&tokens, until).await?;
-    for (token, attempt) in &attempts {
+    for (token, attempt) in leased {
         if stop.contains(token) {
-            // An attempt that has already run only waits for its outcome's write, which is
-            // fenced itself: its lease is most likely gone because that write just landed.
-            if attempt.ended.load(std::sync::atomic::Ordering::Acquire) {
-                continue;
-            }
-            // Cancelled by a user, or re-queued while this worker was presumed dead (a stall
-            // past the lease): either way its result would be refused, so stop working on it.
-            if !attempt.cancel.is_cancelled() {
-                tracing::warn!(task = %attempt.task_id, "lease lost or task cancelled: stopping the attempt");
-            }
-            attempt.cancel.cancel();
+            stop_attempt(
+                attempt,
+                "lease lost or task cancelled: stopping the attempt",
+            );
             continue;
         }
         let progress = attempt.progress.borrow().clone();
@@ -75,6 +87,72 @@ async fn beat(worker: &Worker) -> anyhow::Result<()> {
             u32::try_from(attempts.len()).unwrap_or(u32::MAX),
         )
         .await?;
+    Ok(())
+}
+
+/// Stops an attempt whose result would be refused (cancelled by a user, or its task taken by
+/// another worker while this one was presumed dead), unless it has already run: it only waits
+/// for its outcome's write then, which is fenced itself (and most likely just landed).
+fn stop_attempt(attempt: &crate::worker::Inflight, why: &str) {
+    if attempt.ended.load(std::sync::atomic::Ordering::Acquire) {
+        return;
+    }
+    if !attempt.cancel.is_cancelled() {
+        tracing::warn!(task = %attempt.task_id, "{why}");
+    }
+    attempt.cancel.cancel();
+}
+
+/// For attempts on deferred claims: resets their stream entries' idle time (so no other worker
+/// takes them over while this one is alive), and stops those whose task moved on (cancelled,
+/// or taken by another worker) without waiting for their claim or outcome to find out.
+async fn keep_deferred(
+    worker: &Worker,
+    deferred: &[(Unwritten, &Arc<crate::worker::Inflight>)],
+) -> anyhow::Result<()> {
+    if deferred.is_empty() {
+        return Ok(());
+    }
+    let mut by_stream: std::collections::HashMap<&str, Vec<String>> = Default::default();
+    for (u, _) in deferred {
+        let ids = by_stream.entry(u.stream.as_str()).or_default();
+        ids.push(u.entry_id.clone());
+    }
+    for (stream, ids) in by_stream {
+        worker
+            .queue
+            .touch(stream, WORKERS_GROUP, &worker.id, &ids)
+            .await?;
+    }
+    let requests: Vec<ClaimRequest> = deferred
+        .iter()
+        .filter_map(|(u, a)| {
+            Some(ClaimRequest {
+                id: ObjectId::parse_str(&a.task_id).ok()?,
+                attempt: u.claim.attempt,
+                gpu_indices: Vec::new(),
+            })
+        })
+        .collect();
+    let queued = worker.store.tasks().queued_as_published(&requests).await?;
+    for ((_, attempt), still) in deferred.iter().zip(queued) {
+        if still.is_some() || attempt.ended.load(std::sync::atomic::Ordering::Acquire) {
+            continue;
+        }
+        // The read says the task moved on (or names it twice: an entry published again after
+        // a Redis loss can run here twice). The claim's own fenced write decides: written, the
+        // attempt goes on under its lease; refused, it stops and nothing of it is recorded.
+        match attempt.hold.write_claim().await {
+            Ok(Written::MovedOn) => {
+                stop_attempt(
+                    attempt,
+                    "task cancelled or taken elsewhere: stopping the attempt",
+                );
+            }
+            Ok(Written::Held | Written::Closed) => {}
+            Err(e) => tracing::debug!("writing a deferred claim: {e:#}"),
+        }
+    }
     Ok(())
 }
 

@@ -7,6 +7,7 @@ pub mod cli; // one file per subcommand
 pub mod devices; // free GPUs and CPU slots
 pub mod execute; // one attempt: executor, timeout, fenced outcome
 pub mod executor; // the Executor trait and one file per task type
+pub mod hold; // where an attempt's claim stands: written, or deferred to its outcome
 pub mod lease; // heartbeats, lease renewal, cancel signals
 pub mod metrics; // Prometheus: tasks, queue wait, run time, downloads, pool
 pub mod models; // hub downloads (verified), cache, warm pool, candle models

@@ -7,8 +7,9 @@
 //! final ones to the scheduler in one Redis round trip, and answers each attempt. While a write
 //! is in flight the next batch gathers, so an idle worker writes at once (no added latency) and
 //! a busy one writes fewer, larger batches. Nothing is acknowledged before MongoDB has it:
-//! the stream entry was acked at claim time and the lease stays live (the attempt is still in
-//! flight, so heartbeats extend it) until the write lands. A worker killed while outcomes wait
+//! the lease stays live (the attempt is still in flight, so heartbeats extend it) until the
+//! write lands; on a deferred claim ([`crate::hold`]) the write carries the claim too, and the
+//! stream entry stays pending for this worker until then. A worker killed while outcomes wait
 //! here loses only unacknowledged work: the leases lapse and the tasks run again.
 //!
 //! The outcomes waiting are bounded ([`Outcomes::room`]): a worker whose writes fall behind
@@ -21,11 +22,13 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use harmonia_shared::model::{RunTask, TaskError};
-use harmonia_shared::queue::Queue;
+use harmonia_shared::queue::{Queue, WORKERS_GROUP};
 use harmonia_shared::store::Store;
 use harmonia_shared::store::tasks::{Ending, Outcome};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+
+use crate::hold::Unwritten;
 
 /// Batched writes in flight at once: MongoDB commits concurrent batches in one journal flush.
 const WRITES_IN_FLIGHT: usize = 4;
@@ -45,6 +48,9 @@ struct Pending {
     after: RunTask,
     lease_token: String,
     outcome: Outcome,
+    /// The attempt's claim when it was never written: the outcome writes it, and its entry is
+    /// acked after the write.
+    deferred: Option<Unwritten>,
     done: oneshot::Sender<bool>,
 }
 
@@ -141,7 +147,13 @@ impl Outcomes {
     /// Hands the writer how the attempt of `task` holding `lease_token` ended. It is recorded
     /// once it is durable in MongoDB, and the scheduler told when the task reached a final
     /// state: await the answer on the returned [`Recording`].
-    pub fn record(&self, task: &RunTask, lease_token: &str, outcome: Outcome) -> Recording {
+    pub fn record(
+        &self,
+        task: &RunTask,
+        lease_token: &str,
+        outcome: Outcome,
+        deferred: Option<Unwritten>,
+    ) -> Recording {
         tracing::debug!(task = %task.id, "outcome waiting for its write");
         let (done, answer) = oneshot::channel();
         let recording = Recording::new(&self.backlog, answer);
@@ -149,6 +161,7 @@ impl Outcomes {
             after: after(task, &outcome),
             lease_token: lease_token.to_owned(),
             outcome,
+            deferred,
             done,
         };
         // If the writer is gone (the runtime is shutting down) the answer reads false.
@@ -236,6 +249,7 @@ async fn flush(store: &Store, queue: &Queue, batch: Vec<Pending>) {
             id: p.after.id,
             lease_token: &p.lease_token,
             outcome: &p.outcome,
+            deferred: p.deferred.as_ref().map(|u| &u.claim),
         })
         .collect();
     let forever = ExponentialBuilder::default()
@@ -273,8 +287,28 @@ async fn flush(store: &Store, queue: &Queue, batch: Vec<Pending>) {
         // The scheduler's repair pass finds what these events would have told it.
         tracing::warn!(count = finals.len(), "announcing task outcomes: {e:#}");
     }
+    ack_deferred(queue, &batch).await;
     for (p, ok) in batch.into_iter().zip(recorded) {
         let _ = p.done.send(ok);
+    }
+}
+
+/// Acks the stream entries of attempts that ran on deferred claims, now that their outcomes
+/// are written (or refused: the task had moved on). Until then they were pending for this
+/// worker, so a worker that died first left them to be taken over.
+async fn ack_deferred(queue: &Queue, batch: &[Pending]) {
+    let mut by_stream: std::collections::HashMap<&str, Vec<String>> = Default::default();
+    for u in batch.iter().filter_map(|p| p.deferred.as_ref()) {
+        by_stream
+            .entry(u.stream.as_str())
+            .or_default()
+            .push(u.entry_id.clone());
+    }
+    for (stream, ids) in by_stream {
+        if let Err(e) = queue.ack_delete(stream, WORKERS_GROUP, &ids).await {
+            // Left pending: whoever takes them over finds their tasks moved on, and acks them.
+            tracing::warn!(count = ids.len(), "acking task entries: {e:#}");
+        }
     }
 }
 

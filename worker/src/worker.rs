@@ -22,6 +22,9 @@ pub struct Options {
     pub reclaim_after: Duration,
     /// Model affinity: hint streams first, a head start for holders.
     pub affinity: crate::affinity::Settings,
+    /// How long an attempt on a deferred claim runs before the claim is written (zero: every
+    /// claim is written before its attempt starts).
+    pub claim_after: Duration,
 }
 
 /// One attempt in flight, by lease token.
@@ -35,6 +38,9 @@ pub struct Inflight {
     /// Set once the attempt has run and its outcome is with the writer: its lease is still
     /// renewed until the write lands, but nothing is left to stop.
     pub ended: std::sync::atomic::AtomicBool,
+    /// Its claim: written (heartbeats renew the lease), or deferred (heartbeats keep its
+    /// stream entry pending for this worker).
+    pub hold: std::sync::Arc<crate::hold::Hold>,
 }
 
 /// How a worker stops, one token per step, each cancelled once and for good (so no wait can

@@ -128,6 +128,80 @@ impl Queue {
         }
     }
 
+    /// Takes over, for `consumer`, the entries of `group` pending idle at least `min_idle` (at
+    /// most `count`, oldest first), each with the consumer that held it. `XCLAIM` checks the
+    /// idle time again, so an entry its holder touched meanwhile stays with it.
+    pub async fn take_stale(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<(StreamId, String)>, QueueError> {
+        let mut conn = self.conn().await?;
+        let idle = u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX);
+        // IDLE filters on the server: the stale entries are found however many live ones
+        // are pending before them.
+        let pending: redis::RedisResult<redis::streams::StreamPendingCountReply> =
+            redis::cmd("XPENDING")
+                .arg(stream)
+                .arg(group)
+                .arg("IDLE")
+                .arg(idle)
+                .arg("-")
+                .arg("+")
+                .arg(count)
+                .query_async(&mut conn)
+                .await;
+        let pending = match pending {
+            Ok(reply) => reply.ids,
+            Err(e) if e.code() == Some("NOGROUP") => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let stale = pending;
+        if stale.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = stale.iter().map(|p| p.id.as_str()).collect();
+        let claimed: redis::streams::StreamClaimReply =
+            conn.xclaim(stream, group, consumer, idle, &ids).await?;
+        Ok(claimed
+            .ids
+            .into_iter()
+            .filter_map(|entry| {
+                let holder = stale.iter().find(|p| p.id == entry.id)?.consumer.clone();
+                Some((entry, holder))
+            })
+            .collect())
+    }
+
+    /// Resets the idle time of entries `consumer` holds pending in `group` (`XCLAIM ... JUSTID`
+    /// with no minimum idle time), so they are not taken over as a dead worker's while it is
+    /// alive and working on them.
+    pub async fn touch(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        ids: &[String],
+    ) -> Result<(), QueueError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn().await?;
+        let opts = redis::streams::StreamClaimOptions::default().with_justid();
+        let reply: redis::RedisResult<redis::Value> = conn
+            .xclaim_options(stream, group, consumer, 0, ids, opts)
+            .await;
+        match reply {
+            Ok(_) => Ok(()),
+            // Redis lost the stream: nothing to keep; the outcome's fence decides.
+            Err(e) if e.code() == Some("NOGROUP") => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The state of `group` on `stream`; `None` when either does not exist.
     pub async fn group_info(
         &self,

@@ -56,6 +56,10 @@ struct Args {
     /// cannot queue 50,000 at once; it runs three rounds of this many and the median is used.
     #[arg(long, default_value_t = 7_000)]
     apalis_tasks: usize,
+    /// The workers' `--claim-after-ms` (their default when absent; 0: every claim written
+    /// before its attempt, as before deferred claims).
+    #[arg(long)]
+    claim_after_ms: Option<u64>,
 }
 
 /// What the phases measured, for the ratios against the peer.
@@ -73,7 +77,7 @@ async fn cluster(name: &str, args: &Args) -> anyhow::Result<Cluster> {
     let max_bytes = (64u64 << 20).to_string();
     let scheduler = ["run", "--max-submission-bytes", &max_bytes, "--log", "warn"];
     let slots = args.cpu_slots.to_string();
-    let worker = vec![
+    let mut worker = vec![
         "run",
         "--gpus",
         "none",
@@ -82,6 +86,10 @@ async fn cluster(name: &str, args: &Args) -> anyhow::Result<Cluster> {
         "--log",
         "warn",
     ];
+    let claim_after = args.claim_after_ms.map(|ms| ms.to_string());
+    if let Some(ms) = &claim_after {
+        worker.extend(["--claim-after-ms", ms]);
+    }
     cluster_with(name, &scheduler, &vec![worker; args.workers]).await
 }
 
@@ -456,9 +464,13 @@ async fn dag(args: &Args, size: usize) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     println!(
-        "harmonia-bench on {} CPUs, mongod WiredTiger cache {} GB",
+        "harmonia-bench on {} CPUs, mongod WiredTiger cache {} GB, workers' --claim-after-ms {}",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
-        harmonia_tests::servers::mongod_cache_gb()
+        harmonia_tests::servers::mongod_cache_gb(),
+        args.claim_after_ms.map_or_else(
+            || "default (1000: deferred claims)".to_owned(),
+            |ms| ms.to_string()
+        )
     );
     let mut fig = Figures::default();
     for phase in &args.phases {

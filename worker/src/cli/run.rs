@@ -101,6 +101,13 @@ pub struct RunArgs {
     #[arg(long, env = "HARMONIA_AFFINITY_PATIENCE_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub affinity_patience_ms: Option<u64>,
+    /// A CPU task read fresh (no model named) starts before its claim is written to MongoDB:
+    /// the outcome writes both in one write. The claim is written first once the attempt has
+    /// run this many ms, or before it stores anything. 0 writes every claim before its attempt
+    /// starts [default: 1000].
+    #[arg(long, env = "HARMONIA_CLAIM_AFTER_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claim_after_ms: Option<u64>,
 }
 
 /// [`RunArgs`] resolved: defaults < `[worker]` in the file < flags and env.
@@ -123,6 +130,7 @@ pub struct Tuning {
     pub model_affinity: bool,
     pub affinity_wait_ms: u64,
     pub affinity_patience_ms: u64,
+    pub claim_after_ms: u64,
 }
 
 impl Default for Tuning {
@@ -144,6 +152,7 @@ impl Default for Tuning {
             model_affinity: true,
             affinity_wait_ms: 50,
             affinity_patience_ms: 10_000,
+            claim_after_ms: 1000,
         }
     }
 }
@@ -161,6 +170,7 @@ fn options(args: &Tuning) -> Options {
             wait: Duration::from_millis(args.affinity_wait_ms),
             patience: Duration::from_millis(args.affinity_patience_ms),
         },
+        claim_after: Duration::from_millis(args.claim_after_ms),
     }
 }
 

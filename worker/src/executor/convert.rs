@@ -199,6 +199,7 @@ async fn register(
     out: &Path,
     validation: Option<Document>,
 ) -> Result<ModelArtifact, ExecError> {
+    ctx.claim().await?;
     let version = format!("{}-{}", source.version, conversion.name());
     let prefix = format!("models/{}/{version}", source.name);
     let storage = &ctx.env.storage;

@@ -244,6 +244,7 @@ async fn upload(
     verified: &[(String, Fetched)],
 ) -> Result<String, ExecError> {
     ctx.progress("uploading", 100.0, None);
+    ctx.claim().await?;
     let storage = &ctx.env.storage;
     let prefix = format!("models/{}/{commit}", p.repo);
     for (f, (_, fetched)) in files.iter_mut().zip(verified) {

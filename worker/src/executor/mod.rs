@@ -39,6 +39,8 @@ pub struct TaskContext {
     pub cancel: CancellationToken,
     /// The claim's lease token: writes of outputs are fenced by it.
     pub lease_token: String,
+    /// The claim, which may not be written yet: [`TaskContext::claim`] before storing anything.
+    hold: Arc<crate::hold::Hold>,
     progress: tokio::sync::watch::Sender<Option<Progress>>,
 }
 
@@ -49,6 +51,7 @@ impl TaskContext {
         gpus: Vec<u32>,
         cancel: CancellationToken,
         lease_token: String,
+        hold: Arc<crate::hold::Hold>,
         progress: tokio::sync::watch::Sender<Option<Progress>>,
     ) -> Self {
         let attempt = task.attempts_used();
@@ -59,7 +62,22 @@ impl TaskContext {
             gpus,
             cancel,
             lease_token,
+            hold,
             progress,
+        }
+    }
+
+    /// Makes sure MongoDB holds this attempt's claim (a deferred claim is written now): call
+    /// it before anything outside the attempt is changed (an upload, a registration), so that
+    /// nothing is stored by an attempt whose task was taken by another. `Cancelled` when the
+    /// task moved on.
+    pub async fn claim(&self) -> Result<(), ExecError> {
+        if self.hold.write_claim().await? == crate::hold::Written::Held {
+            Ok(())
+        } else {
+            tracing::warn!(task = %self.task.id, "the task moved on before its claim was written: stopping");
+            self.cancel.cancel();
+            Err(ExecError::Cancelled)
         }
     }
 

@@ -45,6 +45,7 @@ pub async fn put(ctx: &TaskContext, out: Output<'_>) -> Result<Artifact, ExecErr
         out.name
     );
     let store = &ctx.env.store;
+    ctx.claim().await?;
     if !store
         .tasks()
         .holds_lease(ctx.task.id, &ctx.lease_token)

@@ -13,8 +13,8 @@ use mongodb::options::ReturnDocument;
 
 use super::TaskRepo;
 use super::lease::{
-    Claim, ClaimRequest, Ending, Outcome, claim_pipeline, fence, finish_pipeline, lease_token,
-    succeeded_set,
+    Claim, ClaimRequest, Deferred, Ending, Outcome, claim_pipeline, claim_set,
+    deferred_claim_stage, fence, finish_pipeline, lease_token, succeeded_set,
 };
 use crate::store::StoreError;
 
@@ -82,23 +82,82 @@ impl TaskRepo {
             .collect())
     }
 
+    /// The tasks of `requests` still queued as of the attempt each names and not cancelled
+    /// (a read, no write: the claims are deferred). One answer per request, in order; an entry
+    /// read twice gets its task once.
+    pub async fn queued_as_published(
+        &self,
+        requests: &[ClaimRequest],
+    ) -> Result<Vec<Option<crate::model::RunTask>>, StoreError> {
+        let ids: Vec<ObjectId> = requests.iter().map(|r| r.id).collect();
+        let mut found: HashMap<ObjectId, crate::model::RunTask> = HashMap::new();
+        let mut cursor = self
+            .coll
+            .find(doc! { "_id": { "$in": ids }, "status": "queued", "cancel_requested": false })
+            .await?;
+        while cursor.advance().await? {
+            let task = cursor.deserialize_current()?;
+            found.insert(task.id, task);
+        }
+        Ok(requests
+            .iter()
+            .map(|r| found.remove(&r.id).filter(|t| t.attempt == r.attempt))
+            .collect())
+    }
+
+    /// Writes the deferred claim of the attempt holding `lease_token` on task `id` (an attempt
+    /// that runs long, or is about to store something). `false`: the task moved on (claimed
+    /// elsewhere, cancelled, re-published) and the attempt must stop. Safe to retry: a claim
+    /// that landed without an answer is recognised by its lease token.
+    pub async fn claim_deferred(
+        &self,
+        id: ObjectId,
+        lease_token: &str,
+        deferred: &Deferred,
+        lease: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let now = DateTime::now().timestamp_millis();
+        let expires = DateTime::from_millis(now + lease.as_millis() as i64);
+        let stage = deferred_claim_stage(lease_token, deferred, Some(expires));
+        let done = self
+            .coll
+            .update_one(
+                queued_as_of(Bson::ObjectId(id), deferred.attempt),
+                vec![stage],
+            )
+            .await?;
+        if done.matched_count == 1 {
+            return Ok(true);
+        }
+        self.holds_lease(id, lease_token).await
+    }
+
     /// Records how many attempts ended, in as few journaled writes as their kinds allow (one
-    /// ranged update for the successes, one command for the rest): a worker's group commit.
-    /// Returns, per ending in order, whether it was recorded (`false`: that lease was lost and
-    /// nothing was changed). Retrying after an error is safe: a change that landed no longer
-    /// matches its fence, and is recognised by the lease in its attempt record.
+    /// ranged update for the successes on a written claim, one for those on a deferred claim,
+    /// one command for the rest): a worker's group commit. Returns, per ending in order,
+    /// whether it was recorded (`false`: that lease was lost, or the deferred claim's task
+    /// moved on, and nothing was changed). Retrying after an error is safe: a change that
+    /// landed no longer matches its fence, and is recognised by the lease in its attempt record.
     pub async fn finish_many(&self, endings: &[Ending<'_>]) -> Result<Vec<bool>, StoreError> {
         let (successes, others): (Vec<&Ending<'_>>, Vec<&Ending<'_>>) = endings
             .iter()
             .partition(|e| matches!(e.outcome, Outcome::Succeeded { .. }));
-        let mut matched = self.finish_successes(&successes).await?;
+        let (deferred, leased): (Vec<&Ending<'_>>, Vec<&Ending<'_>>) =
+            successes.into_iter().partition(|e| e.deferred.is_some());
+        let mut matched = self.finish_successes(&leased).await?;
+        matched += self.finish_successes(&deferred).await?;
         let statements = others
             .iter()
             .map(|e| {
-                Ok(doc! {
-                    "q": fence(Some(e.id), e.lease_token),
-                    "u": finish_pipeline(e.outcome, true)?,
-                })
+                let mut update = finish_pipeline(e.outcome, true)?;
+                let filter = match e.deferred {
+                    None => fence(Some(e.id), e.lease_token),
+                    Some(d) => {
+                        update.insert(0, deferred_claim_stage(e.lease_token, d, None));
+                        queued_as_of(Bson::ObjectId(e.id), d.attempt)
+                    }
+                };
+                Ok(doc! { "q": filter, "u": update })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         matched += self.update_each(statements).await?;
@@ -114,12 +173,13 @@ impl TaskRepo {
             .collect())
     }
 
-    /// Successes as one ranged update: each document finds its own fence (lease token) and
-    /// outputs by its position in the batch.
+    /// Successes as one ranged update: each document finds its own fence (lease token, or for
+    /// deferred claims the attempt its entry named) and outputs by its position in the batch.
+    /// `successes` are all on written claims or all on deferred ones.
     async fn finish_successes(&self, successes: &[&Ending<'_>]) -> Result<u64, StoreError> {
-        if successes.is_empty() {
+        let Some(first) = successes.first() else {
             return Ok(0);
-        }
+        };
         let ids: Vec<ObjectId> = successes.iter().map(|e| e.id).collect();
         let tokens: Vec<&str> = successes.iter().map(|e| e.lease_token).collect();
         let (mut outputs, mut artifacts) = (Vec::new(), Vec::new());
@@ -137,16 +197,35 @@ impl TaskRepo {
         let pick = |values: Vec<Bson>| -> Bson {
             doc! { "$arrayElemAt": [{ "$literal": values }, at.clone()] }.into()
         };
-        let filter = doc! {
-            "_id": { "$in": &ids },
-            "status": "running",
-            "$expr": { "$eq": ["$lease_token", { "$arrayElemAt": [{ "$literal": tokens }, at.clone()] }] },
+        let token = pick(
+            tokens
+                .iter()
+                .map(|t| Bson::String((*t).to_owned()))
+                .collect(),
+        );
+        let mut update = Vec::new();
+        let filter = if first.deferred.is_none() {
+            doc! {
+                "_id": { "$in": &ids },
+                "status": "running",
+                "$expr": { "$eq": ["$lease_token", token] },
+            }
+        } else {
+            let deferred: Vec<&Deferred> = successes.iter().filter_map(|e| e.deferred).collect();
+            let field = |f: fn(&Deferred) -> Bson| pick(deferred.iter().map(|d| f(d)).collect());
+            let attempt = field(|d| Bson::Int64(i64::from(d.attempt)));
+            let worker = field(|d| Bson::String(d.worker_id.clone()));
+            let started = field(|d| Bson::DateTime(d.started_at));
+            update.push(doc! { "$set": claim_set(token, worker, &[], started, Bson::Null) });
+            doc! {
+                "_id": { "$in": &ids },
+                "status": "queued",
+                "cancel_requested": false,
+                "$expr": { "$eq": ["$attempt", attempt] },
+            }
         };
-        let set = succeeded_set(pick(outputs), pick(artifacts), true)?;
-        let done = self
-            .coll
-            .update_many(filter, vec![doc! { "$set": set }])
-            .await?;
+        update.push(doc! { "$set": succeeded_set(pick(outputs), pick(artifacts), true)? });
+        let done = self.coll.update_many(filter, update).await?;
         Ok(done.matched_count)
     }
 

@@ -4,7 +4,7 @@
 
 use mongodb::ClientSession;
 use mongodb::bson::oid::ObjectId;
-use mongodb::bson::{DateTime, Document, doc};
+use mongodb::bson::{Bson, DateTime, Document, doc};
 use mongodb::options::ReturnDocument;
 
 use super::TaskRepo;
@@ -144,6 +144,23 @@ pub struct Ending<'a> {
     pub id: ObjectId,
     pub lease_token: &'a str,
     pub outcome: &'a Outcome,
+    /// `Some`: the attempt ran on a deferred claim, never written; its outcome writes the claim
+    /// too, fenced like a claim (the task still queued as of the entry's attempt).
+    pub deferred: Option<&'a Deferred>,
+}
+
+/// A claim an attempt started on before writing it (see [`TaskRepo::claim_deferred`]): what
+/// the claim will record once it is written, by the outcome or by an attempt that runs long
+/// or is about to store something. Only CPU attempts defer their claim.
+///
+/// [`TaskRepo::claim_deferred`]: super::TaskRepo::claim_deferred
+#[derive(Debug, Clone)]
+pub struct Deferred {
+    /// The task's `attempt` when its entry was published (the claim's fence).
+    pub attempt: u32,
+    pub worker_id: String,
+    /// When the attempt started (the task's `started_at`).
+    pub started_at: DateTime,
 }
 
 /// The claim update (a pipeline, for one task or many): the task runs under a lease token
@@ -155,26 +172,64 @@ pub(super) fn claim_pipeline(
     now: DateTime,
     expires: DateTime,
 ) -> Vec<Document> {
+    let token = doc! { "$concat": [batch, ":", { "$toString": "$_id" }] };
+    let worker = doc! { "$literal": worker_id };
+    let set = claim_set(
+        token.into(),
+        worker.into(),
+        gpu_indices,
+        now.into(),
+        expires.into(),
+    );
+    vec![doc! { "$set": set }]
+}
+
+/// What a claim sets, given expressions for the lease token, the worker, the start and the
+/// lease's expiry (constants for one task, per-document lookups for a ranged update of many).
+pub(super) fn claim_set(
+    token: Bson,
+    worker_id: Bson,
+    gpu_indices: &[u32],
+    started: Bson,
+    expires: Bson,
+) -> Document {
     let gpus: Vec<i64> = gpu_indices.iter().map(|i| i64::from(*i)).collect();
-    vec![doc! { "$set": {
+    doc! {
         "status": "running",
         "publish_due": null,
-        "lease_token": { "$concat": [batch, ":", { "$toString": "$_id" }] },
+        "lease_token": token,
         "lease_expires_at": expires,
-        "worker_id": { "$literal": worker_id },
+        "worker_id": worker_id,
         "gpu_indices": { "$literal": gpus },
-        "started_at": now,
+        "started_at": started,
         "finished_at": null,
         "duration_ms": null,
         "wait_reason": null,
         "progress": null,
         "attempt": { "$add": ["$attempt", 1] },
-    } }]
+    }
+}
+
+/// The deferred claim of `lease_token` as one pipeline stage (the lease's expiry given: a
+/// claim written on its own; `None`: an outcome's, whose next stage clears the lease).
+pub(super) fn deferred_claim_stage(
+    lease_token: &str,
+    deferred: &Deferred,
+    expires: Option<DateTime>,
+) -> Document {
+    let set = claim_set(
+        doc! { "$literal": lease_token }.into(),
+        doc! { "$literal": &deferred.worker_id }.into(),
+        &[],
+        deferred.started_at.into(),
+        expires.map_or(Bson::Null, Bson::DateTime),
+    );
+    doc! { "$set": set }
 }
 
 /// The lease token [`claim_pipeline`] gives task `id` in claim batch `batch`: unique per claim,
 /// since every batch has a new `batch`.
-pub(super) fn lease_token(batch: &str, id: ObjectId) -> String {
+pub fn lease_token(batch: &str, id: ObjectId) -> String {
     format!("{batch}:{}", id.to_hex())
 }
 

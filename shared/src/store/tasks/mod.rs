@@ -8,7 +8,7 @@ mod lease;
 mod watch;
 
 pub use graph::{NodeState, Published};
-pub use lease::{Claim, ClaimRequest, Ending, Outcome};
+pub use lease::{Claim, ClaimRequest, Deferred, Ending, Outcome, lease_token};
 
 use futures::TryStreamExt;
 use mongodb::bson::oid::ObjectId;
