@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use harmonia_shared::model::{RunTask, TaskError};
-use harmonia_shared::queue::{Queue, WORKERS_GROUP};
+use harmonia_shared::queue::Queue;
 use harmonia_shared::store::Store;
 use harmonia_shared::store::tasks::{Ending, Outcome};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
@@ -282,21 +282,25 @@ async fn flush(store: &Store, queue: &Queue, batch: Vec<Pending>) {
             finals.push(t.clone());
         }
     }
-    // The scheduler releases the downstream tasks and settles the run when this was its last.
-    if let Err(e) = queue.announce_all(&finals).await {
-        // The scheduler's repair pass finds what these events would have told it.
+    // The scheduler releases the downstream tasks and settles the run when this was its last;
+    // the deferred claims' entries are acked in the same round trip.
+    if let Err(e) = queue
+        .announce_and_ack(&finals, &deferred_entries(&batch))
+        .await
+    {
+        // The scheduler's repair pass finds what these events would have told it; entries
+        // left pending are taken over and acked (their tasks moved on).
         tracing::warn!(count = finals.len(), "announcing task outcomes: {e:#}");
     }
-    ack_deferred(queue, &batch).await;
     for (p, ok) in batch.into_iter().zip(recorded) {
         let _ = p.done.send(ok);
     }
 }
 
-/// Acks the stream entries of attempts that ran on deferred claims, now that their outcomes
-/// are written (or refused: the task had moved on). Until then they were pending for this
-/// worker, so a worker that died first left them to be taken over.
-async fn ack_deferred(queue: &Queue, batch: &[Pending]) {
+/// The stream entries of attempts that ran on deferred claims (stream key, entry ids), to ack
+/// now that their outcomes are written (or refused: the task had moved on). Until then they
+/// were pending for this worker, so a worker that died first left them to be taken over.
+fn deferred_entries(batch: &[Pending]) -> Vec<(String, Vec<String>)> {
     let mut by_stream: std::collections::HashMap<&str, Vec<String>> = Default::default();
     for u in batch.iter().filter_map(|p| p.deferred.as_ref()) {
         by_stream
@@ -304,12 +308,10 @@ async fn ack_deferred(queue: &Queue, batch: &[Pending]) {
             .or_default()
             .push(u.entry_id.clone());
     }
-    for (stream, ids) in by_stream {
-        if let Err(e) = queue.ack_delete(stream, WORKERS_GROUP, &ids).await {
-            // Left pending: whoever takes them over finds their tasks moved on, and acks them.
-            tracing::warn!(count = ids.len(), "acking task entries: {e:#}");
-        }
-    }
+    by_stream
+        .into_iter()
+        .map(|(stream, ids)| (stream.to_owned(), ids))
+        .collect()
 }
 
 #[cfg(test)]

@@ -33,10 +33,27 @@ impl Queue {
 
     /// [`Queue::announce`] for many tasks, in one round trip.
     pub async fn announce_all(&self, tasks: &[crate::model::RunTask]) -> Result<(), QueueError> {
-        if tasks.is_empty() {
+        self.announce_and_ack(tasks, &[]).await
+    }
+
+    /// [`Queue::announce_all`], and in the same round trip acks and deletes the given entries
+    /// of the `workers` group (stream key, entry ids): a worker's group commit settles its
+    /// deferred claims' entries with the outcomes' events.
+    pub async fn announce_and_ack(
+        &self,
+        tasks: &[crate::model::RunTask],
+        acks: &[(String, Vec<String>)],
+    ) -> Result<(), QueueError> {
+        let acks: Vec<&(String, Vec<String>)> =
+            acks.iter().filter(|(_, ids)| !ids.is_empty()).collect();
+        if tasks.is_empty() && acks.is_empty() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
+        for (stream, ids) in acks {
+            pipe.xack(stream, super::WORKERS_GROUP, ids).ignore();
+            pipe.xdel(stream, ids).ignore();
+        }
         for task in tasks {
             if task.status == TaskStatus::Failed {
                 let letter = serde_json::json!({
