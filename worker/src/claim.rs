@@ -1,6 +1,7 @@
 //! The claim loop: read entries only from streams whose resource class fits the devices free
 //! right now (the hint streams of the models this worker holds first: [`crate::affinity`]),
-//! win the claim in MongoDB, then start the attempt.
+//! win the claim in MongoDB, then start the attempt (or, for a CPU entry that names no model,
+//! start it on a deferred claim its outcome will write: [`crate::hold`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
