@@ -111,7 +111,14 @@ pub async fn cancel_task(
         .tasks()
         .close_downstream(run.id, &nodes, TaskStatus::Cancelled)
         .await?;
-    signal_cancel(queue, &running).await?;
+    // A queued task may be running on a deferred claim (docs/protocol.md §4): it is signalled
+    // too, so its attempt stops at once rather than when it next looks at MongoDB. (A whole
+    // run's queued tasks are not: one message per task of a large run would be too many.)
+    let mut signalled = running.clone();
+    if task.status == TaskStatus::Queued && !signalled.contains(&task.id) {
+        signalled.push(task.id);
+    }
+    signal_cancel(queue, &signalled).await?;
     store.refresh_run(run.id).await?;
     Ok((now + downstream, running.len()))
 }

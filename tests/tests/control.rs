@@ -75,6 +75,58 @@ async fn cancelling_a_task_running_on_a_deferred_claim_stops_it_when_its_claim_i
     );
 }
 
+/// `cancel task` on a task running on a deferred claim (it reads `queued`) also signals it: the
+/// attempt stops at once, long before its claim would be written or its worker's heartbeat
+/// would look, and the worker's one slot runs the next task.
+#[tokio::test]
+async fn cancelling_one_task_running_on_a_deferred_claim_signals_it_at_once() {
+    let mut worker = one_slot_worker("60000");
+    worker.extend(["--claim-after-ms", "600000"]);
+    let c = cluster_with("cancel-task-deferred", SCHEDULER, &[worker])
+        .await
+        .unwrap();
+    let sleep = json!([{"id": "s", "type": "debug.sleep", "params": {"ms": 120000}}]);
+    let run_id = c
+        .client
+        .start(&submission("cancel-task-deferred", sleep))
+        .await
+        .unwrap();
+    c.started("s").await.unwrap();
+    assert_eq!(
+        c.client.task(run_id, "s").await.unwrap().status,
+        TaskStatus::Queued
+    );
+    c.scope
+        .scheduler_cli_ok(&["cancel", "task", &run_id.to_hex(), "s"])
+        .unwrap();
+    let w = &c.workers[0];
+    w.says(
+        "cancel signal: stopping the attempt",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let next = c
+        .client
+        .start(&submission(
+            "after-signal",
+            json!([{"id": "x", "type": "debug.noop"}]),
+        ))
+        .await
+        .unwrap();
+    let run = c
+        .client
+        .finished(next, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded);
+    let task = c.client.task(run_id, "s").await.unwrap();
+    assert_eq!(
+        (task.status, task.attempts.len()),
+        (TaskStatus::Cancelled, 0)
+    );
+}
+
 #[tokio::test]
 async fn cancelling_a_run_stops_running_tasks_within_seconds() {
     let c = cluster("cancel", &["none", "none"]).await.unwrap();

@@ -272,8 +272,13 @@ async fn flush(store: &Store, queue: &Queue, batch: Vec<Pending>) {
     for (p, &ok) in batch.iter().zip(&recorded) {
         let t = &p.after;
         if !ok {
-            tracing::warn!(task = %t.id, lease_token = %p.lease_token,
-                "outcome refused: this worker lost the task's lease");
+            if p.deferred.is_some() {
+                tracing::warn!(task = %t.id, lease_token = %p.lease_token,
+                    "outcome refused: the task moved on (cancelled, or taken by another worker)");
+            } else {
+                tracing::warn!(task = %t.id, lease_token = %p.lease_token,
+                    "outcome refused: this worker lost the task's lease");
+            }
             continue;
         }
         tracing::info!(task = %t.id, node = %t.node_id, status = t.status.as_str(),
