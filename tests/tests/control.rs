@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use harmonia_shared::model::{RunStatus, TaskStatus};
 use harmonia_shared::resources::ResourceClass;
-use harmonia_tests::cluster::{LONG, SCHEDULER, cluster, cluster_with, one_slot_worker};
+use harmonia_tests::cluster::{Cluster, LONG, SCHEDULER, cluster, cluster_with, one_slot_worker};
 use harmonia_tests::process::ChildGuard;
 use harmonia_tests::proxy::Proxy;
 use harmonia_tests::{Client, Scope, submission, wait_for};
@@ -15,23 +15,18 @@ use mongodb::bson::oid::ObjectId;
 use redis::AsyncCommands;
 use serde_json::json;
 
-/// A task running on a deferred claim reads `queued`, so a cancel cancels it as a queued task
-/// (no signal is sent): the attempt stops when its claim write finds the task cancelled, well
-/// before its worker's next heartbeat, records nothing, and the worker's one slot runs the next
-/// task at once.
-#[tokio::test]
-async fn cancelling_a_task_running_on_a_deferred_claim_stops_it_when_its_claim_is_written() {
-    let mut worker = one_slot_worker("20000");
-    worker.extend(["--claim-after-ms", "500"]);
-    let c = cluster_with("cancel-deferred", SCHEDULER, &[worker])
-        .await
-        .unwrap();
-    let sleep = json!([{"id": "s", "type": "debug.sleep", "params": {"ms": 60000}}]);
-    let run_id = c
-        .client
-        .start(&submission("cancel-deferred", sleep))
-        .await
-        .unwrap();
+/// A one-slot worker with heartbeats `heartbeat_ms` apart and `--claim-after-ms claim_after`,
+/// running task `s` (a long sleep) on a deferred claim: started, its task still `queued`.
+async fn running_on_a_deferred_claim(
+    name: &str,
+    heartbeat_ms: &'static str,
+    claim_after: &'static str,
+) -> (Cluster, ObjectId) {
+    let mut worker = one_slot_worker(heartbeat_ms);
+    worker.extend(["--claim-after-ms", claim_after]);
+    let c = cluster_with(name, SCHEDULER, &[worker]).await.unwrap();
+    let sleep = json!([{"id": "s", "type": "debug.sleep", "params": {"ms": 120000}}]);
+    let run_id = c.client.start(&submission(name, sleep)).await.unwrap();
     c.started("s").await.unwrap();
     let task = c.client.task(run_id, "s").await.unwrap();
     assert_eq!(
@@ -39,34 +34,17 @@ async fn cancelling_a_task_running_on_a_deferred_claim_stops_it_when_its_claim_i
         TaskStatus::Queued,
         "its claim is not written yet"
     );
-    let w = &c.workers[0];
-    c.scope
-        .scheduler_cli_ok(&["cancel", "run", &run_id.to_hex()])
-        .unwrap();
-    let run = c.client.finished(run_id, LONG).await.unwrap();
-    assert_eq!(run.status, RunStatus::Cancelled);
+    (c, run_id)
+}
 
-    let next = c
-        .client
-        .start(&submission(
-            "after-deferred",
-            json!([{"id": "x", "type": "debug.noop"}]),
-        ))
-        .await
-        .unwrap();
-    let started = std::time::Instant::now();
-    let run = c.client.finished(next, LONG).await.unwrap();
+/// After a cancel of task `s`: the worker's one slot runs the next task within 10 s (the
+/// attempt stopped), and nothing of the cancelled attempt was recorded.
+async fn the_slot_is_free_and_nothing_was_kept(c: &Cluster, run_id: ObjectId) {
+    let noop = json!([{"id": "x", "type": "debug.noop"}]);
+    let next = c.client.start(&submission("next", noop)).await.unwrap();
+    let run = c.client.finished(next, Duration::from_secs(10)).await;
+    let run = run.unwrap_or_else(|e| panic!("the slot is held: {e:#}\n{}", c.workers[0].output()));
     assert_eq!(run.status, RunStatus::Succeeded);
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "the slot was held {:?}\n{}",
-        started.elapsed(),
-        w.output()
-    );
-    assert!(
-        w.output()
-            .contains("the task moved on before its claim was written")
-    );
     let task = c.client.task(run_id, "s").await.unwrap();
     assert_eq!(
         (task.status, task.attempts.len()),
@@ -75,56 +53,39 @@ async fn cancelling_a_task_running_on_a_deferred_claim_stops_it_when_its_claim_i
     );
 }
 
-/// `cancel task` on a task running on a deferred claim (it reads `queued`) also signals it: the
-/// attempt stops at once, long before its claim would be written or its worker's heartbeat
-/// would look, and the worker's one slot runs the next task.
+/// A task running on a deferred claim reads `queued`, so `cancel run` cancels it as a queued
+/// task (and sends it no signal): the attempt stops when its claim write finds the task
+/// cancelled, well before its worker's next heartbeat, and records nothing.
+#[tokio::test]
+async fn cancelling_a_task_running_on_a_deferred_claim_stops_it_when_its_claim_is_written() {
+    let (c, run_id) = running_on_a_deferred_claim("cancel-deferred", "20000", "500").await;
+    c.scope
+        .scheduler_cli_ok(&["cancel", "run", &run_id.to_hex()])
+        .unwrap();
+    let run = c.client.finished(run_id, LONG).await.unwrap();
+    assert_eq!(run.status, RunStatus::Cancelled);
+    the_slot_is_free_and_nothing_was_kept(&c, run_id).await;
+    let log = c.workers[0].output();
+    assert!(
+        log.contains("the task moved on before its claim was written"),
+        "{log}"
+    );
+}
+
+/// `cancel task` on a task running on a deferred claim also signals it: the attempt stops at
+/// once, long before its claim would be written or its worker's heartbeat would look.
 #[tokio::test]
 async fn cancelling_one_task_running_on_a_deferred_claim_signals_it_at_once() {
-    let mut worker = one_slot_worker("60000");
-    worker.extend(["--claim-after-ms", "600000"]);
-    let c = cluster_with("cancel-task-deferred", SCHEDULER, &[worker])
-        .await
-        .unwrap();
-    let sleep = json!([{"id": "s", "type": "debug.sleep", "params": {"ms": 120000}}]);
-    let run_id = c
-        .client
-        .start(&submission("cancel-task-deferred", sleep))
-        .await
-        .unwrap();
-    c.started("s").await.unwrap();
-    assert_eq!(
-        c.client.task(run_id, "s").await.unwrap().status,
-        TaskStatus::Queued
-    );
+    let (c, run_id) = running_on_a_deferred_claim("cancel-task-deferred", "60000", "600000").await;
     c.scope
         .scheduler_cli_ok(&["cancel", "task", &run_id.to_hex(), "s"])
         .unwrap();
-    let w = &c.workers[0];
-    w.says(
+    let signalled = c.workers[0].says(
         "cancel signal: stopping the attempt",
         Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
-    let next = c
-        .client
-        .start(&submission(
-            "after-signal",
-            json!([{"id": "x", "type": "debug.noop"}]),
-        ))
-        .await
-        .unwrap();
-    let run = c
-        .client
-        .finished(next, Duration::from_secs(10))
-        .await
-        .unwrap();
-    assert_eq!(run.status, RunStatus::Succeeded);
-    let task = c.client.task(run_id, "s").await.unwrap();
-    assert_eq!(
-        (task.status, task.attempts.len()),
-        (TaskStatus::Cancelled, 0)
     );
+    signalled.await.unwrap();
+    the_slot_is_free_and_nothing_was_kept(&c, run_id).await;
 }
 
 #[tokio::test]
