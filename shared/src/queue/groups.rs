@@ -154,12 +154,11 @@ impl Queue {
                 .arg(count)
                 .query_async(&mut conn)
                 .await;
-        let pending = match pending {
+        let stale = match pending {
             Ok(reply) => reply.ids,
             Err(e) if e.code() == Some("NOGROUP") => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
         };
-        let stale = pending;
         if stale.is_empty() {
             return Ok(Vec::new());
         }
