@@ -54,7 +54,6 @@ async fn attempt(worker: Arc<Worker>, claim: Claim, alloc: Alloc, hold: Arc<Hold
     ));
     mark_run_started(&worker, run_id);
 
-    let promoter = write_claim_later(&worker, &hold, &cancel);
     let ctx = TaskContext::new(
         worker.env.clone(),
         task.clone(),
@@ -68,7 +67,8 @@ async fn attempt(worker: Arc<Worker>, claim: Claim, alloc: Alloc, hold: Arc<Hold
         gpus = ?ctx.gpus, "task started");
     let kind = executor::params::kind(&task);
     let uses_models = kind.as_ref().is_ok_and(TaskKind::uses_models);
-    let result = run_within_timeout(&ctx, kind).await;
+    let run = run_within_timeout(&ctx, kind);
+    let (result, promoter) = run_writing_claim_later(&worker, &hold, &ctx.cancel, run).await;
     let outcome = outcome_of(&worker, &task, result);
     reporter.abort();
     let label = outcome_label(&outcome);
@@ -161,36 +161,49 @@ fn outcome_of(worker: &Worker, task: &RunTask, result: Result<Document, ExecErro
     }
 }
 
-/// For an attempt on a deferred claim, a task that writes the claim once the attempt has run
-/// for `--claim-after-ms` (a long attempt shows as running, its lease renewed like any other);
-/// if the task moved on meanwhile, the attempt is stopped. Aborted once the attempt has run.
-fn write_claim_later(
+/// Runs the attempt; on a deferred claim, once it has run for `--claim-after-ms`, a task is
+/// spawned that writes the claim (a long attempt then shows as running, its lease renewed like
+/// any other; if the task moved on meanwhile, the attempt is stopped). Short attempts spawn
+/// nothing. The task is returned, to abort once the attempt has run.
+async fn run_writing_claim_later<R>(
     worker: &Arc<Worker>,
     hold: &Arc<Hold>,
     cancel: &tokio_util::sync::CancellationToken,
-) -> Option<tokio::task::JoinHandle<()>> {
+    run: impl std::future::Future<Output = R>,
+) -> (R, Option<tokio::task::JoinHandle<()>>) {
+    tokio::pin!(run);
     if !matches!(hold.peek(), Some(State::Deferred(_))) {
-        return None;
+        return (run.await, None);
     }
-    let (worker, hold, cancel) = (worker.clone(), hold.clone(), cancel.clone());
-    Some(tokio::spawn(async move {
-        tokio::time::sleep(worker.options.claim_after).await;
-        loop {
-            match hold.write_claim().await {
-                Ok(Written::Held | Written::Closed) => return,
-                Ok(Written::MovedOn) => {
-                    tracing::warn!("the task moved on before its claim was written: stopping");
-                    cancel.cancel();
-                    return;
-                }
-                Err(e) => {
-                    let what = "writing a deferred claim (will retry)";
-                    worker.store.outage().report(what, &format_args!("{e:#}"));
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
+    tokio::select! {
+        result = &mut run => return (result, None),
+        () = tokio::time::sleep(worker.options.claim_after) => {}
+    }
+    let writer = tokio::spawn(write_claim(worker.clone(), hold.clone(), cancel.clone()));
+    (run.await, Some(writer))
+}
+
+/// Writes a deferred claim, retrying through an outage; stops the attempt if the task moved on.
+async fn write_claim(
+    worker: Arc<Worker>,
+    hold: Arc<Hold>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        match hold.write_claim().await {
+            Ok(Written::Held | Written::Closed) => return,
+            Ok(Written::MovedOn) => {
+                tracing::warn!("the task moved on before its claim was written: stopping");
+                cancel.cancel();
+                return;
+            }
+            Err(e) => {
+                let what = "writing a deferred claim (will retry)";
+                worker.store.outage().report(what, &format_args!("{e:#}"));
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
-    }))
+    }
 }
 
 fn occupancy(worker: &Worker) {

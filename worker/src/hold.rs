@@ -7,11 +7,14 @@
 //! heartbeat keeps it fresh), so a worker that dies leaves it to `XAUTOCLAIM`, whose
 //! re-delivery claims at once: a task that kills its worker is counted like any other attempt.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Arc;
 
-use harmonia_shared::queue::{Queue, WORKERS_GROUP};
-use harmonia_shared::store::{Store, StoreError, tasks::Deferred};
+use harmonia_shared::queue::WORKERS_GROUP;
+use harmonia_shared::store::{StoreError, tasks::Deferred};
 use mongodb::bson::oid::ObjectId;
+
+use crate::worker::Worker;
 
 /// A deferred claim: what it will record, and the stream entry that holds the task meanwhile.
 #[derive(Debug, Clone)]
@@ -51,23 +54,26 @@ struct Inner {
 }
 
 /// An attempt's claim, shared by the attempt, its executor's context and the heartbeat.
-#[derive(Debug)]
 pub struct Hold {
     inner: tokio::sync::Mutex<Inner>,
     task_id: ObjectId,
     lease_token: String,
-    store: Store,
-    queue: Queue,
-    lease: Duration,
+    /// For the claim's write and its entry's ack (no handles cloned per attempt).
+    worker: Arc<Worker>,
+}
+
+impl std::fmt::Debug for Hold {
+    // Not the worker: its in-flight attempts hold this.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hold")
+            .field("task_id", &self.task_id)
+            .field("lease_token", &self.lease_token)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Hold {
-    pub fn new(
-        state: State,
-        task_id: ObjectId,
-        lease_token: &str,
-        worker: &crate::worker::Worker,
-    ) -> Self {
+    pub fn new(state: State, task_id: ObjectId, lease_token: &str, worker: &Arc<Worker>) -> Self {
         Self {
             inner: tokio::sync::Mutex::new(Inner {
                 state,
@@ -75,9 +81,7 @@ impl Hold {
             }),
             task_id,
             lease_token: lease_token.to_owned(),
-            store: worker.store.clone(),
-            queue: worker.queue.clone(),
-            lease: worker.options.lease,
+            worker: worker.clone(),
         }
     }
 
@@ -91,19 +95,15 @@ impl Hold {
             State::Deferred(_) if inner.closed => return Ok(Written::Closed),
             State::Deferred(unwritten) => unwritten.clone(),
         };
-        let tasks = self.store.tasks();
+        let (tasks, lease) = (self.worker.store.tasks(), self.worker.options.lease);
         let won = tasks
-            .claim_deferred(
-                self.task_id,
-                &self.lease_token,
-                &unwritten.claim,
-                self.lease,
-            )
+            .claim_deferred(self.task_id, &self.lease_token, &unwritten.claim, lease)
             .await?;
         inner.state = if won { State::Leased } else { State::Lost };
         // MongoDB holds the lease now (or the entry was stale): the entry has done its job.
         let ids = [unwritten.entry_id];
         if let Err(e) = self
+            .worker
             .queue
             .ack_delete(&unwritten.stream, WORKERS_GROUP, &ids)
             .await
@@ -125,4 +125,19 @@ impl Hold {
     pub fn peek(&self) -> Option<State> {
         self.inner.try_lock().ok().map(|inner| inner.state.clone())
     }
+}
+
+/// The stream entries of `unwritten` claims by stream key (to ack or touch them per stream).
+pub fn entries_by_stream<'a>(
+    unwritten: impl IntoIterator<Item = &'a Unwritten>,
+) -> Vec<(String, Vec<String>)> {
+    let mut by_stream: HashMap<&str, Vec<String>> = HashMap::new();
+    for u in unwritten {
+        let ids = by_stream.entry(u.stream.as_str()).or_default();
+        ids.push(u.entry_id.clone());
+    }
+    by_stream
+        .into_iter()
+        .map(|(stream, ids)| (stream.to_owned(), ids))
+        .collect()
 }

@@ -12,7 +12,7 @@ use harmonia_shared::store::tasks::ClaimRequest;
 use mongodb::bson::DateTime;
 use mongodb::bson::oid::ObjectId;
 
-use crate::hold::{State, Unwritten, Written};
+use crate::hold::{State, Unwritten, Written, entries_by_stream};
 use crate::worker::Worker;
 
 pub async fn heartbeat(worker: Arc<Worker>) {
@@ -113,15 +113,10 @@ async fn keep_deferred(
     if deferred.is_empty() {
         return Ok(());
     }
-    let mut by_stream: std::collections::HashMap<&str, Vec<String>> = Default::default();
-    for (u, _) in deferred {
-        let ids = by_stream.entry(u.stream.as_str()).or_default();
-        ids.push(u.entry_id.clone());
-    }
-    for (stream, ids) in by_stream {
+    for (stream, ids) in entries_by_stream(deferred.iter().map(|(u, _)| u)) {
         worker
             .queue
-            .touch(stream, WORKERS_GROUP, &worker.id, &ids)
+            .touch(&stream, WORKERS_GROUP, &worker.id, &ids)
             .await?;
     }
     let requests: Vec<ClaimRequest> = deferred

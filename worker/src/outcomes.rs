@@ -28,7 +28,7 @@ use harmonia_shared::store::tasks::{Ending, Outcome};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::hold::Unwritten;
+use crate::hold::{Unwritten, entries_by_stream};
 
 /// Batched writes in flight at once: MongoDB commits concurrent batches in one journal flush.
 const WRITES_IN_FLIGHT: usize = 4;
@@ -288,11 +288,10 @@ async fn flush(store: &Store, queue: &Queue, batch: Vec<Pending>) {
         }
     }
     // The scheduler releases the downstream tasks and settles the run when this was its last;
-    // the deferred claims' entries are acked in the same round trip.
-    if let Err(e) = queue
-        .announce_and_ack(&finals, &deferred_entries(&batch))
-        .await
-    {
+    // the deferred claims' entries (until now pending for this worker, so a worker that died
+    // first left them to be taken over) are acked in the same round trip.
+    let entries = entries_by_stream(batch.iter().filter_map(|p| p.deferred.as_ref()));
+    if let Err(e) = queue.announce_and_ack(&finals, &entries).await {
         // The scheduler's repair pass finds what these events would have told it; entries
         // left pending are taken over and acked (their tasks moved on).
         tracing::warn!(count = finals.len(), "announcing task outcomes: {e:#}");
@@ -300,23 +299,6 @@ async fn flush(store: &Store, queue: &Queue, batch: Vec<Pending>) {
     for (p, ok) in batch.into_iter().zip(recorded) {
         let _ = p.done.send(ok);
     }
-}
-
-/// The stream entries of attempts that ran on deferred claims (stream key, entry ids), to ack
-/// now that their outcomes are written (or refused: the task had moved on). Until then they
-/// were pending for this worker, so a worker that died first left them to be taken over.
-fn deferred_entries(batch: &[Pending]) -> Vec<(String, Vec<String>)> {
-    let mut by_stream: std::collections::HashMap<&str, Vec<String>> = Default::default();
-    for u in batch.iter().filter_map(|p| p.deferred.as_ref()) {
-        by_stream
-            .entry(u.stream.as_str())
-            .or_default()
-            .push(u.entry_id.clone());
-    }
-    by_stream
-        .into_iter()
-        .map(|(stream, ids)| (stream.to_owned(), ids))
-        .collect()
 }
 
 #[cfg(test)]

@@ -121,11 +121,7 @@ impl Queue {
         let reply: redis::RedisResult<StreamAutoClaimReply> = conn
             .xautoclaim_options(stream, group, consumer, idle, "0", opts)
             .await;
-        match reply {
-            Ok(reply) => Ok(reply.claimed),
-            Err(e) if e.code() == Some("NOGROUP") => Ok(Vec::new()),
-            Err(e) => Err(e.into()),
-        }
+        unless_no_group(reply.map(|reply| reply.claimed))
     }
 
     /// Takes over, for `consumer`, the entries of `group` pending idle at least `min_idle` (at
@@ -154,11 +150,7 @@ impl Queue {
                 .arg(count)
                 .query_async(&mut conn)
                 .await;
-        let stale = match pending {
-            Ok(reply) => reply.ids,
-            Err(e) if e.code() == Some("NOGROUP") => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
+        let stale = unless_no_group(pending.map(|reply| reply.ids))?;
         if stale.is_empty() {
             return Ok(Vec::new());
         }
@@ -193,12 +185,8 @@ impl Queue {
         let reply: redis::RedisResult<redis::Value> = conn
             .xclaim_options(stream, group, consumer, 0, ids, opts)
             .await;
-        match reply {
-            Ok(_) => Ok(()),
-            // Redis lost the stream: nothing to keep; the outcome's fence decides.
-            Err(e) if e.code() == Some("NOGROUP") => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        // Redis lost the stream: nothing to keep; the outcome's fence decides.
+        unless_no_group(reply.map(|_| ()))
     }
 
     /// The state of `group` on `stream`; `None` when either does not exist.
@@ -285,5 +273,14 @@ impl Queue {
         }
         let _: i64 = conn.xgroup_delconsumer(stream, group, consumer).await?;
         Ok(true)
+    }
+}
+
+/// `reply`, or nothing (`T::default()`) when Redis has no such group: it lost it with its data,
+/// so nothing is pending in it.
+fn unless_no_group<T: Default>(reply: redis::RedisResult<T>) -> Result<T, QueueError> {
+    match reply {
+        Err(e) if e.code() == Some("NOGROUP") => Ok(T::default()),
+        reply => Ok(reply?),
     }
 }

@@ -61,15 +61,8 @@ impl TaskRepo {
         }
         let ids: Vec<ObjectId> = requests.iter().map(|r| r.id).collect();
         let tokens: Vec<String> = ids.iter().map(|id| lease_token(&batch, *id)).collect();
-        let mut won: HashMap<ObjectId, crate::model::RunTask> = HashMap::new();
-        let mut cursor = self
-            .coll
-            .find(doc! { "_id": { "$in": ids }, "lease_token": { "$in": tokens } })
-            .await?;
-        while cursor.advance().await? {
-            let task = cursor.deserialize_current()?;
-            won.insert(task.id, task);
-        }
+        let filter = doc! { "_id": { "$in": ids }, "lease_token": { "$in": tokens } };
+        let mut won = self.by_id(filter).await?;
         // An entry read twice names the same task twice: the first gets the claim.
         Ok(requests
             .iter()
@@ -90,15 +83,8 @@ impl TaskRepo {
         requests: &[ClaimRequest],
     ) -> Result<Vec<Option<crate::model::RunTask>>, StoreError> {
         let ids: Vec<ObjectId> = requests.iter().map(|r| r.id).collect();
-        let mut found: HashMap<ObjectId, crate::model::RunTask> = HashMap::new();
-        let mut cursor = self
-            .coll
-            .find(doc! { "_id": { "$in": ids }, "status": "queued", "cancel_requested": false })
-            .await?;
-        while cursor.advance().await? {
-            let task = cursor.deserialize_current()?;
-            found.insert(task.id, task);
-        }
+        let filter = doc! { "_id": { "$in": ids }, "status": "queued", "cancel_requested": false };
+        let mut found = self.by_id(filter).await?;
         Ok(requests
             .iter()
             .map(|r| found.remove(&r.id).filter(|t| t.attempt == r.attempt))
@@ -130,6 +116,20 @@ impl TaskRepo {
             return Ok(true);
         }
         self.holds_lease(id, lease_token).await
+    }
+
+    /// The tasks `filter` finds, by id.
+    async fn by_id(
+        &self,
+        filter: Document,
+    ) -> Result<HashMap<ObjectId, crate::model::RunTask>, StoreError> {
+        let mut found = HashMap::new();
+        let mut cursor = self.coll.find(filter).await?;
+        while cursor.advance().await? {
+            let task: crate::model::RunTask = cursor.deserialize_current()?;
+            found.insert(task.id, task);
+        }
+        Ok(found)
     }
 
     /// Records how many attempts ended, in as few journaled writes as their kinds allow (one
