@@ -39,6 +39,26 @@ async fn consumers(client: &Client, stream: &str) -> Vec<(String, u64)> {
         .expect("XINFO CONSUMERS")
 }
 
+/// Workers read the CPU stream from their start, not once a first task has announced the
+/// class (up to a class refresh later, each at its own moment): otherwise the first worker to
+/// look takes the first tasks of a fresh Redis, one per slot, while the others still wait.
+/// (Redis 7.0 lists a consumer only once a blocked read is served: the group a worker made
+/// for its read is what shows it.)
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_read_the_cpu_stream_from_their_start_before_any_task_is_published() {
+    let scope = Scope::new("read-from-start");
+    let c = cluster_in(scope, SCHEDULER, &[cpu_worker()]).await.unwrap();
+    let stream = c.client.queue.keys().task_stream(ResourceClass::CPU);
+    wait_for("the worker's group on the CPU stream", LONG, || async {
+        let group = c.client.queue.group_info(&stream, WORKERS_GROUP).await?;
+        Ok(group.map(|_| ()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", c.workers[0].output()));
+    let classes = c.client.queue.classes().await.unwrap();
+    assert!(classes.is_empty(), "no task announced a class: {classes:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_consumer_is_removed_only_once_nothing_it_read_is_pending() {
     let scope = Scope::new("prune-consumers");

@@ -39,7 +39,7 @@ struct Loop {
 /// Claims and starts tasks until the worker drains.
 pub async fn run(worker: Arc<Worker>) {
     let mut state = Loop {
-        classes: Vec::new(),
+        classes: with_cpu(Vec::new()),
         classes_at: None,
         grouped: HashSet::new(),
         reclaimed_at: Instant::now(),
@@ -51,7 +51,7 @@ pub async fn run(worker: Arc<Worker>) {
             .is_none_or(|t| t.elapsed() >= CLASS_REFRESH)
         {
             match worker.queue.classes().await {
-                Ok(c) => state.classes = c,
+                Ok(c) => state.classes = with_cpu(c),
                 Err(e) => worker
                     .queue
                     .outage()
@@ -105,6 +105,16 @@ pub async fn run(worker: Arc<Worker>) {
             }
         }
     }
+}
+
+/// The classes to read: those announced, and CPU always. A worker with CPU slots reads the CPU
+/// stream from its start, so the first CPU tasks of a fresh Redis do not wait for a class
+/// refresh to find it (one worker would take them all while the others looked later).
+fn with_cpu(mut classes: Vec<ResourceClass>) -> Vec<ResourceClass> {
+    if !classes.contains(&ResourceClass::CPU) {
+        classes.push(ResourceClass::CPU);
+    }
+    classes
 }
 
 impl Loop {

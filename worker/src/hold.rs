@@ -4,8 +4,9 @@
 //! fenced write. The claim is written on its own first when the attempt is about to store
 //! something ([`Hold::write_claim`] from the executor's context) or has run for
 //! `--claim-after-ms`. Until then its stream entry stays in this worker's pending list (the
-//! heartbeat keeps it fresh), so a worker that dies leaves it to `XAUTOCLAIM`, whose
-//! re-delivery claims at once: a task that kills its worker is counted like any other attempt.
+//! heartbeat keeps it fresh), so a worker that dies leaves it to the scheduler, which takes it
+//! over once it sat idle a worker timeout and counts the attempt: a task that kills its worker
+//! costs an attempt like any other.
 
 use std::collections::HashMap;
 use std::sync::Arc;

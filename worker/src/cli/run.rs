@@ -189,11 +189,6 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
     };
     migrate(&store).await?;
     let id = registry::worker_id(args.name.as_deref());
-    store
-        .workers()
-        .register(&registry::document(&id, gpus.clone(), cpu_slots))
-        .await?;
-    tracing::info!(worker = %id, ?gpus, cpu_slots, "worker registered");
     let storage = Storage::new(&config.s3);
     // Outputs need the bucket; where this worker may not create one, it must already exist.
     if let Err(e) = storage.ensure_bucket().await {
@@ -230,6 +225,13 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
         started_runs: Mutex::new(std::collections::VecDeque::new()),
     });
 
+    // Registered once everything it claims with is ready: a live worker is one that claims.
+    worker
+        .store
+        .workers()
+        .register(&registry::document(&worker.id, gpus.clone(), cpu_slots))
+        .await?;
+    tracing::info!(worker = %worker.id, ?gpus, cpu_slots, "worker registered");
     let heartbeat = tokio::spawn(lease::heartbeat(worker.clone()));
     let listener = tokio::spawn(lease::cancel_listener(worker.clone()));
     let claims = tokio::spawn(claim::run(worker.clone()));
