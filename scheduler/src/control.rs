@@ -106,11 +106,20 @@ pub async fn cancel_task(
         );
     }
     let nodes = [node.to_owned()];
-    let (now, running) = store.tasks().cancel(run.id, Some(&nodes)).await?;
-    let downstream = store
-        .tasks()
-        .close_downstream(run.id, &nodes, TaskStatus::Cancelled)
-        .await?;
+    let tasks = store.tasks();
+    // What waits below is found before the cancel lands: from then on the worker may stop the
+    // attempt and the scheduler close those tasks on its `cancelled` event before this does.
+    // They are this cancel's either way, so the count is of them cancelled, by whichever.
+    let below = tasks.pending_downstream(run.id, &nodes).await?;
+    let (now, running) = tasks.cancel(run.id, Some(&nodes)).await?;
+    let downstream = if now == 0 && running.is_empty() {
+        0 // it finished meanwhile: what waits on it is the scheduler's to promote or close
+    } else {
+        tasks.close(run.id, &below, TaskStatus::Cancelled).await?;
+        tasks
+            .count_in_status(run.id, &below, TaskStatus::Cancelled)
+            .await?
+    };
     // A queued task may be running on a deferred claim (docs/protocol.md §4): it is signalled
     // too, so its attempt stops at once rather than when it next looks at MongoDB. (A whole
     // run's queued tasks are not: one message per task of a large run would be too many.)

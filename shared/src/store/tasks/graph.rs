@@ -186,8 +186,18 @@ impl TaskRepo {
         from: &[String],
         status: TaskStatus,
     ) -> Result<u64, StoreError> {
-        // Breadth first, one query per level, through pending tasks only: what is read is the
-        // part of the run being closed, never the whole run.
+        let nodes = self.pending_downstream(run_id, from).await?;
+        self.close(run_id, &nodes, status).await
+    }
+
+    /// The pending tasks downstream of `from`, transitively (through pending tasks only).
+    pub async fn pending_downstream(
+        &self,
+        run_id: ObjectId,
+        from: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        // Breadth first, one query per level: what is read is the part of the run being
+        // closed, never the whole run.
         let mut seen: HashSet<String> = HashSet::new();
         let mut level: Vec<String> = self
             .edges(run_id, from, false)
@@ -207,10 +217,19 @@ impl TaskRepo {
             next.dedup();
             level = next;
         }
-        if seen.is_empty() {
+        Ok(seen.into_iter().collect())
+    }
+
+    /// Marks those of `nodes` still pending as `status`. Returns how many changed.
+    pub async fn close(
+        &self,
+        run_id: ObjectId,
+        nodes: &[String],
+        status: TaskStatus,
+    ) -> Result<u64, StoreError> {
+        if nodes.is_empty() {
             return Ok(0);
         }
-        let nodes: Vec<String> = seen.into_iter().collect();
         let done = self
             .coll
             .update_many(
@@ -219,6 +238,21 @@ impl TaskRepo {
             )
             .await?;
         Ok(done.modified_count)
+    }
+
+    /// How many of `nodes` are `status` now.
+    pub async fn count_in_status(
+        &self,
+        run_id: ObjectId,
+        nodes: &[String],
+        status: TaskStatus,
+    ) -> Result<u64, StoreError> {
+        if nodes.is_empty() {
+            return Ok(0);
+        }
+        let filter =
+            doc! { "run_id": run_id, "node_id": { "$in": nodes }, "status": status.as_str() };
+        Ok(self.coll.count_documents(filter).await?)
     }
 
     /// `nodes` (only the pending ones when `pending`) with their downstream nodes.
@@ -472,14 +506,10 @@ impl TaskRepo {
             )
             .await?
             .modified_count;
+        // The running ones are read first, then marked: read after, one whose worker saw the
+        // mark and stopped at once would be missing from what this cancel says it stopped.
         let mut running = scope;
         running.insert("status", "running");
-        self.coll
-            .update_many(
-                running.clone(),
-                doc! { "$set": { "cancel_requested": true } },
-            )
-            .await?;
         let mut cursor = self
             .raw()
             .find(running)
@@ -488,6 +518,14 @@ impl TaskRepo {
         let mut ids = Vec::new();
         while let Some(d) = cursor.try_next().await? {
             ids.push(d.get_object_id("_id").map_err(bson_err)?);
+        }
+        if !ids.is_empty() {
+            self.coll
+                .update_many(
+                    doc! { "_id": { "$in": &ids }, "status": "running" },
+                    doc! { "$set": { "cancel_requested": true } },
+                )
+                .await?;
         }
         Ok((cancelled, ids))
     }
