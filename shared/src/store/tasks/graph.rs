@@ -233,7 +233,7 @@ impl TaskRepo {
         let done = self
             .coll
             .update_many(
-                doc! { "run_id": run_id, "node_id": { "$in": nodes }, "status": "pending" },
+                among(run_id, nodes, TaskStatus::Pending),
                 doc! { "$set": { "status": status.as_str(), "finished_at": DateTime::now() } },
             )
             .await?;
@@ -250,8 +250,7 @@ impl TaskRepo {
         if nodes.is_empty() {
             return Ok(0);
         }
-        let filter =
-            doc! { "run_id": run_id, "node_id": { "$in": nodes }, "status": status.as_str() };
+        let filter = among(run_id, nodes, status);
         Ok(self.coll.count_documents(filter).await?)
     }
 
@@ -593,4 +592,9 @@ impl TaskRepo {
 
 fn bson_err(e: mongodb::bson::document::ValueAccessError) -> StoreError {
     StoreError::Mongo(mongodb::error::Error::custom(e.to_string()))
+}
+
+/// The tasks of run `run_id` among `nodes` that are `status`.
+fn among(run_id: ObjectId, nodes: &[String], status: TaskStatus) -> Document {
+    doc! { "run_id": run_id, "node_id": { "$in": nodes }, "status": status.as_str() }
 }
