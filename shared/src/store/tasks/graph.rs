@@ -323,14 +323,7 @@ impl TaskRepo {
         let skipped = if doomed.is_empty() {
             0
         } else {
-            let n = self
-                .coll
-                .update_many(
-                    doc! { "run_id": run_id, "node_id": { "$in": &doomed }, "status": "pending" },
-                    doc! { "$set": { "status": "skipped", "finished_at": DateTime::now() } },
-                )
-                .await?
-                .modified_count;
+            let n = self.close(run_id, &doomed, TaskStatus::Skipped).await?;
             n + self
                 .close_downstream(run_id, &doomed, TaskStatus::Skipped)
                 .await?
