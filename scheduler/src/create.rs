@@ -77,6 +77,14 @@ fn task_id(run_id: ObjectId, index: usize) -> ObjectId {
 /// documents (insert_missing writes them 1,000 a command, four commands at once).
 const CREATE_CHUNK: usize = 4000;
 
+/// What is known of a submission's run before it is created: the run an earlier delivery of
+/// the same `request_id` created, or the Redis epoch a new run's ready tasks go in.
+#[derive(Debug)]
+pub enum Prior {
+    Existing(Created),
+    New { epoch: Option<String> },
+}
+
 /// Creates the run for `sub` (linked to `retry_of` when it retries another), or returns the
 /// one an earlier submission with the same `request_id` created.
 pub async fn create_run(
@@ -85,6 +93,21 @@ pub async fn create_run(
     retry_of: Option<ObjectId>,
     dispatch: Dispatch<'_>,
 ) -> Result<Created, CreateError> {
+    match prior(store, sub, dispatch).await? {
+        Prior::Existing(created) => Ok(created),
+        Prior::New { epoch } => create_new(store, sub, retry_of, dispatch, epoch).await,
+    }
+}
+
+/// Looks up the run of `sub`'s `request_id` and reads the current Redis epoch, at once. An
+/// existing run whose submission was `redelivered` has its queued tasks made due again (the
+/// first handling may have stopped before appending them). Reads only, apart from that: the
+/// ingest makes them while it checks the submission's workspace and project.
+pub async fn prior(
+    store: &Store,
+    sub: &Submission,
+    dispatch: Dispatch<'_>,
+) -> Result<Prior, CreateError> {
     let queue = match dispatch {
         Dispatch::Direct { queue, .. } => Some(queue),
         Dispatch::Publisher => None,
@@ -102,19 +125,35 @@ pub async fn create_run(
     let existing =
         async { Ok::<_, CreateError>(store.runs().by_request_id(&sub.request_id).await?) };
     let (existing, epoch) = tokio::try_join!(existing, epoch)?;
-    if let Some(existing) = existing {
-        if let Dispatch::Direct {
-            redelivered: true, ..
-        } = dispatch
-        {
-            // Due again: the scheduler's publisher appends them.
-            store.tasks().republish_queued_in(existing.id).await?;
-        }
-        return Ok(Created {
-            run_id: existing.id,
-            new: false,
-        });
+    let Some(existing) = existing else {
+        return Ok(Prior::New { epoch });
+    };
+    if let Dispatch::Direct {
+        redelivered: true, ..
+    } = dispatch
+    {
+        // Due again: the scheduler's publisher appends them.
+        store.tasks().republish_queued_in(existing.id).await?;
     }
+    Ok(Prior::Existing(Created {
+        run_id: existing.id,
+        new: false,
+    }))
+}
+
+/// Creates the run of a submission [`prior`] found no run for, its ready tasks published in
+/// `epoch` (what [`prior`] read).
+pub async fn create_new(
+    store: &Store,
+    sub: &Submission,
+    retry_of: Option<ObjectId>,
+    dispatch: Dispatch<'_>,
+    epoch: Option<String>,
+) -> Result<Created, CreateError> {
+    let queue = match dispatch {
+        Dispatch::Direct { queue, .. } => Some(queue),
+        Dispatch::Publisher => None,
+    };
     let now = DateTime::now();
     let mut run = run_document(sub, retry_of, now);
     let downstream = downstream_of(sub);

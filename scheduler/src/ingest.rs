@@ -7,11 +7,15 @@
 //! Re-processing is safe because run creation is idempotent on `request_id` and rejections are
 //! keyed by entry id.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::sync::mpsc;
 
 use harmonia_shared::model::SubmissionRejection;
 use harmonia_shared::queue::{Entry, Reply, ReplyTo};
@@ -20,8 +24,8 @@ use harmonia_shared::submission::{self, FieldError, Refusal};
 use mongodb::bson::DateTime;
 
 use crate::context::Scheduler;
-use crate::create::{Dispatch, create_run};
-use crate::reader::GroupReader;
+use crate::create::{self, Created, Dispatch, Prior};
+use crate::reader::{GroupReader, InHand};
 
 /// Consumer group of all scheduler replicas on the submissions stream.
 pub const GROUP: &str = harmonia_shared::queue::SCHEDULER_GROUP;
@@ -33,44 +37,98 @@ const MAX_STORE_TRIES: u32 = 5;
 /// Submissions handled at once.
 const CONCURRENCY: usize = 32;
 
+/// How long a submission that could not be stored waits before its next try.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+
+/// A submission entry's handling: the entry and the result (`None`: the scheduler shut down
+/// first, the entry is left pending).
+type Handling = Pin<Box<dyn Future<Output = (Entry, Option<anyhow::Result<()>>)> + Send>>;
+
 /// Runs until the scheduler shuts down. Errors talking to Redis or Mongo are logged and retried; no
 /// submission is lost or acked without its effects.
 pub async fn run(ctx: Arc<Scheduler>) {
-    let stream = ctx.queue.keys().submissions();
-    // Submissions a dead replica left pending are looked for at every idle read.
-    let mut reader = GroupReader::new(stream, "submissions", 256, Duration::ZERO);
+    // Entries are read while others are handled: a submission that comes while earlier ones
+    // are being stored is read at once, not after the slowest of them (at a steady rate, that
+    // wait was most of a submission's way to its run).
+    let in_hand = Arc::new(InHand::default());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let reader = tokio::spawn(read(ctx.clone(), in_hand.clone(), tx));
+    let mut handling: FuturesUnordered<Handling> = FuturesUnordered::new();
+    let mut waiting: VecDeque<(Entry, bool)> = VecDeque::new();
     let mut failures: HashMap<String, u32> = HashMap::new();
-    while let Some(entries) = reader.next(&ctx).await {
-        let redelivered = reader.redelivered();
-        // Submissions are independent and their handling is idempotent (ids derive from the
-        // request id), so a read's entries are handled concurrently: at a few journaled writes
-        // each, one at a time would cap ingest at a few hundred runs per second.
-        let results: Vec<(Entry, anyhow::Result<()>)> = futures::stream::iter(entries)
-            .map(|entry| {
-                let ctx = ctx.clone();
-                async move {
-                    let result = handle(&ctx, &entry, redelivered).await;
-                    (entry, result)
-                }
-            })
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
-        let mut retry = false;
-        for (entry, result) in results {
-            match result {
-                Ok(()) => {
-                    failures.remove(&entry.id);
-                }
-                Err(e) => retry |= failed(&ctx, &entry, &e, &mut failures).await,
-            }
+    let mut open = true;
+    loop {
+        if ctx.shutdown.is_cancelled() {
+            // Left pending: this replica reads them again when it starts, others take them over.
+            in_hand.finished(waiting.len());
+            waiting.clear();
         }
-        if retry {
-            // Shutdown is seen by the reader's next wait.
-            ctx.pause(Duration::from_millis(500)).await;
-            reader.retry_pending();
+        // Submissions are independent and their handling is idempotent (ids derive from the
+        // request id), so they are handled concurrently: at a few journaled writes each, one at
+        // a time would cap ingest at a few hundred runs per second.
+        while handling.len() < CONCURRENCY {
+            let Some((entry, redelivered)) = waiting.pop_front() else {
+                break;
+            };
+            handling.push(attempt(ctx.clone(), entry, redelivered, Duration::ZERO));
+        }
+        if !open && handling.is_empty() {
+            break;
+        }
+        tokio::select! {
+            Some((entry, result)) = handling.next() => {
+                let again = match result {
+                    Some(Ok(())) => {
+                        failures.remove(&entry.id);
+                        false
+                    }
+                    Some(Err(e)) => failed(&ctx, &entry, &e, &mut failures).await,
+                    None => false,
+                };
+                if again {
+                    // Its first handling may have stopped half-way: it is redelivered.
+                    handling.push(attempt(ctx.clone(), entry, true, RETRY_AFTER));
+                } else {
+                    in_hand.finished(1);
+                }
+            }
+            // The next read's entries are taken once this one's have all started.
+            batch = rx.recv(), if open && waiting.is_empty() => match batch {
+                Some((entries, redelivered)) => {
+                    waiting.extend(entries.into_iter().map(|e| (e, redelivered)));
+                }
+                None => open = false,
+            },
         }
     }
+    let _ = reader.await;
+}
+
+/// Reads submission entries for [`run`] until the scheduler shuts down, each read's with
+/// whether they were delivered before.
+async fn read(ctx: Arc<Scheduler>, in_hand: Arc<InHand>, tx: mpsc::Sender<(Vec<Entry>, bool)>) {
+    let stream = ctx.queue.keys().submissions();
+    // Submissions a dead replica left pending are looked for at every idle read.
+    let mut reader =
+        GroupReader::new(stream, "submissions", 256, Duration::ZERO).reading_on(in_hand.clone());
+    while let Some(entries) = reader.next(&ctx).await {
+        let n = entries.len();
+        if tx.send((entries, reader.redelivered())).await.is_err() {
+            in_hand.finished(n);
+            return;
+        }
+    }
+}
+
+/// Handles `entry` after `delay` (a retry), unless the scheduler shuts down first.
+fn attempt(ctx: Arc<Scheduler>, entry: Entry, redelivered: bool, delay: Duration) -> Handling {
+    Box::pin(async move {
+        if !delay.is_zero() && !ctx.pause(delay).await {
+            return (entry, None);
+        }
+        let result = handle(&ctx, &entry, redelivered).await;
+        (entry, Some(result))
+    })
 }
 
 /// Counts a failed try at a submission; after [`MAX_STORE_TRIES`] that were not an outage, the
@@ -98,7 +156,7 @@ async fn failed(
         }
         return true;
     }
-    // Left pending; the backlog pass retries it.
+    // Left pending; tried again after RETRY_AFTER.
     ctx.store.outage().report(
         &format!("submission {} not processed yet", entry.id),
         &format_args!("{e:#}"),
@@ -132,13 +190,11 @@ async fn handle(ctx: &Scheduler, entry: &Entry, redelivered: bool) -> anyhow::Re
     let raw = raw.unwrap_or_default();
     // `None`: the shared rejections stream (no request id to reply to).
     let parsed = match parsed {
-        Ok(sub) => admit(store, sub).await?,
-        refused => refused,
+        Ok(sub) => accept(ctx, sub, redelivered).await?,
+        Err(refused) => Err(refused),
     };
     let (to, reply): (Option<String>, Reply) = match parsed {
-        Ok(sub) => {
-            let dispatch = Dispatch::Direct { queue, redelivered };
-            let created = create_run(store, &sub, None, dispatch).await?;
+        Ok((sub, created)) => {
             if redelivered {
                 // An existing run's tasks may have been made due again.
                 ctx.publish.notify_one();
@@ -194,23 +250,35 @@ async fn handle(ctx: &Scheduler, entry: &Entry, redelivered: bool) -> anyhow::Re
     Ok(())
 }
 
-/// A valid submission, or its rejection when its workspace or project is not open for runs.
-/// A resent submission whose run exists is let through (idempotency wins even if the workspace
-/// was archived since).
-async fn admit(
-    store: &Store,
+/// Creates the run of a valid submission, or refuses the submission when its workspace or
+/// project is not open for runs. A resent submission whose run exists gets that run
+/// (idempotency wins even if the workspace was archived since). The registry check and the
+/// run's lookup are made at once: both are on every submission's way to its run.
+async fn accept(
+    ctx: &Scheduler,
     sub: submission::Submission,
-) -> anyhow::Result<Result<submission::Submission, Refusal>> {
-    let errors = crate::admit::check(store, &sub).await?;
-    // Only a refused submission pays for the lookup (create_run makes it anyway).
-    if errors.is_empty() || store.runs().by_request_id(&sub.request_id).await?.is_some() {
-        Ok(Ok(sub))
-    } else {
-        Ok(Err(Refusal::Rejected {
-            request_id: sub.request_id,
-            errors,
-        }))
-    }
+    redelivered: bool,
+) -> anyhow::Result<Result<(submission::Submission, Created), Refusal>> {
+    let store = &ctx.store;
+    let dispatch = Dispatch::Direct {
+        queue: &ctx.queue,
+        redelivered,
+    };
+    let (errors, prior) = tokio::try_join!(
+        async { anyhow::Ok(crate::admit::check(store, &sub).await?) },
+        async { anyhow::Ok(create::prior(store, &sub, dispatch).await?) },
+    )?;
+    let created = match prior {
+        Prior::Existing(created) => created,
+        Prior::New { .. } if !errors.is_empty() => {
+            return Ok(Err(Refusal::Rejected {
+                request_id: sub.request_id,
+                errors,
+            }));
+        }
+        Prior::New { epoch } => create::create_new(store, &sub, None, dispatch, epoch).await?,
+    };
+    Ok(Ok((sub, created)))
 }
 
 /// Rejects a submission that could not be stored after [`MAX_STORE_TRIES`].

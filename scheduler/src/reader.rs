@@ -3,7 +3,11 @@
 //! failed pass), then new ones; entries a dead replica left pending are taken over; a group
 //! Redis lost with its data (a flush, an empty restart) is created again.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use harmonia_shared::queue::{Entry, SCHEDULER_GROUP};
 
@@ -22,6 +26,37 @@ pub struct GroupReader {
     redelivered: bool,
     grouped: bool,
     taken_over_at: Instant,
+    /// Set when entries are handled while the reader reads on (see [`InHand`]).
+    in_hand: Option<Arc<InHand>>,
+}
+
+/// How many entries a [`GroupReader`] returned are still being handled, for a consumer that
+/// reads on while it handles them. Entries in hand are pending too: the reader re-reads its
+/// pending list only when none is in hand, so no entry is handed out twice, and none is
+/// handed out again after it was acked.
+#[derive(Debug, Default)]
+pub struct InHand {
+    count: AtomicUsize,
+    none: Notify,
+}
+
+impl InHand {
+    /// `n` entries are done with: acked, or left pending for a later read.
+    pub fn finished(&self, n: usize) {
+        if n > 0 && self.count.fetch_sub(n, Ordering::AcqRel) == n {
+            self.none.notify_waiters();
+        }
+    }
+
+    async fn wait_for_none(&self) {
+        loop {
+            let none = self.none.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            none.await;
+        }
+    }
 }
 
 impl GroupReader {
@@ -40,7 +75,14 @@ impl GroupReader {
             redelivered: false,
             grouped: false,
             taken_over_at: Instant::now(),
+            in_hand: None,
         }
+    }
+
+    /// A reader whose entries are handled while it reads on; `in_hand` counts them.
+    pub fn reading_on(mut self, in_hand: Arc<InHand>) -> Self {
+        self.in_hand = Some(in_hand);
+        self
     }
 
     /// Reads this replica's pending entries again next: some of the last batch were left
@@ -66,7 +108,12 @@ impl GroupReader {
                 () = ctx.shutdown.cancelled() => return None,
             };
             match read {
-                Ok(entries) if !entries.is_empty() => return Some(entries),
+                Ok(entries) if !entries.is_empty() => {
+                    if let Some(in_hand) = &self.in_hand {
+                        in_hand.count.fetch_add(entries.len(), Ordering::AcqRel);
+                    }
+                    return Some(entries);
+                }
                 Ok(_) => {
                     self.backlog = false;
                     if self.taken_over_at.elapsed() >= self.take_over_every {
@@ -94,6 +141,9 @@ impl GroupReader {
                 .ensure_group(&self.stream, SCHEDULER_GROUP)
                 .await?;
             self.grouped = true;
+        }
+        if let (true, Some(in_hand)) = (self.backlog, &self.in_hand) {
+            in_hand.wait_for_none().await;
         }
         let consumer = &ctx.options.consumer;
         let (stream, backlog, count) = (&self.stream, self.backlog, self.count);

@@ -463,3 +463,63 @@ async fn a_restarted_scheduler_processes_what_was_submitted_while_it_was_down() 
         .unwrap();
     assert_eq!(reply["status"], "accepted");
 }
+
+#[tokio::test]
+async fn a_submission_is_stored_while_a_large_one_read_before_it_is_still_being_stored() {
+    let scope = Scope::new("read-on");
+    let _scheduler = scope
+        .spawn(
+            "scheduler",
+            "harmonia-scheduler",
+            &["run", "--max-submission-bytes", &(8 << 20).to_string()],
+        )
+        .unwrap();
+    let mut api = Api::new(&scope).await;
+    let store = Store::connect(&scope.config.mongo).await.unwrap();
+    let (runs, tasks) = (
+        store
+            .db()
+            .collection::<mongodb::bson::Document>("workflow_runs"),
+        store
+            .db()
+            .collection::<mongodb::bson::Document>("run_tasks"),
+    );
+    // Seconds of inserts (a thousand tasks a command), against milliseconds for one task.
+    const LARGE: usize = 30_000;
+    let nodes: Vec<Value> = (0..LARGE)
+        .map(|i| json!({"id": format!("t{i}"), "type": "debug.noop"}))
+        .collect();
+    let mut large = diamond("large");
+    large["tasks"] = json!(nodes);
+    api.submit(&large.to_string()).await;
+    harmonia_tests::wait_for(
+        "the large submission's first tasks",
+        Duration::from_secs(20),
+        || async { Ok((tasks.count_documents(doc! {}).await? > 0).then_some(())) },
+    )
+    .await
+    .unwrap();
+
+    // Read after the large one: it is stored and answered while the large one's tasks are
+    // still going in (its run document is the large one's last write).
+    api.submit(&diamond("small").to_string()).await;
+    assert_eq!(api.reply("small").await["status"], "accepted");
+    let large_run = runs.count_documents(doc! { "request_id": "large" }).await;
+    let large_tasks = tasks.count_documents(doc! {}).await.unwrap() - 4;
+    assert_eq!(
+        large_run.unwrap(),
+        0,
+        "the small submission waited for the large one ({large_tasks} of its tasks were in)"
+    );
+
+    // The large one completes whole all the same.
+    let reply = tokio::time::timeout(Duration::from_secs(60), api.reply("large"))
+        .await
+        .unwrap();
+    assert_eq!(reply["status"], "accepted", "{reply}");
+    let run_id = ObjectId::parse_str(reply["run_id"].as_str().unwrap()).unwrap();
+    let run = store.runs().get(run_id).await.unwrap().unwrap();
+    assert_eq!(run.task_count as usize, LARGE);
+    let stored = tasks.count_documents(doc! { "run_id": run_id }).await;
+    assert_eq!(stored.unwrap() as usize, LARGE);
+}
