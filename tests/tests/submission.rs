@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use harmonia_shared::queue::Queue;
+use harmonia_shared::resources::ResourceClass;
 use harmonia_shared::store::Store;
 use harmonia_tests::{Scope, error_paths};
 use mongodb::bson::doc;
@@ -464,16 +465,43 @@ async fn a_restarted_scheduler_processes_what_was_submitted_while_it_was_down() 
     assert_eq!(reply["status"], "accepted");
 }
 
+/// Tasks in a [`large`] submission: seconds of inserts (a thousand tasks a command), against
+/// milliseconds for one task.
+const LARGE: usize = 30_000;
+
+/// A submission of [`LARGE`] independent no-op tasks.
+fn large(request_id: &str) -> Value {
+    let nodes: Vec<Value> = (0..LARGE)
+        .map(|i| json!({"id": format!("t{i}"), "type": "debug.noop"}))
+        .collect();
+    let mut large = diamond(request_id);
+    large["tasks"] = json!(nodes);
+    large
+}
+
+fn start_scheduler_for_large(scope: &Scope) -> harmonia_tests::process::ChildGuard {
+    let max_bytes = (8 << 20).to_string();
+    let args = ["run", "--max-submission-bytes", &max_bytes];
+    scope
+        .spawn("scheduler", "harmonia-scheduler", &args)
+        .unwrap()
+}
+
+/// Waits until a submission's handling has begun: its first tasks are in.
+async fn first_tasks_stored(tasks: &mongodb::Collection<mongodb::bson::Document>) {
+    harmonia_tests::wait_for(
+        "the large submission's first tasks",
+        Duration::from_secs(20),
+        || async { Ok((tasks.count_documents(doc! {}).await? > 0).then_some(())) },
+    )
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn a_submission_is_stored_while_a_large_one_read_before_it_is_still_being_stored() {
     let scope = Scope::new("read-on");
-    let _scheduler = scope
-        .spawn(
-            "scheduler",
-            "harmonia-scheduler",
-            &["run", "--max-submission-bytes", &(8 << 20).to_string()],
-        )
-        .unwrap();
+    let _scheduler = start_scheduler_for_large(&scope);
     let mut api = Api::new(&scope).await;
     let store = Store::connect(&scope.config.mongo).await.unwrap();
     let (runs, tasks) = (
@@ -484,21 +512,8 @@ async fn a_submission_is_stored_while_a_large_one_read_before_it_is_still_being_
             .db()
             .collection::<mongodb::bson::Document>("run_tasks"),
     );
-    // Seconds of inserts (a thousand tasks a command), against milliseconds for one task.
-    const LARGE: usize = 30_000;
-    let nodes: Vec<Value> = (0..LARGE)
-        .map(|i| json!({"id": format!("t{i}"), "type": "debug.noop"}))
-        .collect();
-    let mut large = diamond("large");
-    large["tasks"] = json!(nodes);
-    api.submit(&large.to_string()).await;
-    harmonia_tests::wait_for(
-        "the large submission's first tasks",
-        Duration::from_secs(20),
-        || async { Ok((tasks.count_documents(doc! {}).await? > 0).then_some(())) },
-    )
-    .await
-    .unwrap();
+    api.submit(&large("large").to_string()).await;
+    first_tasks_stored(&tasks).await;
 
     // Read after the large one: it is stored and answered while the large one's tasks are
     // still going in (its run document is the large one's last write).
@@ -522,4 +537,60 @@ async fn a_submission_is_stored_while_a_large_one_read_before_it_is_still_being_
     assert_eq!(run.task_count as usize, LARGE);
     let stored = tasks.count_documents(doc! { "run_id": run_id }).await;
     assert_eq!(stored.unwrap() as usize, LARGE);
+}
+
+#[tokio::test]
+async fn a_submission_in_hand_is_not_handled_again_when_a_dead_replicas_entries_are_taken_over() {
+    let scope = Scope::new("in-hand");
+    let mut api = Api::new(&scope).await;
+    let store = Store::connect(&scope.config.mongo).await.unwrap();
+    let tasks = store
+        .db()
+        .collection::<mongodb::bson::Document>("run_tasks");
+    let stream = api.queue.keys().submissions();
+    let group = harmonia_shared::queue::SCHEDULER_GROUP;
+    // A replica that read a submission and died: its entry is pending under its name.
+    let mut conn = api.queue.conn().await.unwrap();
+    let _: () = redis::cmd("XGROUP")
+        .arg(&["CREATE", &stream, group, "0", "MKSTREAM"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let left = api.submit(&diamond("left-behind").to_string()).await;
+    let opts = redis::streams::StreamReadOptions::default()
+        .group(group, "dead-replica")
+        .count(1);
+    let _: redis::streams::StreamReadReply =
+        conn.xread_options(&[&stream], &[">"], &opts).await.unwrap();
+    let _scheduler = start_scheduler_for_large(&scope);
+    api.submit(&large("large").to_string()).await;
+    first_tasks_stored(&tasks).await;
+
+    // While the large one is in hand, the dead replica's entry comes due for take-over
+    // (idle far past --reclaim-after-s): this replica then reads its own pending list, where
+    // the large one still is.
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg(&[
+            &stream,
+            group,
+            "dead-replica",
+            "0",
+            &left,
+            "IDLE",
+            "3600000",
+        ])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(api.reply("left-behind").await["status"], "accepted");
+    let reply = tokio::time::timeout(Duration::from_secs(60), api.reply("large"))
+        .await
+        .unwrap();
+    assert_eq!(reply["status"], "accepted", "{reply}");
+
+    // Handled once: each ready task appended once (no worker runs here), the large run's
+    // 30,000 and the left-behind run's root.
+    let cpu = api.queue.keys().task_stream(ResourceClass::CPU);
+    let appended: usize = conn.xlen(&cpu).await.unwrap();
+    assert_eq!(appended, LARGE + 1);
 }
