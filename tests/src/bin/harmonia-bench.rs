@@ -118,6 +118,25 @@ async fn ready_to_started(c: &Cluster, since: mongodb::bson::DateTime) -> anyhow
     Ok(lat)
 }
 
+type Counters = std::collections::HashMap<String, i64>;
+
+/// What `n` tasks cost mongod between two [`mongod_counters`] readings, per task.
+fn print_mongod_per_task(before: &Counters, after: &Counters, n: f64) {
+    let per_task = |k: &str| (after.get(k).unwrap_or(&0) - before.get(k).unwrap_or(&0)) as f64 / n;
+    println!(
+        "  mongod per task: documents {:.2} inserted, {:.2} updated, {:.2} returned; \
+         opcounters {:.3} insert, {:.3} update, {:.3} query, {:.3} getmore, {:.3} command",
+        per_task("inserted"),
+        per_task("updated"),
+        per_task("returned"),
+        per_task("insert"),
+        per_task("update"),
+        per_task("query"),
+        per_task("getmore"),
+        per_task("command"),
+    );
+}
+
 /// mongod's operation and document counters (`serverStatus`), by name: what a phase cost the
 /// database, whatever the harness read itself (a few queries) included.
 async fn mongod_counters(c: &Cluster) -> anyhow::Result<std::collections::HashMap<String, i64>> {
@@ -193,18 +212,7 @@ async fn throughput(args: &Args, fig: &mut Figures) -> anyhow::Result<()> {
         "throughput: {} no-op tasks, {} workers x {} slots",
         args.tasks, args.workers, args.cpu_slots
     );
-    let per_task = |k: &str| (after.get(k).unwrap_or(&0) - before.get(k).unwrap_or(&0)) as f64 / n;
-    println!(
-        "  mongod per task: documents {:.2} inserted, {:.2} updated, {:.2} returned; \
-         opcounters {:.3} update, {:.3} query, {:.3} getmore, {:.3} command",
-        per_task("inserted"),
-        per_task("updated"),
-        per_task("returned"),
-        per_task("update"),
-        per_task("query"),
-        per_task("getmore"),
-        per_task("command"),
-    );
+    print_mongod_per_task(&before, &after, n);
     println!(
         "  submit -> accepted (validate + store the run): {:.2} s",
         accepted.as_secs_f64()
@@ -237,6 +245,7 @@ async fn latency(args: &Args, fig: &mut Figures) -> anyhow::Result<()> {
         ))
         .await?;
     c.client.finished(warm, Duration::from_secs(30)).await?;
+    let before = mongod_counters(&c).await?;
     let since = mongodb::bson::DateTime::now();
     let n = args.rate * args.latency_s;
     let mut conn = c.client.queue.conn().await?;
@@ -264,8 +273,10 @@ async fn latency(args: &Args, fig: &mut Figures) -> anyhow::Result<()> {
         },
     )
     .await?;
+    let after = mongod_counters(&c).await?;
     let lat = ready_to_started(&c, since).await?;
     println!("latency: {n} single-task runs submitted at {}/s", args.rate);
+    print_mongod_per_task(&before, &after, n as f64);
     println!(
         "  ready -> started (MongoDB queued_at -> started_at, 1 ms resolution): p50 {} ms, p99 {} ms, max {} ms",
         percentile(&lat, 0.50),
