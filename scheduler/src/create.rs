@@ -41,6 +41,16 @@ pub enum Dispatch<'a> {
     Direct { queue: &'a Queue, redelivered: bool },
 }
 
+impl<'a> Dispatch<'a> {
+    /// The Redis the ready tasks are appended to here, if they are.
+    fn queue(self) -> Option<&'a Queue> {
+        match self {
+            Dispatch::Direct { queue, .. } => Some(queue),
+            Dispatch::Publisher => None,
+        }
+    }
+}
+
 /// Why a run could not be created (it may exist; creating it again completes it).
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
@@ -108,10 +118,7 @@ pub async fn prior(
     sub: &Submission,
     dispatch: Dispatch<'_>,
 ) -> Result<Prior, CreateError> {
-    let queue = match dispatch {
-        Dispatch::Direct { queue, .. } => Some(queue),
-        Dispatch::Publisher => None,
-    };
+    let queue = dispatch.queue();
     // The epoch is read before the tasks go in: a loss after this read changes the epoch, and
     // reconcile publishes them again. It is never started here (the reconcile pass that starts
     // an epoch is the one that repairs what the loss broke). Read with the lookup: both are
@@ -150,10 +157,7 @@ pub async fn create_new(
     dispatch: Dispatch<'_>,
     epoch: Option<String>,
 ) -> Result<Created, CreateError> {
-    let queue = match dispatch {
-        Dispatch::Direct { queue, .. } => Some(queue),
-        Dispatch::Publisher => None,
-    };
+    let queue = dispatch.queue();
     let now = DateTime::now();
     let mut run = run_document(sub, retry_of, now);
     let downstream = downstream_of(sub);

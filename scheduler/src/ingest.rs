@@ -51,7 +51,7 @@ pub async fn run(ctx: Arc<Scheduler>) {
     // are being stored is read at once, not after the slowest of them (at a steady rate, that
     // wait was most of a submission's way to its run).
     let in_hand = Arc::new(InHand::default());
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let (tx, mut rx) = mpsc::channel(1);
     let reader = tokio::spawn(read(ctx.clone(), in_hand.clone(), tx));
     let mut handling: FuturesUnordered<Handling> = FuturesUnordered::new();
     let mut waiting: VecDeque<(Entry, bool)> = VecDeque::new();
