@@ -85,14 +85,8 @@ impl GroupReader {
         self
     }
 
-    /// Reads this replica's pending entries again next: some of the last batch were left
-    /// unacked for another try.
-    pub fn retry_pending(&mut self) {
-        self.backlog = true;
-    }
-
     /// Whether the entries [`Self::next`] returned last were delivered before: read from the
-    /// pending list of this replica (it restarted, or a pass failed) or taken over from a dead
+    /// pending list of this replica (it restarted, or a read failed) or taken over from a dead
     /// one. Their first handling may have stopped half-way.
     pub fn redelivered(&self) -> bool {
         self.redelivered

@@ -1,15 +1,18 @@
 //! The Redis-fronted submission API against a real scheduler process: accepted runs land in
 //! MongoDB, every submission gets exactly one precise reply, and bad input never stops the
-//! scheduler.
+//! scheduler. And how the scheduler reads its streams: a submission, or a task event, read
+//! after a large one is handled without waiting for it.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::time::Duration;
 
+use harmonia_shared::model::RunStatus;
 use harmonia_shared::queue::Queue;
 use harmonia_shared::resources::ResourceClass;
 use harmonia_shared::store::Store;
-use harmonia_tests::{Scope, error_paths};
+use harmonia_tests::cluster::{Cluster, LONG, SCHEDULER, WORKER, cluster_with};
+use harmonia_tests::{Scope, error_paths, submission};
 use mongodb::bson::doc;
 use mongodb::bson::oid::ObjectId;
 use redis::AsyncCommands;
@@ -593,4 +596,83 @@ async fn a_submission_in_hand_is_not_handled_again_when_a_dead_replicas_entries_
     let cpu = api.queue.keys().task_stream(ResourceClass::CPU);
     let appended: usize = conn.xlen(&cpu).await.unwrap();
     assert_eq!(appended, LARGE + 1);
+}
+
+/// A run of one root task and [`LARGE`] tasks below it that need a GPU (the worker here has
+/// none: they are queued, never run).
+fn wide(request_id: &str) -> Value {
+    let mut nodes = vec![json!({"id": "root", "type": "debug.noop"})];
+    nodes.extend((0..LARGE).map(|i| {
+        json!({"id": format!("t{i}"), "type": "debug.noop", "depends_on": ["root"],
+               "resources": {"gpus": 1}})
+    }));
+    let mut wide = diamond(request_id);
+    wide["tasks"] = json!(nodes);
+    wide
+}
+
+/// Whether the task events stream still holds the event of `run`'s task `node` (events are
+/// deleted when they are acked, after their effects).
+async fn event_in_hand(c: &Cluster, run: ObjectId, node: &str) -> bool {
+    let mut conn = c.client.queue.conn().await.unwrap();
+    let all: StreamRangeReply = conn
+        .xrange_all(c.client.queue.keys().events())
+        .await
+        .unwrap();
+    all.ids.iter().any(|e| {
+        let event: Value = serde_json::from_str(&e.get::<String>("payload").unwrap()).unwrap();
+        event["run_id"] == run.to_hex() && event["node_id"] == node
+    })
+}
+
+#[tokio::test]
+async fn a_task_is_promoted_while_a_large_promotion_read_before_it_is_still_being_written() {
+    let max_bytes = (8 << 20).to_string();
+    let mut scheduler = SCHEDULER.to_vec();
+    scheduler.extend(["--max-submission-bytes", &max_bytes]);
+    let mut worker = WORKER.to_vec();
+    worker.extend(["--gpus", "none"]);
+    let c = cluster_with("promote-on", &scheduler, &[worker])
+        .await
+        .unwrap();
+    let wide_run = c.client.start(&wide("wide")).await.unwrap();
+    // Its root's success releases 30,000 tasks: wait until that promotion has begun.
+    let tasks = c
+        .client
+        .store
+        .db()
+        .collection::<mongodb::bson::Document>("run_tasks");
+    let released =
+        doc! { "run_id": wide_run, "node_id": { "$ne": "root" }, "waiting_on": { "$size": 0 } };
+    harmonia_tests::wait_for("the large promotion to begin", LONG, || async {
+        Ok((tasks.count_documents(released.clone()).await? > 0).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // A two-task run submitted now: its second task is promoted (and the run ends) while the
+    // large promotion is still being written, its event not yet acked.
+    let chain = json!([
+        {"id": "a", "type": "debug.noop"},
+        {"id": "b", "type": "debug.noop", "depends_on": ["a"]}
+    ]);
+    let chain_run = c.client.start(&submission("chain", chain)).await.unwrap();
+    let run = c.client.finished(chain_run, LONG).await.unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded);
+    let queued = doc! { "run_id": wide_run, "status": "queued" };
+    let wide_queued = tasks.count_documents(queued.clone()).await.unwrap();
+    assert!(
+        event_in_hand(&c, wide_run, "root").await,
+        "the chain's promotion waited for the large one ({wide_queued} of its tasks were queued)"
+    );
+
+    // The large promotion completes whole all the same, and its event is then acked.
+    harmonia_tests::wait_for("the large promotion to end", LONG, || async {
+        let left = event_in_hand(&c, wide_run, "root").await;
+        Ok((!left).then_some(()))
+    })
+    .await
+    .unwrap();
+    let wide_queued = tasks.count_documents(queued).await.unwrap();
+    assert_eq!(wide_queued as usize, LARGE);
 }

@@ -30,7 +30,10 @@ struct Args {
     /// Submission rate of the latency phase (one single-task run each), per second.
     #[arg(long, default_value_t = 200)]
     rate: u64,
-    /// Duration of the latency phase, in seconds.
+    /// Runs of two chained tasks submitted per second in the promotion phase.
+    #[arg(long, default_value_t = 100)]
+    chain_rate: u64,
+    /// Duration of the latency and promotion phases, in seconds.
     #[arg(long, default_value_t = 10)]
     latency_s: u64,
     /// Sizes of the DAG runs, in tasks (layers of 1,000, each task depending on two of the
@@ -42,7 +45,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "throughput,latency,peer,dag"
+        default_value = "throughput,latency,peer,promotion,dag"
     )]
     phases: Vec<String>,
     /// The peer's binary (`scripts/bench` builds `scripts/peers/apalis`).
@@ -248,31 +251,9 @@ async fn latency(args: &Args, fig: &mut Figures) -> anyhow::Result<()> {
     let before = mongod_counters(&c).await?;
     let since = mongodb::bson::DateTime::now();
     let n = args.rate * args.latency_s;
-    let mut conn = c.client.queue.conn().await?;
-    let stream = c.client.queue.keys().submissions();
-    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / args.rate));
-    let mut sent_us = std::collections::HashMap::new();
-    for i in 0..n {
-        tick.tick().await;
-        let request_id = format!("lat-{i}");
-        let sub = submission(&request_id, json!([{"id": "t", "type": "debug.noop"}]));
-        sent_us.insert(request_id, unix_us());
-        let _: String = conn
-            .xadd(&stream, "*", &[("payload", sub.to_string())])
-            .await?;
-    }
-    let coll = c.client.store.db().collection::<Document>("run_tasks");
-    harmonia_tests::wait_for(
-        "every latency task to finish",
-        Duration::from_secs(120),
-        || async {
-            let done = coll
-                .count_documents(doc! { "status": "succeeded", "queued_at": { "$gte": since } })
-                .await?;
-            Ok((done == n).then_some(()))
-        },
-    )
-    .await?;
+    let one = json!([{"id": "t", "type": "debug.noop"}]);
+    let sent_us = submit_paced(&c, "lat", args.rate, n, &one).await?;
+    wait_succeeded(&c, since, n).await?;
     let after = mongod_counters(&c).await?;
     let lat = ready_to_started(&c, since).await?;
     println!("latency: {n} single-task runs submitted at {}/s", args.rate);
@@ -286,17 +267,12 @@ async fn latency(args: &Args, fig: &mut Figures) -> anyhow::Result<()> {
     let (mut us, mut queued) = submit_to_started_us(&c, &sent_us).await?;
     queued.sort_by(f64::total_cmp);
     us.sort_by(f64::total_cmp);
-    let at = |v: &[f64], q: f64| {
-        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
-            .copied()
-            .unwrap_or(0.0)
-    };
     println!(
         "  submit (XADD) -> queued (MongoDB queued_at, 1 ms resolution): p50 {:.0} ms, p99 {:.0} ms",
-        at(&queued, 0.5) / 1000.0,
-        at(&queued, 0.99) / 1000.0
+        quantile(&queued, 0.5) / 1000.0,
+        quantile(&queued, 0.99) / 1000.0
     );
-    let p = |q: f64| at(&us, q);
+    let p = |q: f64| quantile(&us, q);
     println!(
         "  submit (XADD) -> started (the no-op's own clock, 1 us resolution): p50 {:.0} us, p99 {:.0} us, max {:.0} us ({} tasks)",
         p(0.5),
@@ -306,6 +282,113 @@ async fn latency(args: &Args, fig: &mut Figures) -> anyhow::Result<()> {
     );
     fig.start_us = Some((p(0.5), p(0.99)));
     Ok(())
+}
+
+/// XADDs `n` runs of `tasks` at `rate` per second, request ids `{prefix}-{i}`; returns when
+/// each was sent (unix µs) by request id.
+async fn submit_paced(
+    c: &Cluster,
+    prefix: &str,
+    rate: u64,
+    n: u64,
+    tasks: &serde_json::Value,
+) -> anyhow::Result<std::collections::HashMap<String, i64>> {
+    let mut conn = c.client.queue.conn().await?;
+    let stream = c.client.queue.keys().submissions();
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
+    let mut sent_us = std::collections::HashMap::new();
+    for i in 0..n {
+        tick.tick().await;
+        let request_id = format!("{prefix}-{i}");
+        let sub = submission(&request_id, tasks.clone());
+        sent_us.insert(request_id, unix_us());
+        let _: String = conn
+            .xadd(&stream, "*", &[("payload", sub.to_string())])
+            .await?;
+    }
+    Ok(sent_us)
+}
+
+/// Waits until `n` tasks queued since `since` have succeeded.
+async fn wait_succeeded(c: &Cluster, since: mongodb::bson::DateTime, n: u64) -> anyhow::Result<()> {
+    let coll = c.client.store.db().collection::<Document>("run_tasks");
+    harmonia_tests::wait_for("every task to finish", Duration::from_secs(120), || async {
+        let done = coll
+            .count_documents(doc! { "status": "succeeded", "queued_at": { "$gte": since } })
+            .await?;
+        Ok((done == n).then_some(()))
+    })
+    .await
+}
+
+/// Runs of two no-op tasks, `b` after `a`, at `--chain-rate` per second: how long from the
+/// upstream task's start to the downstream one's (its outcome, its event, the scheduler's
+/// promotion and append, a worker's read), on the no-ops' own clocks.
+async fn promotion(args: &Args) -> anyhow::Result<()> {
+    let c = cluster("bench-promotion", args).await?;
+    let warm = c.client.start(&submission("warm-up", chain())).await?;
+    c.client.finished(warm, Duration::from_secs(30)).await?;
+    let before = mongod_counters(&c).await?;
+    let since = mongodb::bson::DateTime::now();
+    let n = args.chain_rate * args.latency_s;
+    submit_paced(&c, "chain", args.chain_rate, n, &chain()).await?;
+    wait_succeeded(&c, since, 2 * n).await?;
+    let after = mongod_counters(&c).await?;
+    let mut started: std::collections::HashMap<_, [Option<i64>; 2]> = Default::default();
+    let mut tasks = c
+        .client
+        .store
+        .db()
+        .collection::<Document>("run_tasks")
+        .find(doc! { "queued_at": { "$gte": since } })
+        .projection(doc! { "run_id": 1, "node_id": 1, "outputs.started_unix_us": 1 })
+        .await?;
+    while let Some(t) = tasks.try_next().await? {
+        let slot = usize::from(t.get_str("node_id")? == "b");
+        started.entry(t.get_object_id("run_id")?).or_default()[slot] = started_unix_us(&t);
+    }
+    let mut us: Vec<f64> = started
+        .values()
+        .filter_map(|[a, b]| Some((b.as_ref()? - a.as_ref()?) as f64))
+        .collect();
+    us.sort_by(f64::total_cmp);
+    let at = |q: f64| quantile(&us, q);
+    println!(
+        "promotion: {n} runs of two no-op tasks (b after a) submitted at {}/s",
+        args.chain_rate
+    );
+    print_mongod_per_task(&before, &after, 2.0 * n as f64);
+    println!(
+        "  a started -> b started (a's outcome and event, promotion, b's append and read; 1 us resolution): p50 {:.0} us, p90 {:.0} us, p99 {:.0} us, max {:.0} us ({} runs)",
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        at(1.0),
+        us.len()
+    );
+    Ok(())
+}
+
+/// Two no-op tasks, `b` after `a`.
+fn chain() -> serde_json::Value {
+    json!([
+        {"id": "a", "type": "debug.noop"},
+        {"id": "b", "type": "debug.noop", "depends_on": ["a"]}
+    ])
+}
+
+/// When a no-op task started, by its own clock (its `outputs.started_unix_us`).
+fn started_unix_us(task: &Document) -> Option<i64> {
+    let outputs = task.get_document("outputs").ok()?;
+    outputs.get_i64("started_unix_us").ok()
+}
+
+/// The `q` quantile of sorted values (0 when there are none).
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
+        .copied()
+        .unwrap_or(0.0)
 }
 
 fn unix_us() -> i64 {
@@ -338,13 +421,11 @@ async fn submit_to_started_us(
         .projection(doc! { "run_id": 1, "queued_at": 1, "outputs.started_unix_us": 1 })
         .await?;
     while let Some(t) = tasks.try_next().await? {
-        let started = t
-            .get_document("outputs")
-            .and_then(|o| o.get_i64("started_unix_us"));
+        let started = started_unix_us(&t);
         let sent = request_of
             .get(&t.get_object_id("run_id")?)
             .and_then(|r| sent_us.get(r));
-        if let (Ok(started), Some(sent)) = (started, sent) {
+        if let (Some(started), Some(sent)) = (started, sent) {
             out.push((started - sent) as f64);
         }
         if let (Ok(q), Some(sent)) = (t.get_datetime("queued_at"), sent) {
@@ -489,12 +570,15 @@ async fn main() -> anyhow::Result<()> {
             "throughput" => throughput(&args, &mut fig).await?,
             "latency" => latency(&args, &mut fig).await?,
             "peer" => peer(&args, &fig).await?,
+            "promotion" => promotion(&args).await?,
             "dag" => {
                 for &size in &args.dag_tasks {
                     dag(&args, size).await?;
                 }
             }
-            other => anyhow::bail!("unknown phase {other} (throughput, latency, peer, dag)"),
+            other => {
+                anyhow::bail!("unknown phase {other} (throughput, latency, peer, promotion, dag)")
+            }
         }
     }
     Ok(())
