@@ -51,14 +51,6 @@ pub struct Published {
     pub model: Option<String>,
 }
 
-/// How a task that waits on nothing any more is queued.
-enum Queuing<'a> {
-    /// Due for the publisher now (`publish_due`).
-    Due,
-    /// Already published in this Redis epoch: the caller appends it to its stream next.
-    Published(Option<&'a str>),
-}
-
 /// The projection a [`Published`] is read with.
 fn published_fields() -> Document {
     doc! { "class": 1, "attempt": 1, "model": 1 }
@@ -122,8 +114,8 @@ impl TaskRepo {
     /// published in Redis epoch `epoch`: the caller appends them to their streams next. Returns
     /// every queued task among `downstream` that is not due, i.e. those just queued and those an
     /// earlier handling of the same events queued but may have died before appending (a
-    /// redelivered event publishes them again; a duplicate entry is harmless). Two writes and
-    /// a read however many nodes.
+    /// redelivered event publishes them again; a duplicate entry is harmless). One write and a
+    /// read however many nodes.
     pub async fn release_downstream(
         &self,
         run_id: ObjectId,
@@ -137,14 +129,29 @@ impl TaskRepo {
         let scope = doc! { "run_id": run_id, "node_id": { "$in": downstream } };
         let mut pending = scope.clone();
         pending.insert("status", "pending");
-        self.coll
-            .update_many(
-                pending,
-                doc! { "$pull": { "waiting_on": { "$in": nodes } } },
-            )
-            .await?;
-        self.queue_ready(scope.clone(), Queuing::Published(epoch))
-            .await?;
+        // One write per task: an update pipeline drops `nodes` from the waiting list, then
+        // queues the task if the list it just wrote is empty (a `$pull` and a second update
+        // for the queuing took two journaled writes in a row on every promotion).
+        let left = doc! { "$filter": {
+            "input": "$waiting_on",
+            "cond": { "$not": [{ "$in": ["$$this", { "$literal": nodes }] }] },
+        } };
+        let ready = doc! { "$eq": [{ "$size": "$waiting_on" }, 0] };
+        let queue = |value: Bson, otherwise: &str| {
+            Bson::from(doc! { "$cond": [ready.clone(), value, otherwise] })
+        };
+        let promote = vec![
+            doc! { "$set": { "waiting_on": left } },
+            doc! { "$set": {
+                "status": queue(Bson::from("queued"), "$status"),
+                "queued_at": queue(Bson::from(DateTime::now()), "$queued_at"),
+                "published_epoch": queue(
+                    Bson::from(doc! { "$literal": epoch }),
+                    "$published_epoch",
+                ),
+            } },
+        ];
+        self.coll.update_many(pending, promote).await?;
         let mut queued = scope;
         queued.insert("status", "queued");
         queued.insert("publish_due", Bson::Null);
@@ -160,20 +167,16 @@ impl TaskRepo {
 
     /// Queues every pending task of the run that waits on nothing (after creation, repair).
     pub async fn queue_ready_in(&self, run_id: ObjectId) -> Result<u64, StoreError> {
-        self.queue_ready(doc! { "run_id": run_id }, Queuing::Due)
-            .await
+        self.queue_ready(doc! { "run_id": run_id }).await
     }
 
-    /// Queues the pending tasks matched by `scope` whose waiting list is empty.
-    async fn queue_ready(&self, mut scope: Document, how: Queuing<'_>) -> Result<u64, StoreError> {
+    /// Queues the pending tasks matched by `scope` whose waiting list is empty, due for the
+    /// publisher now (`publish_due`).
+    async fn queue_ready(&self, mut scope: Document) -> Result<u64, StoreError> {
         scope.insert("status", "pending");
         scope.insert("waiting_on", doc! { "$size": 0 });
         let now = DateTime::now();
-        let mut set = doc! { "status": "queued", "queued_at": now };
-        match how {
-            Queuing::Due => set.insert("publish_due", now),
-            Queuing::Published(epoch) => set.insert("published_epoch", epoch),
-        };
+        let set = doc! { "status": "queued", "queued_at": now, "publish_due": now };
         let done = self.coll.update_many(scope, doc! { "$set": set }).await?;
         Ok(done.modified_count)
     }
@@ -328,9 +331,7 @@ impl TaskRepo {
                 .close_downstream(run_id, &doomed, TaskStatus::Skipped)
                 .await?
         };
-        let queued = self
-            .queue_ready(doc! { "run_id": run_id }, Queuing::Due)
-            .await?;
+        let queued = self.queue_ready(doc! { "run_id": run_id }).await?;
         Ok((queued, skipped))
     }
 
@@ -562,7 +563,7 @@ impl TaskRepo {
                 .await?;
         }
         let scope = doc! { "run_id": run_id, "node_id": { "$in": nodes } };
-        self.queue_ready(scope, Queuing::Due).await?;
+        self.queue_ready(scope).await?;
         Ok(())
     }
 
