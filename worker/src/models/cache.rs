@@ -69,17 +69,32 @@ impl RepoCache {
         }
         target.push("blobs");
         target.push(blob_id);
-        match std::fs::remove_file(&pointer) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
+        // Tasks load models from the snapshot without the blob's lock, on this worker and on
+        // others sharing the cache, so the link and the ref are replaced by a rename (atomic),
+        // never removed or truncated first, and left alone when they already say the same.
+        if std::fs::read_link(&pointer).ok().as_deref() != Some(target.as_path()) {
+            let temp = sibling_temp(&pointer);
+            std::os::unix::fs::symlink(&target, &temp)?;
+            rename_or_remove(&temp, &pointer)?;
         }
-        std::os::unix::fs::symlink(&target, &pointer)?;
         if self.repo.revision() != commit {
-            Cache::new(self.root.clone())
-                .repo(self.repo.clone())
-                .create_ref(commit)?;
+            self.write_ref(commit)?;
         }
         Ok(pointer)
+    }
+
+    /// Points the revision at `commit` (`refs/<revision>`, as `hf-hub` reads it).
+    fn write_ref(&self, commit: &str) -> std::io::Result<()> {
+        let path = self.dir.join("refs").join(self.repo.revision());
+        if std::fs::read_to_string(&path).is_ok_and(|c| c.trim() == commit) {
+            return Ok(());
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let temp = sibling_temp(&path);
+        std::fs::write(&temp, commit)?;
+        rename_or_remove(&temp, &path)
     }
 
     /// Removes a file from the snapshot (a blob that failed verification must never be found).
@@ -139,6 +154,28 @@ pub struct BlobLock {
     _file: std::fs::File,
 }
 
+/// A name beside `path` for a file that replaces it by a rename: unique to this process and
+/// call, hidden, so no reader of the directory takes it for a model file.
+fn sibling_temp(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
+}
+
+/// Whether a snapshot entry is a [`sibling_temp`] name, about to replace a model file.
+pub fn is_temp(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    name.starts_with('.') && name.ends_with(".tmp")
+}
+
+/// Renames `temp` over `path`; removes `temp` when that fails.
+fn rename_or_remove(temp: &Path, path: &Path) -> std::io::Result<()> {
+    std::fs::rename(temp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(temp);
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("cache lock: {0}")]
@@ -164,5 +201,45 @@ mod tests {
         assert_eq!(repo.cached("sub/dir/f.bin"), Some(path));
         repo.forget("c0ffee", "sub/dir/f.bin", "abc");
         assert_eq!(repo.cached("sub/dir/f.bin"), None);
+    }
+
+    /// Another worker's task (or this one's) loads a model from its snapshot while a
+    /// verification re-publishes the same files: the file and the revision's ref must never
+    /// be missing or empty in between (it used to be unlinked, then linked again, and the ref
+    /// truncated, then written).
+    #[test]
+    fn a_snapshot_file_and_its_ref_stay_readable_while_they_are_published_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = RepoCache::new(dir.path(), "org/name", "main");
+        std::fs::create_dir_all(repo.blob("x").parent().expect("parent")).expect("mkdir");
+        std::fs::write(repo.blob("one"), b"bytes").expect("write");
+        std::fs::write(repo.blob("two"), b"bytes").expect("write");
+        let path = repo
+            .publish("c0ffee", "tokenizer.json", "one")
+            .expect("publish");
+        let refs = dir.path().join("models--org--name/refs/main");
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut reads = 0u64;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let bytes = std::fs::read(&path);
+                    assert_eq!(bytes.as_deref().ok(), Some(&b"bytes"[..]), "{bytes:?}");
+                    let commit = std::fs::read_to_string(&refs).expect("the ref");
+                    assert_eq!(commit, "c0ffee");
+                    reads += 1;
+                }
+                reads
+            });
+            // Published again and again, as every cache hit does; now and then to another
+            // blob, as a re-fetch after a failed verification does.
+            for i in 0..20_000 {
+                let blob = if i % 100 == 99 { "two" } else { "one" };
+                repo.publish("c0ffee", "tokenizer.json", blob)
+                    .expect("publish");
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            assert!(reader.join().expect("the reader") > 0);
+        });
     }
 }

@@ -192,6 +192,9 @@ impl Hub {
         while let Some(dir) = dirs.pop() {
             for entry in std::fs::read_dir(&dir).ok()?.flatten() {
                 let path = entry.path();
+                if super::cache::is_temp(&entry.file_name()) {
+                    continue; // a link being replaced: the file it replaces is listed
+                }
                 if path.is_dir() && !path.is_symlink() {
                     dirs.push(path);
                     continue;
