@@ -96,16 +96,8 @@ async fn cluster(name: &str, args: &Args) -> anyhow::Result<Cluster> {
     cluster_with(name, &scheduler, &vec![worker; args.workers]).await
 }
 
-fn percentile(sorted: &[i64], p: f64) -> i64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
 /// started_at - queued_at per task queued since `since`, sorted (ms).
-async fn ready_to_started(c: &Cluster, since: mongodb::bson::DateTime) -> anyhow::Result<Vec<i64>> {
+async fn ready_to_started(c: &Cluster, since: mongodb::bson::DateTime) -> anyhow::Result<Vec<f64>> {
     let coll = c.client.store.db().collection::<Document>("run_tasks");
     let mut cursor = coll
         .find(doc! { "status": "succeeded", "queued_at": { "$gte": since } })
@@ -114,10 +106,10 @@ async fn ready_to_started(c: &Cluster, since: mongodb::bson::DateTime) -> anyhow
     let mut lat = Vec::new();
     while let Some(d) = cursor.try_next().await? {
         if let (Ok(q), Ok(s)) = (d.get_datetime("queued_at"), d.get_datetime("started_at")) {
-            lat.push(s.timestamp_millis() - q.timestamp_millis());
+            lat.push((s.timestamp_millis() - q.timestamp_millis()) as f64);
         }
     }
-    lat.sort_unstable();
+    lat.sort_by(f64::total_cmp);
     Ok(lat)
 }
 
@@ -142,7 +134,7 @@ fn print_mongod_per_task(before: &Counters, after: &Counters, n: f64) {
 
 /// mongod's operation and document counters (`serverStatus`), by name: what a phase cost the
 /// database, whatever the harness read itself (a few queries) included.
-async fn mongod_counters(c: &Cluster) -> anyhow::Result<std::collections::HashMap<String, i64>> {
+async fn mongod_counters(c: &Cluster) -> anyhow::Result<Counters> {
     let status = c
         .client
         .store
@@ -238,20 +230,11 @@ async fn throughput(args: &Args, fig: &mut Figures) -> anyhow::Result<()> {
 
 async fn latency(args: &Args, fig: &mut Figures) -> anyhow::Result<()> {
     let c = cluster("bench-latency", args).await?;
-    // Warm up: workers learn the task stream exists within their class refresh (500 ms);
-    // measure steady state, not that.
-    let warm = c
-        .client
-        .start(&submission(
-            "warm-up",
-            json!([{"id": "t", "type": "debug.noop"}]),
-        ))
-        .await?;
-    c.client.finished(warm, Duration::from_secs(30)).await?;
+    let one = json!([{"id": "t", "type": "debug.noop"}]);
+    warm_up(&c, &one).await?;
     let before = mongod_counters(&c).await?;
     let since = mongodb::bson::DateTime::now();
     let n = args.rate * args.latency_s;
-    let one = json!([{"id": "t", "type": "debug.noop"}]);
     let sent_us = submit_paced(&c, "lat", args.rate, n, &one).await?;
     wait_succeeded(&c, since, n).await?;
     let after = mongod_counters(&c).await?;
@@ -259,10 +242,10 @@ async fn latency(args: &Args, fig: &mut Figures) -> anyhow::Result<()> {
     println!("latency: {n} single-task runs submitted at {}/s", args.rate);
     print_mongod_per_task(&before, &after, n as f64);
     println!(
-        "  ready -> started (MongoDB queued_at -> started_at, 1 ms resolution): p50 {} ms, p99 {} ms, max {} ms",
-        percentile(&lat, 0.50),
-        percentile(&lat, 0.99),
-        lat.last().copied().unwrap_or(0)
+        "  ready -> started (MongoDB queued_at -> started_at, 1 ms resolution): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        quantile(&lat, 0.50),
+        quantile(&lat, 0.99),
+        quantile(&lat, 1.0)
     );
     let (mut us, mut queued) = submit_to_started_us(&c, &sent_us).await?;
     queued.sort_by(f64::total_cmp);
@@ -281,6 +264,17 @@ async fn latency(args: &Args, fig: &mut Figures) -> anyhow::Result<()> {
         us.len()
     );
     fig.start_us = Some((p(0.5), p(0.99)));
+    Ok(())
+}
+
+/// Runs `tasks` once and waits for the run: workers learn a task stream exists within their
+/// class refresh (500 ms); the phases measure steady state, not that.
+async fn warm_up(c: &Cluster, tasks: &serde_json::Value) -> anyhow::Result<()> {
+    let warm = c
+        .client
+        .start(&submission("warm-up", tasks.clone()))
+        .await?;
+    c.client.finished(warm, Duration::from_secs(30)).await?;
     Ok(())
 }
 
@@ -326,8 +320,7 @@ async fn wait_succeeded(c: &Cluster, since: mongodb::bson::DateTime, n: u64) -> 
 /// promotion and append, a worker's read), on the no-ops' own clocks.
 async fn promotion(args: &Args) -> anyhow::Result<()> {
     let c = cluster("bench-promotion", args).await?;
-    let warm = c.client.start(&submission("warm-up", chain())).await?;
-    c.client.finished(warm, Duration::from_secs(30)).await?;
+    warm_up(&c, &chain()).await?;
     let before = mongod_counters(&c).await?;
     let since = mongodb::bson::DateTime::now();
     let n = args.chain_rate * args.latency_s;
