@@ -44,8 +44,8 @@ pub async fn run(ctx: Arc<Scheduler>) {
     // Events are read while earlier ones are handled, and each run's are handled as soon as
     // its earlier ones are done: an event that comes while other runs' promotions are being
     // written waits for none of them (reading a batch and handling it whole made every event
-    // wait for the slowest run read with it). One run's events are handled in read order, never
-    // two handlings of a run at once.
+    // wait for the slowest run read with it). No event of a run is handled before one read
+    // earlier, and never two handlings of a run at once.
     let in_hand = Arc::new(InHand::default());
     let (tx, mut rx) = mpsc::channel(1);
     let reader = tokio::spawn(read(ctx.clone(), in_hand.clone(), tx));
