@@ -56,10 +56,17 @@ pub async fn check(config: &Config) -> HealthReport {
     };
     let mongo = async {
         let result = match Store::connect(&config.mongo).await {
-            Ok(store) => store
-                .server_version()
-                .await
-                .map(|v| format!("mongod {v}, database {}", config.mongo.database)),
+            Ok(store) => match store.server_version().await {
+                Ok(v) => {
+                    let line = format!("mongod {v}, database {}", config.mongo.database);
+                    // Advice, not a failure: a mongod that keeps history works, only slower.
+                    match store.history_advice().await {
+                        Ok(Some(advice)) => Ok(format!("{line}; {advice}")),
+                        Ok(None) | Err(_) => Ok(line),
+                    }
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         status("mongodb", redact_uri(&config.mongo.uri), result)

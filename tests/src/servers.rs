@@ -57,6 +57,13 @@ pub fn mongod_cache_gb() -> String {
     std::env::var("HARMONIA_MONGOD_CACHE_GB").unwrap_or_else(|_| "0.25".into())
 }
 
+/// Snapshot history each mongod started here keeps, in seconds:
+/// `HARMONIA_MONGOD_SNAPSHOT_HISTORY_S`, else 0, what docs/scaling.md recommends (Harmonia reads
+/// no past snapshot; mongod's own default is 300). Set it to 300 to measure the default.
+pub fn mongod_snapshot_history_s() -> String {
+    std::env::var("HARMONIA_MONGOD_SNAPSHOT_HISTORY_S").unwrap_or_else(|_| "0".into())
+}
+
 /// mongod from the project's venv (`scripts/install-deps` puts it there).
 pub fn mongod_bin() -> anyhow::Result<PathBuf> {
     let venv_lib = workspace_root().join(".harmonia/venv/lib");
@@ -168,6 +175,11 @@ fn spawn_mongod(dir: &Path, set: &str, cache_gb: &str) -> anyhow::Result<(u16, C
             .args(["--replSet", set, "--bind_ip", "127.0.0.1"])
             .args(["--port", &port.to_string()])
             .args(["--wiredTigerCacheSizeGB", cache_gb, "--quiet"])
+            .arg("--setParameter")
+            .arg(format!(
+                "minSnapshotHistoryWindowInSeconds={}",
+                mongod_snapshot_history_s()
+            ))
             .arg("--dbpath")
             .arg(&dbpath)
             .arg("--logpath")

@@ -241,6 +241,38 @@ async fn binaries_check_all_three_services() {
     }
 }
 
+/// mongod keeps 300 s of snapshot history by default, which Harmonia never reads and which
+/// slows large runs: `check` names the setting that drops it, and says nothing once it is 0.
+#[tokio::test]
+async fn check_advises_dropping_the_snapshot_history_mongod_keeps() {
+    let (scope, mongo) = Scope::with_own_mongo("check-history").await.unwrap();
+    let admin = mongodb::Client::with_uri_str(&mongo.uri)
+        .await
+        .unwrap()
+        .database("admin");
+    for (window, advised) in [(300, true), (0, false)] {
+        admin
+            .run_command(doc! { "setParameter": 1, "minSnapshotHistoryWindowInSeconds": window })
+            .await
+            .unwrap();
+        let out = scope
+            .command("harmonia-scheduler")
+            .unwrap()
+            .args(["check", "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "advice is not a failure");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let detail = report["services"][1]["detail"].as_str().unwrap();
+        assert_eq!(
+            detail.contains("keeps 300 s of snapshot history")
+                && detail.contains("minSnapshotHistoryWindowInSeconds=0"),
+            advised,
+            "window {window}: {detail}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn bad_config_fails_with_the_setting_named() {
     let scope = Scope::new("bad-config");

@@ -111,6 +111,11 @@ pub async fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
     };
     let before = migrate(&store).await?;
     tracing::info!(schema_from = before, "database schema is current");
+    match store.history_advice().await {
+        Ok(Some(advice)) => tracing::warn!("{advice}"),
+        Ok(None) => {}
+        Err(e) => tracing::debug!("reading mongod's snapshot history window: {e}"),
+    }
 
     let ctx = Arc::new(Scheduler {
         queue,

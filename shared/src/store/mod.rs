@@ -36,7 +36,7 @@ pub use workspaces::WorkspaceRepo;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mongodb::bson::{Document, doc};
+use mongodb::bson::{Bson, Document, doc};
 use mongodb::event::EventHandler;
 use mongodb::event::sdam::SdamEvent;
 use mongodb::options::ClientOptions;
@@ -388,6 +388,45 @@ impl Store {
     pub async fn server_version(&self) -> Result<String, StoreError> {
         let info = self.db.run_command(doc! { "buildInfo": 1 }).await?;
         Ok(info.get_str("version").unwrap_or("unknown").to_owned())
+    }
+
+    /// The seconds of snapshot history mongod keeps (`minSnapshotHistoryWindowInSeconds`, 300
+    /// by default since MongoDB 5.0); `None` where it cannot be read (a user without the
+    /// privilege, a mongod without the parameter). Harmonia reads no snapshot at a past cluster
+    /// time, so whatever is kept is pure cost: every task update keeps its previous version
+    /// that long, and once a large run's dirty data passes WiredTiger's eviction target, eviction
+    /// writes those versions to the history store (docs/scaling.md).
+    pub async fn snapshot_history_window_s(&self) -> Result<Option<i64>, StoreError> {
+        const PARAMETER: &str = "minSnapshotHistoryWindowInSeconds";
+        let admin = self.client.database("admin");
+        match admin
+            .run_command(doc! { "getParameter": 1, PARAMETER: 1 })
+            .await
+        {
+            Ok(reply) => Ok(match reply.get(PARAMETER) {
+                Some(Bson::Int32(s)) => Some(i64::from(*s)),
+                Some(Bson::Int64(s)) => Some(*s),
+                _ => None,
+            }),
+            // Refused (not authorized, no such parameter): the advice is left out, nothing fails.
+            Err(e) if matches!(*e.kind, mongodb::error::ErrorKind::Command(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One line of advice when mongod keeps snapshot history (see
+    /// [`Self::snapshot_history_window_s`]); `None` when it keeps none or cannot say.
+    pub async fn history_advice(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .snapshot_history_window_s()
+            .await?
+            .filter(|&s| s > 0)
+            .map(|s| {
+                format!(
+                    "mongod keeps {s} s of snapshot history, which Harmonia never reads; \
+                     minSnapshotHistoryWindowInSeconds=0 makes large runs faster (docs/scaling.md)"
+                )
+            }))
     }
 }
 

@@ -549,9 +549,11 @@ async fn dag(args: &Args, size: usize) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     println!(
-        "harmonia-bench on {} CPUs, mongod WiredTiger cache {} GB, workers' --claim-after-ms {}",
+        "harmonia-bench on {} CPUs, mongod WiredTiger cache {} GB, snapshot history {} s, \
+         workers' --claim-after-ms {}",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         harmonia_tests::servers::mongod_cache_gb(),
+        harmonia_tests::servers::mongod_snapshot_history_s(),
         args.claim_after_ms.map_or_else(
             || "default (1000: deferred claims)".to_owned(),
             |ms| ms.to_string()
