@@ -25,7 +25,7 @@ fn main() -> ExitCode {
 /// per core), and what one arena frees only that arena reuses. The scheduler reads a big
 /// submission on one runtime thread and builds and inserts its tasks on others, so each arena
 /// keeps its own high-water mark: one arena took a 100,000-task DAG's peak RSS from 103 to
-/// 89 MB at the same speed (README, Benchmarks). A `MALLOC_ARENA_MAX` in the environment is
+/// 89 MB at the same speed (docs/benchmarks.md). A `MALLOC_ARENA_MAX` in the environment is
 /// left to decide.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
