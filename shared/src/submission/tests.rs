@@ -45,6 +45,20 @@ fn a_diamond_is_accepted_in_dependency_order() {
     assert_eq!(sub.tasks[0].max_attempts, DEFAULT_MAX_ATTEMPTS);
 }
 
+/// A 100,000-task submission keeps every task's list until its run is stored: a list grown by
+/// pushes would hold room for four ids where two are listed (4 MB more at the scheduler's peak).
+#[test]
+fn a_validated_task_holds_its_dependencies_without_spare_room() {
+    let sub = submit(base(json!([
+        {"id": "a", "type": "debug.noop"},
+        {"id": "b", "type": "debug.noop"},
+        {"id": "c", "type": "debug.noop", "depends_on": ["a", "b"]}
+    ])))
+    .unwrap();
+    let c = &sub.tasks[2].depends_on;
+    assert_eq!((c.len(), c.capacity()), (2, 2));
+}
+
 #[test]
 fn every_problem_is_reported_with_its_path() {
     let errors = rejected(json!({

@@ -238,7 +238,9 @@ impl Validator {
             );
             return Vec::new();
         };
-        let mut deps = Vec::new();
+        // Exactly as many as listed: grown by pushes, two ids would hold room for four, and a
+        // 100,000-task submission keeps every list until its run is stored.
+        let mut deps = Vec::with_capacity(items.len());
         for (j, item) in items.iter().enumerate() {
             match item {
                 Value::String(s) if deps.contains(s) => {
