@@ -1,6 +1,7 @@
 //! The task streams' consumer group as a fleet sees it: consumers of dead workers are removed
 //! once they hold nothing (never with entries pending), and the group's lag, which autoscalers
-//! read (docs/scaling.md), is the number of tasks waiting for a worker.
+//! read (docs/scaling.md), is the number of tasks waiting for a worker. A read that brought
+//! megabytes does not leave its connection's buffer in the pool.
 
 use std::time::Duration;
 
@@ -260,4 +261,67 @@ async fn an_entry_naming_a_model_is_published_handed_back_and_acked_as_a_pair() 
         .unwrap()
         .unwrap();
     assert_eq!(pending.pending, 0, "the read copy was acked");
+}
+
+/// Connections to `url` as the server lists them (`CLIENT LIST`), the asking one included.
+async fn connected(url: &str) -> anyhow::Result<usize> {
+    let mut admin = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut admin)
+        .await?;
+    Ok(list.lines().count())
+}
+
+/// A read that brought megabytes (a large submission) closes its connection instead of pooling
+/// it: the connection's read buffer keeps the size of the largest reply it carried. A small
+/// read leaves its connection in the pool.
+#[tokio::test]
+async fn a_read_that_brought_megabytes_closes_its_connection() {
+    use harmonia_shared::queue::Queue;
+    use redis::AsyncCommands;
+    let (scope, redis) = Scope::with_own_redis("large-read").await.unwrap();
+    let queue = Queue::connect(&scope.config.redis).await.unwrap();
+    let stream = queue.keys().submissions();
+    queue.ensure_group(&stream, "g").await.unwrap();
+    let add = |payload: String| {
+        let queue = &queue;
+        let stream = &stream;
+        async move {
+            let mut conn = queue.conn().await.unwrap();
+            let _: String = conn
+                .xadd(stream, "*", &[("payload", payload)])
+                .await
+                .unwrap();
+        }
+    };
+    let pooled = connected(&redis.url).await.unwrap();
+
+    add("small".into()).await;
+    let read = queue
+        .read_group(&stream, "g", "c", false, 10)
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(
+        connected(&redis.url).await.unwrap(),
+        pooled,
+        "kept in the pool"
+    );
+
+    add("x".repeat(2 << 20)).await;
+    let read = queue
+        .read_group(&stream, "g", "c", false, 10)
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 1);
+    wait_for(
+        "the connection that read 2 MB to close",
+        Duration::from_secs(5),
+        || async { Ok((connected(&redis.url).await? == pooled - 1).then_some(())) },
+    )
+    .await
+    .unwrap();
 }

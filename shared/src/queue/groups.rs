@@ -91,7 +91,7 @@ impl Queue {
         // submission can be megabytes): [[stream, [[id, [field, value, ...] or nil], ...]]].
         let rows: Option<Vec<(String, Vec<EntryRow>)>> =
             conn.xread_options(&[stream], &[cursor], &opts).await?;
-        Ok(rows
+        let entries: Vec<StreamId> = rows
             .into_iter()
             .flatten()
             .flat_map(|(_, entries)| entries)
@@ -101,7 +101,11 @@ impl Queue {
                 map: fields.unwrap_or_default(),
                 ..StreamId::default()
             })
-            .collect())
+            .collect();
+        if reply_bytes(&entries) > LARGE_REPLY_BYTES {
+            conn.close();
+        }
+        Ok(entries)
     }
 
     /// Takes over up to `count` entries that sat unacknowledged in any consumer's pending list
@@ -283,4 +287,20 @@ fn unless_no_group<T: Default>(reply: redis::RedisResult<T>) -> Result<T, QueueE
         Err(e) if e.code() == Some("NOGROUP") => Ok(T::default()),
         reply => Ok(reply?),
     }
+}
+
+/// A read whose entries hold more than this closes its connection (see [`super::Conn::close`]).
+const LARGE_REPLY_BYTES: usize = 1 << 20;
+
+/// The bytes of the entries' field values (what the connection's read buffer had to hold).
+fn reply_bytes(entries: &[StreamId]) -> usize {
+    entries
+        .iter()
+        .flat_map(|e| e.map.values())
+        .map(|v| match v {
+            redis::Value::BulkString(b) => b.len(),
+            redis::Value::SimpleString(s) => s.len(),
+            _ => 0,
+        })
+        .sum()
 }
