@@ -56,17 +56,7 @@ pub async fn check(config: &Config) -> HealthReport {
     };
     let mongo = async {
         let result = match Store::connect(&config.mongo).await {
-            Ok(store) => match store.server_version().await {
-                Ok(v) => {
-                    let line = format!("mongod {v}, database {}", config.mongo.database);
-                    // Advice, not a failure: a mongod that keeps history works, only slower.
-                    match store.history_advice().await {
-                        Ok(Some(advice)) => Ok(format!("{line}; {advice}")),
-                        Ok(None) | Err(_) => Ok(line),
-                    }
-                }
-                Err(e) => Err(e),
-            },
+            Ok(store) => describe_mongo(&store, &config.mongo.database).await,
             Err(e) => Err(e),
         };
         status("mongodb", redact_uri(&config.mongo.uri), result)
@@ -88,6 +78,19 @@ pub async fn check(config: &Config) -> HealthReport {
     HealthReport {
         services: vec![redis, mongo, s3],
     }
+}
+
+/// mongod's version and the database, with the snapshot-history advice when there is one
+/// (advice, not a failure: a mongod that keeps history works, only slower).
+async fn describe_mongo(store: &Store, database: &str) -> Result<String, crate::store::StoreError> {
+    let line = format!(
+        "mongod {}, database {database}",
+        store.server_version().await?
+    );
+    Ok(match store.history_advice().await {
+        Ok(Some(advice)) => format!("{line}; {advice}"),
+        Ok(None) | Err(_) => line,
+    })
 }
 
 /// The Redis URL as printed: each seed node of a Cluster redacted on its own (each may carry a

@@ -396,7 +396,7 @@ impl Store {
     /// time, so whatever is kept is pure cost: every task update keeps its previous version
     /// that long, and once a large run's dirty data passes WiredTiger's eviction target, eviction
     /// writes those versions to the history store (docs/scaling.md).
-    pub async fn snapshot_history_window_s(&self) -> Result<Option<i64>, StoreError> {
+    async fn snapshot_history_window_s(&self) -> Result<Option<i64>, StoreError> {
         const PARAMETER: &str = "minSnapshotHistoryWindowInSeconds";
         let admin = self.client.database("admin");
         match admin
