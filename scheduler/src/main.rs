@@ -8,17 +8,7 @@ fn main() -> ExitCode {
     one_malloc_arena();
     let args = Args::parse();
     let log = args.log.clone();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: starting the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(harmonia_shared::telemetry::run_main(&log, cli::run(args)))
+    harmonia_shared::telemetry::run_main(&log, cli::run(args))
 }
 
 /// glibc's malloc gives threads that allocate at the same time arenas of their own (up to 8

@@ -39,16 +39,28 @@ pub fn init(args: &LogArgs) -> anyhow::Result<()> {
     result.map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
 }
 
-/// A binary's `main` body: logging first, then `body`; an error ends the process with one line
-/// on stderr (its whole `anyhow` context chain) and exit code 1, never a panic.
-pub async fn run_main<F>(log: &LogArgs, body: F) -> std::process::ExitCode
+/// A binary's `main` body: the async runtime, logging, then `body`; an error ends the process
+/// with one line on stderr (its whole `anyhow` context chain) and exit code 1, never a panic.
+/// Called from a plain `fn main`, so that a binary can set up its process (an allocator
+/// parameter, the environment) while it still has one thread.
+pub fn run_main<F>(log: &LogArgs, body: F) -> std::process::ExitCode
 where
     F: std::future::Future<Output = anyhow::Result<std::process::ExitCode>>,
 {
-    let result = match init(log) {
-        Ok(()) => body.await,
-        Err(e) => Err(e),
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
     };
+    let result = runtime.block_on(async {
+        init(log)?;
+        body.await
+    });
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
         std::process::ExitCode::FAILURE

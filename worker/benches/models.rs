@@ -154,7 +154,10 @@ fn generation(root: &Path) {
     );
 }
 
+#[allow(unsafe_code)]
 fn main() {
+    // SAFETY: no other thread exists yet. As the worker does (see the function).
+    unsafe { harmonia_worker::models::fix_cpu_threads() };
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let root = env_path("HARMONIA_HUB_ROOT");
     let minilm = root.join(MINILM);
