@@ -39,8 +39,9 @@ impl From<ModelError> for ExecError {
 /// all have the same capacity (servers, VMs) counts the physical cores by reading and parsing
 /// `/proc/cpuinfo` each time. Measured on the 2-core development machine (`scripts/bench-models`,
 /// MiniLM): that read was 3.7 % of the benchmark's CPU samples, and embedding one sentence at a
-/// time went from 130-137 to 152-160 sentences/s with the count fixed. Sets `RAYON_NUM_THREADS` to the count candle would have chosen;
-/// one already set is left as it is (rayon's global pool reads the same variable).
+/// time went from 130-137 to 152-160 sentences/s with the count fixed. Sets `RAYON_NUM_THREADS`
+/// to the count candle would have chosen; one already set is left as it is (rayon's global pool
+/// reads the same variable).
 ///
 /// # Safety
 /// Writes the process environment: call it while no other thread exists (before the async
