@@ -1,20 +1,21 @@
-//! Sentence embeddings with a BERT-family model (all-MiniLM and friends): candle's BERT, mean
-//! pooling over the attention mask, L2 normalisation, as sentence-transformers does.
+//! Sentence embeddings with a BERT-family model (all-MiniLM and friends): the encoder of
+//! [`super::encoder`], mean pooling over the attention mask, L2 normalisation, as
+//! sentence-transformers does.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_transformers::models::bert::Config;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use super::ModelError;
+use super::encoder::Encoder;
 
-/// A loaded embedding model (weights in f32: candle's BERT gives NaN in f16 on the CPU, since
-/// its attention mask uses `f32::MIN`).
+/// A loaded embedding model (weights in f32, as sentence-transformers computes).
 pub struct Embedder {
-    model: BertModel,
+    model: Encoder,
     tokenizer: Tokenizer,
     device: Device,
     pub dim: usize,
@@ -75,7 +76,7 @@ impl Embedder {
             .map(|t| (t.elem_count() * DType::F32.size_in_bytes()) as u64)
             .sum();
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-        let model = BertModel::load(vb, config)?;
+        let model = Encoder::load(vb, config)?;
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| ModelError::Format(format!("tokenizer.json: {e}")))?;
         // sentence-transformers' limit, when the repo states one; else the model's.
@@ -226,12 +227,14 @@ impl Embedder {
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let rows = batch.len();
         let width = batch.clone().map(|e| e.get_ids().len()).max().unwrap_or(0);
-        let (mut ids, mut mask) = (
+        let (mut ids, mut mask, mut lens) = (
             Vec::with_capacity(rows * width),
             Vec::with_capacity(rows * width),
+            Vec::with_capacity(rows),
         );
         for e in batch {
             let n = e.get_ids().len();
+            lens.push(n);
             ids.extend_from_slice(e.get_ids());
             ids.extend(std::iter::repeat_n(0, width - n));
             mask.extend(std::iter::repeat_n(1u32, n));
@@ -240,8 +243,7 @@ impl Embedder {
         let shape = (rows, width);
         let ids = Tensor::from_vec(ids, shape, &self.device)?;
         let mask = Tensor::from_vec(mask, shape, &self.device)?;
-        let types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask))?;
+        let hidden = self.model.forward(&ids, &lens)?;
         let pooled = mean_pool(&hidden, &mask)?;
         let pooled = if normalize {
             l2_normalize(&pooled)?

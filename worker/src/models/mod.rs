@@ -4,7 +4,9 @@
 pub mod bert;
 pub mod cache;
 pub mod convert;
+pub mod encoder;
 pub mod hub;
+mod kernels;
 pub mod llama;
 pub mod pool;
 pub mod verify;
