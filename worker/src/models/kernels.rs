@@ -1,8 +1,9 @@
 //! CPU kernels for the BERT encoder ([`super::encoder`]), where candle's general-purpose ops
 //! spent the embedding benchmark's time: GELU, whose libm `erf` is scalar (9.5 % of the samples),
 //! and attention, which candle runs as transposed copies, one small matmul per sentence and
-//! head, and a softmax in five passes. Both run here on f32 CPU tensors; other devices and
-//! dtypes take candle's ops, which give the same results.
+//! head, and a softmax in five passes. Both run here on f32 CPU tensors, compiled for the widest
+//! vectors the CPU has (AVX-512, AVX2; chosen at run time by pulp, as gemm does); other devices
+//! and dtypes take candle's ops, which give the same results.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, bail};
@@ -92,12 +93,16 @@ impl CustomOp1 for GeluErf {
         let mut out = vec![0f32; xs.len()];
         out.par_chunks_mut(CHUNK)
             .zip(xs.par_chunks(CHUNK))
-            .for_each(|(out, xs)| {
-                for (o, &x) in out.iter_mut().zip(xs) {
-                    *o = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-                }
-            });
+            .for_each(|(out, xs)| pulp::Arch::new().dispatch(|| gelu_slice(xs, out)));
         Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// Compiled inside pulp's dispatch with the CPU's widest vectors (AVX-512, AVX2) enabled.
+#[inline(always)]
+fn gelu_slice(xs: &[f32], out: &mut [f32]) {
+    for (o, &x) in out.iter_mut().zip(xs) {
+        *o = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
     }
 }
 
@@ -160,13 +165,16 @@ impl CustomOp1 for Attention {
         out.par_chunks_mut(seq * hidden)
             .zip(qkv.par_chunks(seq * three_h))
             .zip(&self.lens)
-            .for_each(|((out, qkv), &n)| attend(qkv, out, n.min(seq), hidden, self.heads));
+            .for_each(|((out, qkv), &n)| {
+                pulp::Arch::new().dispatch(|| attend(qkv, out, n.min(seq), hidden, self.heads))
+            });
         Ok((CpuStorage::F32(out), Shape::from((batch, seq, hidden))))
     }
 }
 
 /// One sentence: `qkv` is its `seq × 3·hidden` rows, `out` its `seq × hidden` rows, `n` the
 /// real tokens. Softmax as candle's: subtract the row's maximum, exponentiate, divide by the sum.
+#[inline(always)]
 fn attend(qkv: &[f32], out: &mut [f32], n: usize, hidden: usize, heads: usize) {
     let three_h = 3 * hidden;
     let d = hidden / heads;
