@@ -91,9 +91,10 @@ impl CustomOp1 for GeluErf {
         const CHUNK: usize = 16 * 1024;
         let xs = contiguous_f32(storage, layout, self.name())?;
         let mut out = vec![0f32; xs.len()];
+        let arch = pulp::Arch::new();
         out.par_chunks_mut(CHUNK)
             .zip(xs.par_chunks(CHUNK))
-            .for_each(|(out, xs)| pulp::Arch::new().dispatch(|| gelu_slice(xs, out)));
+            .for_each(|(out, xs)| arch.dispatch(|| gelu_slice(xs, out)));
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
@@ -161,12 +162,13 @@ impl CustomOp1 for Attention {
             )
         }
         let mut out = vec![0f32; batch * seq * hidden];
+        let arch = pulp::Arch::new();
         // One task per sentence: each writes only its own rows.
         out.par_chunks_mut(seq * hidden)
             .zip(qkv.par_chunks(seq * three_h))
             .zip(&self.lens)
             .for_each(|((out, qkv), &n)| {
-                pulp::Arch::new().dispatch(|| attend(qkv, out, n.min(seq), hidden, self.heads))
+                arch.dispatch(|| attend(qkv, out, n.min(seq), hidden, self.heads))
             });
         Ok((CpuStorage::F32(out), Shape::from((batch, seq, hidden))))
     }
