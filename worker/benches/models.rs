@@ -3,7 +3,8 @@
 //!
 //! Env: HARMONIA_HUB_ENDPOINT (a Hub mirror serving the models), HARMONIA_HUB_ROOT (the
 //! mirror's directory, for direct loads), BENCH_SENTENCES (a JSONL of `{"text"}`),
-//! BENCH_SECONDS (time per embedding measurement, default 10).
+//! BENCH_SECONDS (time per embedding measurement, default 10), BENCH_ONLY (a comma-separated
+//! list of sections to run: sha256, downloads, embeddings, conversions, generation; default all).
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // a benchmark binary: panics and prints are its output
 
@@ -174,10 +175,25 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
-    sha256_gbps();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(downloads(&std::env::var("HARMONIA_HUB_ENDPOINT").unwrap()));
-    embeddings(&minilm, &sentences, Duration::from_secs(secs));
-    conversions(&minilm);
-    generation(&root);
+    if wanted("sha256") {
+        sha256_gbps();
+    }
+    if wanted("downloads") {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(downloads(&std::env::var("HARMONIA_HUB_ENDPOINT").unwrap()));
+    }
+    if wanted("embeddings") {
+        embeddings(&minilm, &sentences, Duration::from_secs(secs));
+    }
+    if wanted("conversions") {
+        conversions(&minilm);
+    }
+    if wanted("generation") {
+        generation(&root);
+    }
+}
+
+/// Whether BENCH_ONLY (when set) names `section`.
+fn wanted(section: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |only| only.split(',').any(|s| s.trim() == section))
 }

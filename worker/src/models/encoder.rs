@@ -2,7 +2,9 @@
 //! of candle-transformers' `BertModel` (Hugging Face's `BertModel` with absolute positions),
 //! arranged for speed on the CPU. Each layer projects queries, keys and values in one matmul
 //! (their weights stacked at load, the queries' pre-scaled by 1/√d), attends in one fused kernel
-//! over real tokens only, and applies GELU with a vectorised erf ([`super::kernels`]).
+//! over real tokens only, applies GELU with a vectorised erf, and ends each sub-layer with the
+//! bias, the residual and the layer norm in one pass ([`super::kernels`]); the matmuls run
+//! without their biases, which those kernels add.
 
 use candle_core::{IndexOp, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
@@ -23,12 +25,10 @@ pub struct Encoder {
 struct Layer {
     /// `(3·hidden, hidden)`: the query, key and value projections stacked.
     qkv: Dense,
-    attention_out: Dense,
-    attention_norm: LayerNorm,
+    attention_out: DenseNorm,
     intermediate: Dense,
     act: HiddenAct,
-    out: Dense,
-    out_norm: LayerNorm,
+    out: DenseNorm,
 }
 
 impl std::fmt::Debug for Encoder {
@@ -115,27 +115,24 @@ impl Layer {
         )?;
         Ok(Self {
             qkv,
-            attention_out: Dense::load(h, h, att.pp("output.dense"))?,
-            attention_norm: candle_nn::layer_norm(h, eps, att.pp("output.LayerNorm"))?,
+            attention_out: DenseNorm::load(h, h, att.pp("output"), eps)?,
             intermediate: Dense::load(h, i, vb.pp("intermediate.dense"))?,
             act: config.hidden_act,
-            out: Dense::load(i, h, vb.pp("output.dense"))?,
-            out_norm: candle_nn::layer_norm(h, eps, vb.pp("output.LayerNorm"))?,
+            out: DenseNorm::load(i, h, vb.pp("output"), eps)?,
         })
     }
 
     fn forward(&self, x: &Tensor, lens: &[usize], heads: usize) -> candle_core::Result<Tensor> {
-        let context = kernels::attention(&self.qkv.forward(x)?, lens, heads)?;
-        let x = self
-            .attention_norm
-            .forward(&(self.attention_out.forward(&context)? + x)?)?;
-        let inner = self.intermediate.forward(&x)?;
+        let qkv = self.qkv.matmul(x)?;
+        let context = kernels::attention(&qkv, &self.qkv.bias, lens, heads)?;
+        let x = self.attention_out.forward(&context, x)?;
+        let (inner, bias) = (self.intermediate.matmul(&x)?, &self.intermediate.bias);
         let inner = match self.act {
-            HiddenAct::Gelu => kernels::gelu_erf(&inner)?,
-            HiddenAct::GeluApproximate => inner.gelu()?,
-            HiddenAct::Relu => inner.relu()?,
+            HiddenAct::Gelu => kernels::bias_gelu_erf(&inner, bias)?,
+            HiddenAct::GeluApproximate => inner.broadcast_add(bias)?.gelu()?,
+            HiddenAct::Relu => inner.broadcast_add(bias)?.relu()?,
         };
-        self.out_norm.forward(&(self.out.forward(&inner)? + x)?)
+        self.out.forward(&inner, &x)
     }
 }
 
@@ -162,13 +159,47 @@ impl Dense {
         )
     }
 
-    /// `(batch, seq, in) -> (batch, seq, out)` as one matmul over every token.
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// `(batch, seq, in) -> (batch, seq, out)` as one matmul over every token, without the
+    /// bias: the kernel that reads the result adds it.
+    fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (batch, seq, inputs) = x.dims3()?;
         x.reshape((batch * seq, inputs))?
             .matmul(&self.weight)?
-            .broadcast_add(&self.bias)?
             .reshape((batch, seq, ()))
+    }
+}
+
+/// The end of a sub-layer, `LayerNorm(x·W + b + residual)`: a [`Dense`] whose bias travels with
+/// the norm's parameters into [`kernels::add_norm`].
+struct DenseNorm {
+    dense: Dense,
+    /// `(3, out)`: the dense layer's bias, the norm's weight, the norm's bias.
+    params: Tensor,
+    eps: f32,
+}
+
+impl DenseNorm {
+    /// `vb` holds `dense.{weight,bias}` and `LayerNorm.{weight,bias}`.
+    fn load(inputs: usize, outputs: usize, vb: VarBuilder, eps: f64) -> candle_core::Result<Self> {
+        let dense = Dense::load(inputs, outputs, vb.pp("dense"))?;
+        let norm = vb.pp("LayerNorm");
+        let params = Tensor::stack(
+            &[
+                &dense.bias,
+                &norm.get(outputs, "weight")?,
+                &norm.get(outputs, "bias")?,
+            ],
+            0,
+        )?;
+        Ok(Self {
+            dense,
+            params,
+            eps: eps as f32,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+        kernels::add_norm(&self.dense.matmul(x)?, residual, &self.params, self.eps)
     }
 }
 

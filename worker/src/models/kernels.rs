@@ -1,42 +1,85 @@
 //! CPU kernels for the BERT encoder ([`super::encoder`]), where candle's general-purpose ops
 //! spent the embedding benchmark's time: GELU, whose libm `erf` is scalar (9.5 % of the samples),
-//! and attention, which candle runs as transposed copies, one small matmul per sentence and
-//! head, and a softmax in five passes. Both run here on f32 CPU tensors, compiled for the widest
-//! vectors the CPU has (AVX-512, AVX2; chosen at run time by pulp, as gemm does); other devices
-//! and dtypes take candle's ops, which give the same results.
+//! attention, which candle runs as transposed copies, one small matmul per sentence and head,
+//! and a softmax in five passes, and the passes around the matmuls (a bias add, a residual add
+//! and a layer norm, each reading and writing the whole activation). Each kernel takes the bias
+//! of the matmul before it, so the matmuls run without one. All run here on f32 CPU tensors,
+//! compiled for the widest vectors the CPU has (AVX-512, AVX2; chosen at run time by pulp, as
+//! gemm does); other devices and dtypes take candle's ops, which give the same results.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, bail};
 use rayon::prelude::*;
 
-/// GELU as BERT defines it, `x/2 · (1 + erf(x/√2))`.
-pub fn gelu_erf(xs: &Tensor) -> candle_core::Result<Tensor> {
-    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
-        xs.apply_op1_no_bwd(&GeluErf)
+/// GELU as BERT defines it, `x/2 · (1 + erf(x/√2))`, of `xs + bias` (`bias` along the last
+/// dimension).
+pub fn bias_gelu_erf(xs: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    if is_cpu_f32(xs) {
+        xs.apply_op2_no_bwd(bias, &BiasGeluErf)
     } else {
-        xs.gelu_erf()
+        xs.broadcast_add(bias)?.gelu_erf()
     }
 }
 
-/// Self-attention of one layer from its fused projection. `qkv` is `(batch, seq, 3·hidden)`:
-/// each token's queries (already scaled by 1/√d), keys and values side by side, each `heads`
-/// blocks of `d`. `lens[b]` counts the real tokens of sentence `b`, which come first. Returns
-/// `(batch, seq, hidden)`: per head, `softmax(q·kᵀ)·v` over the real tokens. Rows of padding
-/// are zero on the CPU (candle's path computes them): nothing downstream reads them, since keys
-/// stop at the real tokens and the pooling masks them.
-pub fn attention(qkv: &Tensor, lens: &[usize], heads: usize) -> candle_core::Result<Tensor> {
-    if qkv.device().is_cpu() && qkv.dtype() == DType::F32 {
-        qkv.apply_op1_no_bwd(&Attention {
-            lens: lens.to_vec(),
-            heads,
-        })
+/// `LayerNorm(xs + bias + residual)` over the last dimension, in one pass over each row:
+/// the end of a transformer sub-layer. `params` is `(3, hidden)`: the bias of the matmul that
+/// gave `xs`, then the norm's weight and bias.
+pub fn add_norm(
+    xs: &Tensor,
+    residual: &Tensor,
+    params: &Tensor,
+    eps: f32,
+) -> candle_core::Result<Tensor> {
+    if is_cpu_f32(xs) {
+        xs.apply_op3_no_bwd(residual, params, &AddNorm { eps })
     } else {
-        attention_ops(qkv, lens, heads)
+        add_norm_ops(xs, residual, params, eps)
     }
 }
 
-/// [`attention`] in candle's ops, on any device: the same arithmetic as candle-transformers'
-/// BERT, with the mask built from `lens` (0 for a real key, -∞ for padding).
+/// [`add_norm`] in candle's ops, on any device.
+fn add_norm_ops(
+    xs: &Tensor,
+    residual: &Tensor,
+    params: &Tensor,
+    eps: f32,
+) -> candle_core::Result<Tensor> {
+    let x = (xs.broadcast_add(&params.get(0)?)? + residual)?;
+    candle_nn::ops::layer_norm(&x, &params.get(1)?, &params.get(2)?, eps)
+}
+
+fn is_cpu_f32(xs: &Tensor) -> bool {
+    xs.device().is_cpu() && xs.dtype() == DType::F32
+}
+
+/// Self-attention of one layer from its fused projection. `qkv + bias` is `(batch, seq,
+/// 3·hidden)`: each token's queries (already scaled by 1/√d), keys and values side by side, each
+/// `heads` blocks of `d`. `lens[b]` counts the real tokens of sentence `b`, which come first.
+/// Returns `(batch, seq, hidden)`: per head, `softmax(q·kᵀ)·v` over the real tokens. Rows of
+/// padding are zero on the CPU (candle's path computes them): nothing downstream reads them,
+/// since keys stop at the real tokens and the pooling masks them.
+pub fn attention(
+    qkv: &Tensor,
+    bias: &Tensor,
+    lens: &[usize],
+    heads: usize,
+) -> candle_core::Result<Tensor> {
+    if is_cpu_f32(qkv) {
+        qkv.apply_op2_no_bwd(
+            bias,
+            &Attention {
+                lens: lens.to_vec(),
+                heads,
+            },
+        )
+    } else {
+        attention_ops(&qkv.broadcast_add(bias)?, lens, heads)
+    }
+}
+
+/// [`attention`] in candle's ops, on any device, its bias already added: the same arithmetic
+/// as candle-transformers' BERT, with the mask built from `lens` (0 for a real key, -∞ for
+/// padding).
 fn attention_ops(qkv: &Tensor, lens: &[usize], heads: usize) -> candle_core::Result<Tensor> {
     let (batch, seq, three_h) = qkv.dims3()?;
     let (hidden, d) = (three_h / 3, three_h / 3 / heads);
@@ -76,35 +119,149 @@ fn contiguous_f32<'a>(
     Ok(&all[start..end])
 }
 
-struct GeluErf;
+/// The width of `layout`'s rows (its last dimension), checked against a parameter of `len`
+/// values per row.
+fn row_width(layout: &Layout, len: usize, op: &str) -> candle_core::Result<usize> {
+    match layout.shape().dims().last() {
+        Some(&w) if w == len && w > 0 => Ok(w),
+        _ => bail!(
+            "{op}: bad shape {:?} for {len} values per row",
+            layout.shape()
+        ),
+    }
+}
 
-impl CustomOp1 for GeluErf {
+/// Rows per parallel task in the row-wise kernels: enough work to amortise a task.
+const ROWS: usize = 16;
+
+/// A new `len`-long output filled by `fill(range, out)` over chunks of [`ROWS`] rows of `width`
+/// in parallel (`range`: the chunk's place in the output, and in inputs of the same shape),
+/// each compiled with the CPU's widest vectors.
+fn by_rows(
+    len: usize,
+    width: usize,
+    fill: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let mut out = vec![0f32; len];
+    let arch = pulp::Arch::new();
+    out.par_chunks_mut(ROWS * width)
+        .enumerate()
+        .for_each(|(i, out)| {
+            let start = i * ROWS * width;
+            arch.dispatch(|| fill(start..start + out.len(), out));
+        });
+    out
+}
+
+struct BiasGeluErf;
+
+impl CustomOp2 for BiasGeluErf {
     fn name(&self) -> &'static str {
-        "gelu-erf-f32"
+        "bias-gelu-erf-f32"
     }
 
     fn cpu_fwd(
         &self,
-        storage: &CpuStorage,
-        layout: &Layout,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        const CHUNK: usize = 16 * 1024;
-        let xs = contiguous_f32(storage, layout, self.name())?;
-        let mut out = vec![0f32; xs.len()];
-        let arch = pulp::Arch::new();
-        out.par_chunks_mut(CHUNK)
-            .zip(xs.par_chunks(CHUNK))
-            .for_each(|(out, xs)| arch.dispatch(|| gelu_slice(xs, out)));
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
+        let xs = contiguous_f32(s1, l1, self.name())?;
+        let bias = contiguous_f32(s2, l2, self.name())?;
+        let width = row_width(l1, bias.len(), self.name())?;
+        let out = by_rows(xs.len(), width, |rows, out| {
+            bias_gelu_rows(&xs[rows], bias, out);
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
-/// Compiled inside pulp's dispatch with the CPU's widest vectors (AVX-512, AVX2) enabled.
+/// Inlined into [`by_rows`]'s dispatch, compiled there with the CPU's widest vectors.
 #[inline(always)]
-fn gelu_slice(xs: &[f32], out: &mut [f32]) {
-    for (o, &x) in out.iter_mut().zip(xs) {
-        *o = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+fn bias_gelu_rows(xs: &[f32], bias: &[f32], out: &mut [f32]) {
+    for (out, xs) in out
+        .chunks_exact_mut(bias.len())
+        .zip(xs.chunks_exact(bias.len()))
+    {
+        for ((o, &x), &b) in out.iter_mut().zip(xs).zip(bias) {
+            let x = x + b;
+            *o = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+        }
     }
+}
+
+struct AddNorm {
+    eps: f32,
+}
+
+impl CustomOp3 for AddNorm {
+    fn name(&self) -> &'static str {
+        "add-layer-norm-f32"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let xs = contiguous_f32(s1, l1, self.name())?;
+        let residual = contiguous_f32(s2, l2, self.name())?;
+        let params = contiguous_f32(s3, l3, self.name())?;
+        let width = row_width(l1, params.len() / 3, self.name())?;
+        if l2.shape() != l1.shape() || l3.shape().dims() != [3, width] {
+            bail!(
+                "{}: bad shapes {:?}, {:?}, {:?}",
+                self.name(),
+                l1.shape(),
+                l2.shape(),
+                l3.shape()
+            )
+        }
+        let out = by_rows(xs.len(), width, |rows, out| {
+            add_norm_rows(&xs[rows.clone()], &residual[rows], params, self.eps, out);
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// `params` holds the bias, the norm's weight and its bias, each a row wide. The variance is
+/// taken around the mean (two passes over the row, which stays in cache), as PyTorch's.
+#[inline(always)]
+fn add_norm_rows(xs: &[f32], residual: &[f32], params: &[f32], eps: f32, out: &mut [f32]) {
+    let width = params.len() / 3;
+    let (bias, rest) = params.split_at(width);
+    let (weight, shift) = rest.split_at(width);
+    let rows = out.chunks_exact_mut(width).zip(xs.chunks_exact(width));
+    for ((out, xs), residual) in rows.zip(residual.chunks_exact(width)) {
+        for (((o, &x), &r), &b) in out.iter_mut().zip(xs).zip(residual).zip(bias) {
+            *o = x + r + b;
+        }
+        let mean = lane_sum(out, |v| v) / width as f32;
+        let var = lane_sum(out, |v| (v - mean) * (v - mean)) / width as f32;
+        let inv_std = (var + eps).sqrt().recip();
+        for ((o, &w), &s) in out.iter_mut().zip(weight).zip(shift) {
+            *o = (*o - mean) * inv_std * w + s;
+        }
+    }
+}
+
+/// `Σ f(x)` in sixteen running sums, so that it vectorises (one sum would be a chain).
+#[inline(always)]
+fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = xs.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
+    for c in chunks {
+        for k in 0..16 {
+            acc[k] += f(c[k]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// erf in f32 as a rational function, `x·P(x²)/Q(x²)` on [-4, 4] (beyond it erf rounds to ±1
@@ -140,24 +297,31 @@ struct Attention {
     heads: usize,
 }
 
-impl CustomOp1 for Attention {
+impl CustomOp2 for Attention {
     fn name(&self) -> &'static str {
         "bert-attention-f32"
     }
 
     fn cpu_fwd(
         &self,
-        storage: &CpuStorage,
-        layout: &Layout,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let qkv = contiguous_f32(storage, layout, self.name())?;
-        let (batch, seq, three_h) = layout.shape().dims3()?;
+        let qkv = contiguous_f32(s1, l1, self.name())?;
+        let bias = contiguous_f32(s2, l2, self.name())?;
+        let (batch, seq, three_h) = l1.shape().dims3()?;
         let hidden = three_h / 3;
-        if three_h % 3 != 0 || hidden % self.heads != 0 || self.lens.len() != batch {
+        if three_h % 3 != 0
+            || hidden % self.heads != 0
+            || self.lens.len() != batch
+            || bias.len() != three_h
+        {
             bail!(
                 "{}: bad shape {:?} for {} heads",
                 self.name(),
-                layout.shape(),
+                l1.shape(),
                 self.heads
             )
         }
@@ -168,26 +332,35 @@ impl CustomOp1 for Attention {
             .zip(qkv.par_chunks(seq * three_h))
             .zip(&self.lens)
             .for_each(|((out, qkv), &n)| {
-                arch.dispatch(|| attend(qkv, out, n.min(seq), hidden, self.heads))
+                arch.dispatch(|| attend(qkv, bias, out, n.min(seq), self.heads))
             });
         Ok((CpuStorage::F32(out), Shape::from((batch, seq, hidden))))
     }
 }
 
 /// One sentence: `qkv` is its `seq × 3·hidden` rows, `out` its `seq × hidden` rows, `n` the
-/// real tokens. Softmax as candle's: subtract the row's maximum, exponentiate, divide by the sum.
+/// real tokens, `bias` the projection's. Softmax as candle's: subtract the row's maximum,
+/// exponentiate, divide by the sum. The bias enters without a pass of its own: the queries'
+/// is added to each query as it is read; the keys' adds `q·b` to every score of a row alike,
+/// which the softmax cancels, so it is left out; the values' is added once to each output
+/// row, since a row's weights sum to one.
 #[inline(always)]
-fn attend(qkv: &[f32], out: &mut [f32], n: usize, hidden: usize, heads: usize) {
-    let three_h = 3 * hidden;
+fn attend(qkv: &[f32], bias: &[f32], out: &mut [f32], n: usize, heads: usize) {
+    let three_h = bias.len();
+    let hidden = three_h / 3;
     let d = hidden / heads;
     let mut scores = vec![0f32; n];
+    let mut q = vec![0f32; d];
     for head in 0..heads {
         let (q0, k0, v0) = (head * d, hidden + head * d, 2 * hidden + head * d);
+        let (q_bias, v_bias) = (&bias[q0..][..d], &bias[v0..][..d]);
         for i in 0..n {
-            let q = &qkv[i * three_h + q0..][..d];
+            for ((q, &x), &b) in q.iter_mut().zip(&qkv[i * three_h + q0..][..d]).zip(q_bias) {
+                *q = x + b;
+            }
             let mut max = f32::NEG_INFINITY;
             for (j, s) in scores.iter_mut().enumerate() {
-                *s = dot(q, &qkv[j * three_h + k0..][..d]);
+                *s = dot(&q, &qkv[j * three_h + k0..][..d]);
                 max = max.max(*s);
             }
             let mut sum = 0.0;
@@ -196,6 +369,7 @@ fn attend(qkv: &[f32], out: &mut [f32], n: usize, hidden: usize, heads: usize) {
                 sum += *s;
             }
             let o = &mut out[i * hidden + q0..][..d];
+            o.copy_from_slice(v_bias);
             for (j, &p) in scores.iter().enumerate() {
                 let p = p / sum;
                 for (o, &v) in o.iter_mut().zip(&qkv[j * three_h + v0..][..d]) {
@@ -239,12 +413,22 @@ pub(crate) mod tests {
 
     #[test]
     fn gelu_agrees_with_candles_exact_gelu_over_the_whole_range() {
-        let xs: Vec<f32> = (-20_000..=20_000).map(|i| i as f32 / 1_000.0).collect();
-        let xs = Tensor::new(xs.as_slice(), &Device::Cpu).unwrap();
-        let ours = gelu_erf(&xs).unwrap().to_vec1::<f32>().unwrap();
-        let theirs = xs.gelu_erf().unwrap().to_vec1::<f32>().unwrap();
-        let xs = xs.to_vec1::<f32>().unwrap();
-        for ((x, a), b) in xs.iter().zip(&ours).zip(&theirs) {
+        let width = 20;
+        let xs: Vec<f32> = (-20_000..20_000).map(|i| i as f32 / 1_000.0).collect();
+        let bias: Vec<f32> = (0..width).map(|i| (i as f32 - 10.0) * 0.01).collect();
+        let xs = Tensor::from_vec(xs, (40_000 / width, width), &Device::Cpu).unwrap();
+        let bias = Tensor::from_vec(bias, width, &Device::Cpu).unwrap();
+        let ours = bias_gelu_erf(&xs, &bias).unwrap().flatten_all().unwrap();
+        let biased = xs.broadcast_add(&bias).unwrap().flatten_all().unwrap();
+        let theirs = biased.gelu_erf().unwrap().to_vec1::<f32>().unwrap();
+        let ours = ours.to_vec1::<f32>().unwrap();
+        for ((x, a), b) in biased
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .zip(&ours)
+            .zip(&theirs)
+        {
             // Within 1e-6 of the exact value, measured (f64 erf as the truth): as close as
             // PyTorch's own f32 GELU comes over the same range (1.0e-6 off at -3.389).
             let tolerance = 1.5e-6 * x.abs().max(1.0);
@@ -258,8 +442,9 @@ pub(crate) mod tests {
         let hidden = heads * d;
         let lens = [7, 3, 1];
         let qkv = Tensor::randn(0f32, 1.0, (batch, seq, 3 * hidden), &Device::Cpu).unwrap();
-        let fused = attention(&qkv, &lens, heads).unwrap();
-        let ops = attention_ops(&qkv, &lens, heads).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, 3 * hidden, &Device::Cpu).unwrap();
+        let fused = attention(&qkv, &bias, &lens, heads).unwrap();
+        let ops = attention_ops(&qkv.broadcast_add(&bias).unwrap(), &lens, heads).unwrap();
         assert_eq!(fused.dims(), &[batch, seq, hidden]);
         for (b, &n) in lens.iter().enumerate() {
             let diff = largest_difference(&fused, &ops, b, n);
@@ -270,11 +455,35 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn fused_attention_refuses_a_shape_that_does_not_fit_its_heads() {
+    fn fused_add_and_norm_agrees_with_candles_ops() {
+        // Two rows of 40: a width that is not a multiple of the sixteen running sums.
+        let shape = (2, 5, 40);
+        let xs = Tensor::randn(1f32, 3.0, shape, &Device::Cpu).unwrap();
+        let residual = Tensor::randn(0f32, 2.0, shape, &Device::Cpu).unwrap();
+        let params = Tensor::randn(0f32, 1.0, (3, 40), &Device::Cpu).unwrap();
+        let fused = add_norm(&xs, &residual, &params, 1e-12).unwrap();
+        let ops = add_norm_ops(&xs, &residual, &params, 1e-12).unwrap();
+        for b in 0..2 {
+            let diff = largest_difference(&fused, &ops, b, 5);
+            assert!(diff < 1e-5, "batch {b}: differs by {diff}");
+        }
+    }
+
+    #[test]
+    fn the_kernels_refuse_shapes_that_do_not_fit() {
         let qkv = Tensor::zeros((2, 5, 3 * 30), DType::F32, &Device::Cpu).unwrap();
-        let err = attention(&qkv, &[5, 5], 4).unwrap_err().to_string();
+        let bias = Tensor::zeros(3 * 30, DType::F32, &Device::Cpu).unwrap();
+        let err = attention(&qkv, &bias, &[5, 5], 4).unwrap_err().to_string();
         assert!(err.contains("for 4 heads"), "{err}");
-        let err = attention(&qkv, &[5], 3).unwrap_err().to_string();
+        let err = attention(&qkv, &bias, &[5], 3).unwrap_err().to_string();
         assert!(err.contains("bad shape"), "{err}");
+
+        let xs = Tensor::zeros((2, 5, 30), DType::F32, &Device::Cpu).unwrap();
+        let err = bias_gelu_erf(&xs, &bias).unwrap_err().to_string();
+        assert!(err.contains("for 90 values per row"), "{err}");
+        let params = Tensor::zeros((3, 30), DType::F32, &Device::Cpu).unwrap();
+        let shorter = Tensor::zeros((2, 4, 30), DType::F32, &Device::Cpu).unwrap();
+        let err = add_norm(&xs, &shorter, &params, 1e-12);
+        assert!(err.unwrap_err().to_string().contains("bad shapes"));
     }
 }
