@@ -1,5 +1,5 @@
 //! Sentence embeddings with a BERT-family model (all-MiniLM and friends): the encoder of
-//! [`super::encoder`], mean pooling over the attention mask, L2 normalisation, as
+//! [`super::encoder`], mean pooling over each sentence's tokens, L2 normalisation, as
 //! sentence-transformers does.
 
 use std::collections::HashMap;
@@ -108,9 +108,10 @@ impl Embedder {
         })
     }
 
-    /// Embeds `texts` in batches of `batch_size`, in the order given. Texts are grouped by
-    /// token length so each batch pads only to its own longest text. `cancelled` is checked
-    /// between batches; `progress` gets the number of texts done.
+    /// Embeds `texts` in batches of `batch_size`, in the order given. A batch's tokens are
+    /// packed without padding; texts are still grouped by token length, so that where attention
+    /// does pad (candle's ops, off the CPU) each batch pads only to its own longest text.
+    /// `cancelled` is checked between batches; `progress` gets the number of texts done.
     pub fn embed(
         &self,
         texts: &[String],
@@ -219,32 +220,21 @@ impl Embedder {
             .collect())
     }
 
-    /// One padded batch through the model: pooled (and normalised) rows in batch order.
+    /// One batch through the model, its sentences packed without padding: pooled (and
+    /// normalised) rows in batch order.
     fn forward<'e>(
         &self,
-        batch: impl ExactSizeIterator<Item = &'e tokenizers::Encoding> + Clone,
+        batch: impl ExactSizeIterator<Item = &'e tokenizers::Encoding>,
         normalize: bool,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
-        let rows = batch.len();
-        let width = batch.clone().map(|e| e.get_ids().len()).max().unwrap_or(0);
-        let (mut ids, mut mask, mut lens) = (
-            Vec::with_capacity(rows * width),
-            Vec::with_capacity(rows * width),
-            Vec::with_capacity(rows),
-        );
+        let (mut ids, mut lens) = (Vec::new(), Vec::with_capacity(batch.len()));
         for e in batch {
-            let n = e.get_ids().len();
-            lens.push(n);
+            lens.push(e.get_ids().len());
             ids.extend_from_slice(e.get_ids());
-            ids.extend(std::iter::repeat_n(0, width - n));
-            mask.extend(std::iter::repeat_n(1u32, n));
-            mask.extend(std::iter::repeat_n(0u32, width - n));
         }
-        let shape = (rows, width);
-        let ids = Tensor::from_vec(ids, shape, &self.device)?;
-        let mask = Tensor::from_vec(mask, shape, &self.device)?;
+        let ids = Tensor::new(ids.as_slice(), &self.device)?;
         let hidden = self.model.forward(&ids, &lens)?;
-        let pooled = mean_pool(&hidden, &mask)?;
+        let pooled = mean_pool(&hidden, &lens)?;
         let pooled = if normalize {
             l2_normalize(&pooled)?
         } else {
@@ -254,12 +244,18 @@ impl Embedder {
     }
 }
 
-/// Mean of the token vectors that the mask keeps: `(batch, seq, dim) -> (batch, dim)`.
-fn mean_pool(hidden: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-    let mask = mask.to_dtype(hidden.dtype())?.unsqueeze(2)?;
-    let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
-    let counts = mask.sum(1)?.clamp(1e-9, f64::MAX)?;
-    summed.broadcast_div(&counts)
+/// Mean of each sentence's token vectors, `(tokens, dim) -> (sentences, dim)`, as one matmul:
+/// row `b` of the averaging matrix holds `1/lens[b]` over sentence `b`'s tokens.
+fn mean_pool(hidden: &Tensor, lens: &[usize]) -> candle_core::Result<Tensor> {
+    let tokens: usize = lens.iter().sum();
+    let mut weights = vec![0f32; lens.len() * tokens];
+    let mut start = 0;
+    for (row, &n) in weights.chunks_exact_mut(tokens.max(1)).zip(lens) {
+        row[start..start + n].fill(1.0 / n.max(1) as f32);
+        start += n;
+    }
+    let weights = Tensor::from_vec(weights, (lens.len(), tokens), hidden.device())?;
+    weights.to_dtype(hidden.dtype())?.matmul(hidden)
 }
 
 fn l2_normalize(v: &Tensor) -> candle_core::Result<Tensor> {

@@ -75,14 +75,20 @@ impl Encoder {
         })
     }
 
-    /// `ids` is `(batch, seq)`, each sentence's real tokens first and `lens[b]` of them; returns
-    /// the last layer's `(batch, seq, hidden)` states (rows of padding hold no meaning).
+    /// `ids` holds the sentences' tokens one after another, no padding, `lens[b]` of sentence
+    /// `b`; returns the last layer's states, `(tokens, hidden)`, in the same order. Packed so,
+    /// every matmul runs over real tokens only (batches padded to their longest sentence
+    /// carried 13 % padding on the benchmark's sentences).
     pub fn forward(&self, ids: &Tensor, lens: &[usize]) -> candle_core::Result<Tensor> {
-        let (_, seq) = ids.dims2()?;
-        let x = self
-            .words
-            .forward(ids)?
-            .broadcast_add(&self.positions.narrow(0, 0, seq)?)?;
+        let tokens = ids.dims1()?;
+        if lens.iter().sum::<usize>() != tokens {
+            candle_core::bail!(
+                "encoder: {tokens} tokens, but the sentences' lengths sum to {lens:?}"
+            )
+        }
+        let positions: Vec<u32> = lens.iter().flat_map(|&n| 0..n as u32).collect();
+        let positions = Tensor::from_vec(positions, tokens, ids.device())?;
+        let x = (self.words.forward(ids)? + self.positions.index_select(&positions, 0)?)?;
         let mut x = self.norm.forward(&x)?;
         for layer in &self.layers {
             x = layer.forward(&x, lens, self.heads)?;
@@ -159,13 +165,10 @@ impl Dense {
         )
     }
 
-    /// `(batch, seq, in) -> (batch, seq, out)` as one matmul over every token, without the
-    /// bias: the kernel that reads the result adds it.
+    /// `(tokens, in) -> (tokens, out)`, without the bias: the kernel that reads the result
+    /// adds it.
     fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (batch, seq, inputs) = x.dims3()?;
-        x.reshape((batch * seq, inputs))?
-            .matmul(&self.weight)?
-            .reshape((batch, seq, ()))
+        x.matmul(&self.weight)
     }
 }
 
@@ -207,7 +210,7 @@ impl DenseNorm {
 mod tests {
     use std::collections::HashMap;
 
-    use candle_core::{DType, Device, Tensor};
+    use candle_core::{DType, Device, IndexOp, Tensor};
     use candle_nn::VarBuilder;
     use candle_transformers::models::bert::{BertModel, Config};
 
@@ -263,15 +266,19 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn the_encoder_gives_candles_bert_states_for_every_real_token() {
-        let config: Config = serde_json::from_value(serde_json::json!({
+    fn tiny_config() -> Config {
+        serde_json::from_value(serde_json::json!({
             "vocab_size": 50, "hidden_size": 32, "num_hidden_layers": 2,
             "num_attention_heads": 4, "intermediate_size": 64, "hidden_act": "gelu",
             "hidden_dropout_prob": 0.1, "max_position_embeddings": 16, "type_vocab_size": 2,
             "initializer_range": 0.02, "layer_norm_eps": 1e-12, "pad_token_id": 0,
         }))
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn the_encoder_gives_candles_bert_states_for_every_real_token() {
+        let config = tiny_config();
         let tensors = random_bert(&config);
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
         // Ours finds the `bert.` prefix itself; candle's is given it.
@@ -280,26 +287,36 @@ mod tests {
 
         let lens = [9usize, 4, 2];
         let seq = 9;
-        let (mut ids, mut mask) = (vec![], vec![]);
+        let id = |b: usize, j: usize| (b * 7 + j * 3) as u32 % 50;
+        let (mut padded, mut mask, mut packed) = (vec![], vec![], vec![]);
         for (b, &n) in lens.iter().enumerate() {
-            ids.extend((0..seq).map(|j| {
-                if j < n {
-                    (b * 7 + j * 3) as u32 % 50
-                } else {
-                    0
-                }
-            }));
+            padded.extend((0..seq).map(|j| if j < n { id(b, j) } else { 0 }));
             mask.extend((0..seq).map(|j| u32::from(j < n)));
+            packed.extend((0..n).map(|j| id(b, j)));
         }
-        let ids = Tensor::from_vec(ids, (3, seq), &Device::Cpu).unwrap();
+        let padded = Tensor::from_vec(padded, (3, seq), &Device::Cpu).unwrap();
         let mask = Tensor::from_vec(mask, (3, seq), &Device::Cpu).unwrap();
-        let a = ours.forward(&ids, &lens).unwrap();
+        let packed = Tensor::new(packed.as_slice(), &Device::Cpu).unwrap();
+        let a = ours.forward(&packed, &lens).unwrap();
         let b = theirs
-            .forward(&ids, &ids.zeros_like().unwrap(), Some(&mask))
+            .forward(&padded, &padded.zeros_like().unwrap(), Some(&mask))
             .unwrap();
+        let mut start = 0;
         for (s, &n) in lens.iter().enumerate() {
-            let diff = largest_difference(&a, &b, s, n);
+            let ours = a.narrow(0, start, n).unwrap();
+            let diff = largest_difference(&ours, &b.i((s, ..n)).unwrap());
             assert!(diff < 1e-4, "sentence {s}: the states differ by {diff}");
+            start += n;
         }
+    }
+
+    #[test]
+    fn the_encoder_refuses_lengths_that_do_not_cover_its_tokens() {
+        let config = tiny_config();
+        let vb = VarBuilder::from_tensors(random_bert(&config), DType::F32, &Device::Cpu);
+        let ours = Encoder::load(vb, &config).unwrap();
+        let ids = Tensor::new(&[1u32, 2, 3, 4], &Device::Cpu).unwrap();
+        let err = ours.forward(&ids, &[2, 1]).unwrap_err().to_string();
+        assert!(err.contains("4 tokens"), "{err}");
     }
 }

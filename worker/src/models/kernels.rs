@@ -52,12 +52,10 @@ fn is_cpu_f32(xs: &Tensor) -> bool {
     xs.device().is_cpu() && xs.dtype() == DType::F32
 }
 
-/// Self-attention of one layer from its fused projection. `qkv + bias` is `(batch, seq,
-/// 3·hidden)`: each token's queries (already scaled by 1/√d), keys and values side by side, each
-/// `heads` blocks of `d`. `lens[b]` counts the real tokens of sentence `b`, which come first.
-/// Returns `(batch, seq, hidden)`: per head, `softmax(q·kᵀ)·v` over the real tokens. Rows of
-/// padding are zero on the CPU (candle's path computes them): nothing downstream reads them,
-/// since keys stop at the real tokens and the pooling masks them.
+/// Self-attention of one layer from its fused projection, over sentences packed one after
+/// another. `qkv + bias` is `(tokens, 3·hidden)`: each token's queries (already scaled by 1/√d),
+/// keys and values side by side, each `heads` blocks of `d`; `lens[b]` counts the tokens of
+/// sentence `b`. Returns `(tokens, hidden)`: per sentence and head, `softmax(q·kᵀ)·v`.
 pub fn attention(
     qkv: &Tensor,
     bias: &Tensor,
@@ -77,13 +75,26 @@ pub fn attention(
     }
 }
 
-/// [`attention`] in candle's ops, on any device, its bias already added: the same arithmetic
-/// as candle-transformers' BERT, with the mask built from `lens` (0 for a real key, -∞ for
-/// padding).
+/// [`attention`] in candle's ops, on any device, its bias already added: the sentences padded
+/// to the longest (one gather), then the same arithmetic as candle-transformers' BERT with the
+/// mask built from `lens` (0 for a real key, -∞ for padding), then the real rows gathered back.
 fn attention_ops(qkv: &Tensor, lens: &[usize], heads: usize) -> candle_core::Result<Tensor> {
-    let (batch, seq, three_h) = qkv.dims3()?;
+    let (tokens, three_h) = qkv.dims2()?;
+    let (batch, seq) = (lens.len(), lens.iter().copied().max().unwrap_or(0));
     let (hidden, d) = (three_h / 3, three_h / 3 / heads);
+    let (mut padded, mut real, mut start) = (Vec::new(), Vec::new(), 0u32);
+    for (b, &n) in lens.iter().enumerate() {
+        // A padding slot repeats the sentence's first token; the mask hides it.
+        padded.extend((0..seq as u32).map(|j| start + if j < n as u32 { j } else { 0 }));
+        real.extend((0..n as u32).map(|j| (b * seq) as u32 + j));
+        start += n as u32;
+    }
+    if start as usize != tokens {
+        bail!("attention: {tokens} tokens, but the sentences' lengths sum to {start}")
+    }
+    let padded = Tensor::new(padded.as_slice(), qkv.device())?;
     let qkv = qkv
+        .index_select(&padded, 0)?
         .reshape((batch, seq, 3, heads, d))?
         .permute((2, 0, 3, 1, 4))?; // (3, batch, heads, seq, d)
     let (q, k, v) = (
@@ -101,7 +112,8 @@ fn attention_ops(qkv: &Tensor, lens: &[usize], heads: usize) -> candle_core::Res
     probs
         .matmul(&v)?
         .transpose(1, 2)?
-        .reshape((batch, seq, hidden))
+        .reshape((batch * seq, hidden))?
+        .index_select(&Tensor::new(real.as_slice(), qkv.device())?, 0)
 }
 
 /// The f32 slice a contiguous CPU tensor holds.
@@ -311,39 +323,44 @@ impl CustomOp2 for Attention {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let qkv = contiguous_f32(s1, l1, self.name())?;
         let bias = contiguous_f32(s2, l2, self.name())?;
-        let (batch, seq, three_h) = l1.shape().dims3()?;
+        let (tokens, three_h) = l1.shape().dims2()?;
         let hidden = three_h / 3;
         if three_h % 3 != 0
             || hidden % self.heads != 0
-            || self.lens.len() != batch
+            || self.lens.iter().sum::<usize>() != tokens
             || bias.len() != three_h
         {
             bail!(
-                "{}: bad shape {:?} for {} heads",
+                "{}: bad shape {:?} for {} heads and sentences of {:?} tokens",
                 self.name(),
                 l1.shape(),
-                self.heads
+                self.heads,
+                self.lens
             )
         }
-        let mut out = vec![0f32; batch * seq * hidden];
+        let mut out = vec![0f32; tokens * hidden];
+        // One task per sentence, each with its own rows of `qkv` and of `out`.
+        let mut sentences = Vec::with_capacity(self.lens.len());
+        let (mut qkv, mut rest) = (qkv, out.as_mut_slice());
+        for &n in &self.lens {
+            let (mine, others) = std::mem::take(&mut rest).split_at_mut(n * hidden);
+            let (input, inputs) = qkv.split_at(n * three_h);
+            sentences.push((input, mine, n));
+            (qkv, rest) = (inputs, others);
+        }
         let arch = pulp::Arch::new();
-        // One task per sentence: each writes only its own rows.
-        out.par_chunks_mut(seq * hidden)
-            .zip(qkv.par_chunks(seq * three_h))
-            .zip(&self.lens)
-            .for_each(|((out, qkv), &n)| {
-                arch.dispatch(|| attend(qkv, bias, out, n.min(seq), self.heads))
-            });
-        Ok((CpuStorage::F32(out), Shape::from((batch, seq, hidden))))
+        sentences
+            .into_par_iter()
+            .for_each(|(qkv, out, n)| arch.dispatch(|| attend(qkv, bias, out, n, self.heads)));
+        Ok((CpuStorage::F32(out), Shape::from((tokens, hidden))))
     }
 }
 
-/// One sentence: `qkv` is its `seq × 3·hidden` rows, `out` its `seq × hidden` rows, `n` the
-/// real tokens, `bias` the projection's. Softmax as candle's: subtract the row's maximum,
-/// exponentiate, divide by the sum. The bias enters without a pass of its own: the queries'
-/// is added to each query as it is read; the keys' adds `q·b` to every score of a row alike,
-/// which the softmax cancels, so it is left out; the values' is added once to each output
-/// row, since a row's weights sum to one.
+/// One sentence: `qkv` is its `n × 3·hidden` rows, `out` its `n × hidden` rows, `bias` the
+/// projection's. Softmax as candle's: subtract the row's maximum, exponentiate, divide by the
+/// sum. The bias enters without a pass of its own: the queries' is added to each query as it is
+/// read; the keys' adds `q·b` to every score of a row alike, which the softmax cancels, so it is
+/// left out; the values' is added once to each output row, since a row's weights sum to one.
 #[inline(always)]
 fn attend(qkv: &[f32], bias: &[f32], out: &mut [f32], n: usize, heads: usize) {
     let three_h = bias.len();
@@ -405,9 +422,9 @@ pub(crate) mod tests {
 
     use super::*;
 
-    /// The largest difference between `a` and `b` over the first `n` tokens of `sentence`.
-    pub(crate) fn largest_difference(a: &Tensor, b: &Tensor, sentence: usize, n: usize) -> f32 {
-        let diff = (a.i((sentence, ..n)).unwrap() - b.i((sentence, ..n)).unwrap()).unwrap();
+    /// The largest difference between two tensors of one shape.
+    pub(crate) fn largest_difference(a: &Tensor, b: &Tensor) -> f32 {
+        let diff = (a - b).unwrap();
         diff.abs().unwrap().max_all().unwrap().to_scalar().unwrap()
     }
 
@@ -437,46 +454,45 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn fused_attention_agrees_with_candles_ops_on_every_real_token() {
-        let (batch, seq, heads, d) = (3, 7, 4, 8);
+    fn fused_attention_agrees_with_candles_ops_on_every_sentence() {
+        let (heads, d) = (4, 8);
         let hidden = heads * d;
-        let lens = [7, 3, 1];
-        let qkv = Tensor::randn(0f32, 1.0, (batch, seq, 3 * hidden), &Device::Cpu).unwrap();
+        let lens = [7, 3, 1, 5];
+        let qkv = Tensor::randn(0f32, 1.0, (16, 3 * hidden), &Device::Cpu).unwrap();
         let bias = Tensor::randn(0f32, 1.0, 3 * hidden, &Device::Cpu).unwrap();
         let fused = attention(&qkv, &bias, &lens, heads).unwrap();
         let ops = attention_ops(&qkv.broadcast_add(&bias).unwrap(), &lens, heads).unwrap();
-        assert_eq!(fused.dims(), &[batch, seq, hidden]);
-        for (b, &n) in lens.iter().enumerate() {
-            let diff = largest_difference(&fused, &ops, b, n);
-            assert!(diff < 1e-5, "sentence {b}: differs by {diff}");
-            let padding = fused.i((b, n..)).unwrap().abs().unwrap().sum_all().unwrap();
-            assert_eq!(padding.to_scalar::<f32>().unwrap(), 0.0);
-        }
+        assert_eq!(fused.dims(), &[16, hidden]);
+        let diff = largest_difference(&fused, &ops);
+        assert!(diff < 1e-5, "the attentions differ by {diff}");
+        // Each sentence attends to its own tokens only: a one-token sentence's output is its
+        // own value (plus the values' bias), whatever the others hold.
+        let value = (qkv.i((10, 2 * hidden..)).unwrap() + bias.i(2 * hidden..).unwrap()).unwrap();
+        let alone = fused.i(10..11).unwrap().squeeze(0).unwrap();
+        assert!(largest_difference(&alone, &value) < 1e-6);
     }
 
     #[test]
     fn fused_add_and_norm_agrees_with_candles_ops() {
-        // Two rows of 40: a width that is not a multiple of the sixteen running sums.
-        let shape = (2, 5, 40);
+        // Rows of 40: a width that is not a multiple of the sixteen running sums.
+        let shape = (37, 40);
         let xs = Tensor::randn(1f32, 3.0, shape, &Device::Cpu).unwrap();
         let residual = Tensor::randn(0f32, 2.0, shape, &Device::Cpu).unwrap();
         let params = Tensor::randn(0f32, 1.0, (3, 40), &Device::Cpu).unwrap();
         let fused = add_norm(&xs, &residual, &params, 1e-12).unwrap();
         let ops = add_norm_ops(&xs, &residual, &params, 1e-12).unwrap();
-        for b in 0..2 {
-            let diff = largest_difference(&fused, &ops, b, 5);
-            assert!(diff < 1e-5, "batch {b}: differs by {diff}");
-        }
+        let diff = largest_difference(&fused, &ops);
+        assert!(diff < 1e-5, "the norms differ by {diff}");
     }
 
     #[test]
     fn the_kernels_refuse_shapes_that_do_not_fit() {
-        let qkv = Tensor::zeros((2, 5, 3 * 30), DType::F32, &Device::Cpu).unwrap();
+        let qkv = Tensor::zeros((10, 3 * 30), DType::F32, &Device::Cpu).unwrap();
         let bias = Tensor::zeros(3 * 30, DType::F32, &Device::Cpu).unwrap();
         let err = attention(&qkv, &bias, &[5, 5], 4).unwrap_err().to_string();
         assert!(err.contains("for 4 heads"), "{err}");
-        let err = attention(&qkv, &bias, &[5], 3).unwrap_err().to_string();
-        assert!(err.contains("bad shape"), "{err}");
+        let err = attention(&qkv, &bias, &[5, 4], 3).unwrap_err().to_string();
+        assert!(err.contains("sentences of [5, 4] tokens"), "{err}");
 
         let xs = Tensor::zeros((2, 5, 30), DType::F32, &Device::Cpu).unwrap();
         let err = bias_gelu_erf(&xs, &bias).unwrap_err().to_string();
