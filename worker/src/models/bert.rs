@@ -244,18 +244,22 @@ impl Embedder {
     }
 }
 
-/// Mean of each sentence's token vectors, `(tokens, dim) -> (sentences, dim)`, as one matmul:
-/// row `b` of the averaging matrix holds `1/lens[b]` over sentence `b`'s tokens.
+/// Mean of each sentence's token vectors, `(tokens, dim) -> (sentences, dim)`: each token's row
+/// added into its sentence's (`index_add`), then divided by the sentence's length. Memory and
+/// work grow with the tokens (an averaging matrix would be sentences × tokens: 1 GB at batch
+/// 1,024 of 256 tokens).
 fn mean_pool(hidden: &Tensor, lens: &[usize]) -> candle_core::Result<Tensor> {
-    let tokens: usize = lens.iter().sum();
-    let mut weights = vec![0f32; lens.len() * tokens];
-    let mut start = 0;
-    for (row, &n) in weights.chunks_exact_mut(tokens.max(1)).zip(lens) {
-        row[start..start + n].fill(1.0 / n.max(1) as f32);
-        start += n;
-    }
-    let weights = Tensor::from_vec(weights, (lens.len(), tokens), hidden.device())?;
-    weights.to_dtype(hidden.dtype())?.matmul(hidden)
+    let owner: Vec<u32> = (0u32..)
+        .zip(lens)
+        .flat_map(|(b, &n)| std::iter::repeat_n(b, n))
+        .collect();
+    let owner = Tensor::new(owner.as_slice(), hidden.device())?;
+    let (batch, dim) = (lens.len(), hidden.dim(1)?);
+    let sums = Tensor::zeros((batch, dim), hidden.dtype(), hidden.device())?
+        .index_add(&owner, hidden, 0)?;
+    let counts: Vec<f32> = lens.iter().map(|&n| n.max(1) as f32).collect();
+    let counts = Tensor::from_vec(counts, (batch, 1), hidden.device())?.to_dtype(hidden.dtype())?;
+    sums.broadcast_div(&counts)
 }
 
 fn l2_normalize(v: &Tensor) -> candle_core::Result<Tensor> {
@@ -283,4 +287,27 @@ const LANE_MAX_BATCH: usize = 8;
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn mean_pooling_averages_each_sentence_over_its_own_tokens() {
+        // Two sentences packed: two tokens, then three.
+        let hidden = Tensor::new(
+            &[
+                [1f32, 10.0],
+                [3.0, 20.0],
+                [0.0, -1.0],
+                [6.0, -2.0],
+                [3.0, 0.0],
+            ],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let pooled = super::mean_pool(&hidden, &[2, 3]).unwrap();
+        assert_eq!(pooled.to_vec2::<f32>().unwrap(), [[2.0, 15.0], [3.0, -1.0]]);
+    }
 }
