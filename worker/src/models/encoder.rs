@@ -80,10 +80,10 @@ impl Encoder {
     /// every matmul runs over real tokens only (batches padded to their longest sentence
     /// carried 13 % padding on the benchmark's sentences).
     pub fn forward(&self, ids: &Tensor, lens: &[usize]) -> candle_core::Result<Tensor> {
-        let tokens = ids.dims1()?;
-        if lens.iter().sum::<usize>() != tokens {
+        let (tokens, sum) = (ids.dims1()?, lens.iter().sum::<usize>());
+        if sum != tokens {
             candle_core::bail!(
-                "encoder: {tokens} tokens, but the sentences' lengths sum to {lens:?}"
+                "encoder: {tokens} tokens, but the sentences' lengths {lens:?} sum to {sum}"
             )
         }
         let positions: Vec<u32> = lens.iter().flat_map(|&n| 0..n as u32).collect();
@@ -317,6 +317,9 @@ mod tests {
         let ours = Encoder::load(vb, &config).unwrap();
         let ids = Tensor::new(&[1u32, 2, 3, 4], &Device::Cpu).unwrap();
         let err = ours.forward(&ids, &[2, 1]).unwrap_err().to_string();
-        assert!(err.contains("4 tokens"), "{err}");
+        assert!(
+            err.contains("4 tokens, but the sentences' lengths [2, 1] sum to 3"),
+            "{err}"
+        );
     }
 }
