@@ -175,7 +175,8 @@ impl Dense {
 /// The end of a sub-layer, `LayerNorm(x·W + b + residual)`: a [`Dense`] whose bias travels with
 /// the norm's parameters into [`kernels::add_norm`].
 struct DenseNorm {
-    dense: Dense,
+    /// `(in, out)`, as [`Dense`]'s; its bias is the first row of `params`.
+    weight: Tensor,
     /// `(3, out)`: the dense layer's bias, the norm's weight, the norm's bias.
     params: Tensor,
     eps: f32,
@@ -184,25 +185,25 @@ struct DenseNorm {
 impl DenseNorm {
     /// `vb` holds `dense.{weight,bias}` and `LayerNorm.{weight,bias}`.
     fn load(inputs: usize, outputs: usize, vb: VarBuilder, eps: f64) -> candle_core::Result<Self> {
-        let dense = Dense::load(inputs, outputs, vb.pp("dense"))?;
+        let Dense { weight, bias } = Dense::load(inputs, outputs, vb.pp("dense"))?;
         let norm = vb.pp("LayerNorm");
         let params = Tensor::stack(
             &[
-                &dense.bias,
+                &bias,
                 &norm.get(outputs, "weight")?,
                 &norm.get(outputs, "bias")?,
             ],
             0,
         )?;
         Ok(Self {
-            dense,
+            weight,
             params,
             eps: eps as f32,
         })
     }
 
     fn forward(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
-        kernels::add_norm(&self.dense.matmul(x)?, residual, &self.params, self.eps)
+        kernels::add_norm(&x.matmul(&self.weight)?, residual, &self.params, self.eps)
     }
 }
 
