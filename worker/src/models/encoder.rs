@@ -3,7 +3,7 @@
 //! arranged for speed on the CPU. Each layer projects queries, keys and values in one matmul
 //! (their weights stacked at load, the queries' pre-scaled by 1/√d), attends in one fused kernel
 //! over real tokens only, applies GELU with a vectorised erf, and ends each sub-layer with the
-//! bias, the residual and the layer norm in one pass ([`super::kernels`]); the matmuls run
+//! bias, the residual and the layer norm in one pass ([`harmonia_kernels`]); the matmuls run
 //! without their biases, which those kernels add.
 
 use candle_core::{IndexOp, Module, Tensor};
@@ -11,7 +11,7 @@ use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use candle_transformers::models::bert::{Config, HiddenAct};
 
 use super::ModelError;
-use super::kernels;
+use harmonia_kernels as kernels;
 
 pub struct Encoder {
     words: Embedding,
@@ -216,7 +216,6 @@ mod tests {
     use candle_transformers::models::bert::{BertModel, Config};
 
     use super::Encoder;
-    use crate::models::kernels::tests::largest_difference;
 
     /// A small BERT with random weights, under the names of a checkpoint with a `bert.` prefix.
     fn random_bert(config: &Config) -> HashMap<String, Tensor> {
@@ -305,7 +304,8 @@ mod tests {
         let mut start = 0;
         for (s, &n) in lens.iter().enumerate() {
             let ours = a.narrow(0, start, n).unwrap();
-            let diff = largest_difference(&ours, &b.i((s, ..n)).unwrap());
+            let diff = (&ours - &b.i((s, ..n)).unwrap()).unwrap().abs().unwrap();
+            let diff: f32 = diff.max_all().unwrap().to_scalar().unwrap();
             assert!(diff < 1e-4, "sentence {s}: the states differ by {diff}");
             start += n;
         }

@@ -6,7 +6,6 @@ pub mod cache;
 pub mod convert;
 pub mod encoder;
 pub mod hub;
-mod kernels;
 pub mod llama;
 pub mod pool;
 pub mod verify;

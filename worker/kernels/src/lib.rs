@@ -1,4 +1,4 @@
-//! CPU kernels for the BERT encoder ([`super::encoder`]), where candle's general-purpose ops
+//! CPU kernels for the worker's BERT encoder (`harmonia_worker::models::encoder`), where candle's general-purpose ops
 //! spent the embedding benchmark's time: GELU, whose libm `erf` is scalar (9.5 % of the samples),
 //! attention, which candle runs as transposed copies, one small matmul per sentence and head,
 //! and a softmax in five passes, and the passes around the matmuls (a bias add, a residual add
@@ -417,13 +417,13 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use candle_core::{Device, IndexOp, Tensor};
 
     use super::*;
 
     /// The largest difference between two tensors of one shape.
-    pub(crate) fn largest_difference(a: &Tensor, b: &Tensor) -> f32 {
+    fn largest_difference(a: &Tensor, b: &Tensor) -> f32 {
         let diff = (a - b).unwrap();
         diff.abs().unwrap().max_all().unwrap().to_scalar().unwrap()
     }
