@@ -35,30 +35,43 @@ fn redis_cli_bin() -> anyhow::Result<PathBuf> {
     locate("HARMONIA_REDIS_CLI", &[beside], "redis-cli")
 }
 
-/// A free port whose cluster bus port (+10,000) is free too.
-fn free_node_port() -> anyhow::Result<u16> {
+/// `n` distinct free ports whose cluster bus ports (+10,000) are free too: each pair stays bound
+/// until all are picked, so no pick repeats one, or another's bus port.
+fn free_node_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let mut held = Vec::new();
+    let mut ports = Vec::new();
     for _ in 0..100 {
-        let port = crate::process::free_port()?;
+        if ports.len() == n {
+            break;
+        }
+        let node = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        let port = node.local_addr()?.port();
         let Some(bus) = port.checked_add(10_000) else {
             continue;
         };
-        if std::net::TcpListener::bind(("127.0.0.1", bus)).is_ok() {
-            return Ok(port);
+        if let Ok(bus) = std::net::TcpListener::bind(("127.0.0.1", bus)) {
+            held.extend([node, bus]);
+            ports.push(port);
         }
     }
-    anyhow::bail!("no free port pair for a cluster node")
+    anyhow::ensure!(ports.len() == n, "no {n} free port pairs for cluster nodes");
+    Ok(ports)
 }
+
+/// One cluster start at a time per suite, until its nodes answer: a port is only taken once its
+/// node binds it, so two starts at once could pick the same port (or one's node port as the
+/// other's bus port), and one `redis-cli --cluster create` would then take the other's node.
+static STARTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl RedisCluster {
     /// Starts six nodes under `dir`, makes them a cluster and waits until every node says it
     /// is whole (`cluster_state:ok`, every slot served).
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
-        let mut ports = Vec::new();
+        let one_at_a_time = STARTING.lock().await;
+        let ports = free_node_ports(6)?;
         let mut nodes = Vec::new();
-        for _ in 0..6 {
-            let port = free_node_port()?;
-            nodes.push(start_node(&dir.join(port.to_string()), port)?);
-            ports.push(port);
+        for port in &ports {
+            nodes.push(start_node(&dir.join(port.to_string()), *port)?);
         }
         let cluster = Self { ports, nodes };
         for port in &cluster.ports {
@@ -69,6 +82,7 @@ impl RedisCluster {
             )
             .await?;
         }
+        drop(one_at_a_time);
         let mut create = Command::new(redis_cli_bin()?);
         create.args(["--cluster", "create"]);
         create.args(cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")));
