@@ -62,6 +62,9 @@ fn entries(tasks: &[Published]) -> Vec<(ResourceClass, TaskEntry)> {
                 task_id: p.id.to_hex(),
                 attempt: p.attempt,
                 model: p.model.clone(),
+                // Stamped as it is appended: the task is queued in MongoDB by then.
+                ready_us: None,
+                spec: p.spec.clone(),
             };
             (class, entry)
         })

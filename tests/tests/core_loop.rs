@@ -39,11 +39,56 @@ async fn a_diamond_runs_in_dependency_order_with_exact_aggregates() {
     assert!(ms(cc.started_at) >= ms(a.finished_at));
     assert!(ms(d.started_at) >= ms(b.finished_at).max(ms(cc.finished_at)));
     assert_eq!(b.outputs.as_ref().unwrap().get_i64("slept_ms").unwrap(), 50);
+    // A no-op says when its task became ready (its stream entry's stamp) and when it started,
+    // in microseconds: a promoted task became ready only once all its upstream tasks finished.
+    let us = |t: &harmonia_shared::model::RunTask, k: &str| {
+        t.outputs.as_ref().unwrap().get_i64(k).unwrap()
+    };
+    for (task, upstream) in [(&cc, vec![&a]), (&d, vec![&b, &cc])] {
+        let ready = us(task, "ready_unix_us");
+        assert!(ready <= us(task, "started_unix_us"), "{task:?}");
+        for u in upstream {
+            assert!(ready >= ms(u.finished_at) * 1000, "{task:?} before {u:?}");
+        }
+    }
     assert!(
         [a, b, cc, d]
             .iter()
             .all(|t| t.attempt == 1 && t.lease_token.is_none())
     );
+}
+
+/// Downstream tasks are released by their upstream task's outcome event, not by the repair
+/// pass (an hour away here): the event names the downstream tasks, whichever way the attempt
+/// learnt them (a new run's first task starts from the copy in its entry).
+#[tokio::test]
+async fn a_chain_is_promoted_by_its_events_without_the_repair_pass() {
+    let mut scheduler = SCHEDULER.to_vec();
+    let at = scheduler.iter().position(|a| *a == "--repair-ms").unwrap();
+    scheduler[at + 1] = "3600000";
+    let mut worker = WORKER.to_vec();
+    worker.extend(["--gpus", "none"]);
+    let c = harmonia_tests::cluster::cluster_with("chain-events", &scheduler, &[worker])
+        .await
+        .unwrap();
+    let run_id = c
+        .client
+        .start(&submission(
+            "chain-events",
+            json!([
+                {"id": "a", "type": "debug.noop"},
+                {"id": "b", "type": "debug.noop", "depends_on": ["a"]},
+                {"id": "c", "type": "debug.noop", "depends_on": ["b"]}
+            ]),
+        ))
+        .await
+        .unwrap();
+    let run = c
+        .client
+        .finished(run_id, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
 }
 
 #[tokio::test]

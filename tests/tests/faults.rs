@@ -266,6 +266,8 @@ async fn a_publish_mark_that_lands_after_a_flush_is_published_again() {
         task_id: a.id.to_hex(),
         attempt: a.attempt,
         model: None,
+        ready_us: None,
+        spec: None,
     };
     let written_in = client
         .queue

@@ -88,3 +88,65 @@ async fn a_late_attempt_thawed_after_the_task_was_rerun_stores_no_output() {
         pointer.storage_ref.sha256
     );
 }
+
+/// A new run's first tasks travel with a copy of their document in their stream entries, and
+/// a worker starts them from that copy without reading MongoDB. A copy that is stale when it
+/// is read (here: an entry appended again, naming a task that already succeeded) starts an
+/// attempt that records nothing: the outcome is fenced on the task as MongoDB has it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_copy_of_a_task_in_its_entry_starts_an_attempt_that_records_nothing() {
+    use harmonia_shared::queue::{TaskEntry, WORKERS_GROUP};
+    use harmonia_shared::resources::ResourceClass;
+    let scope = Scope::new("stale-copy");
+    let c = cluster_in(scope, SCHEDULER, &[cpu_worker()]).await.unwrap();
+    let run_id = c
+        .client
+        .start(&submission(
+            "stale-copy",
+            json!([{"id": "t", "type": "debug.noop"}]),
+        ))
+        .await
+        .unwrap();
+    c.client.finished(run_id, LONG).await.unwrap();
+    let done = c.client.task(run_id, "t").await.unwrap();
+    assert_eq!((done.status, done.attempt), (TaskStatus::Succeeded, 1));
+
+    // The copy as it was while the task was queued for its second attempt.
+    let copy = harmonia_shared::model::RunTask {
+        status: TaskStatus::Queued,
+        outputs: None,
+        ..done.clone()
+    };
+    let entry = TaskEntry {
+        task_id: done.id.to_hex(),
+        attempt: done.attempt,
+        model: None,
+        ready_us: None,
+        spec: TaskEntry::spec_of(&copy),
+    };
+    assert!(entry.task().is_some(), "the copy reads as queued");
+    let starts = || {
+        let out = c.workers[0].output();
+        out.lines()
+            .map(harmonia_tests::process::plain)
+            .filter(|l| l.contains("task started") && l.contains("node=t "))
+            .count()
+    };
+    assert_eq!(starts(), 1);
+    let queue = &c.client.queue;
+    queue.publish(&[(ResourceClass::CPU, entry)]).await.unwrap();
+    wait_for("the copy's attempt to start", LONG, || async {
+        Ok((starts() == 2).then_some(()))
+    })
+    .await
+    .unwrap();
+    let stream = queue.keys().task_stream(ResourceClass::CPU);
+    wait_for("its entry to be acked", LONG, || async {
+        let group = queue.group_info(&stream, WORKERS_GROUP).await?;
+        Ok(group.filter(|g| g.pending == 0).map(|_| ()))
+    })
+    .await
+    .unwrap();
+    let after = c.client.task(run_id, "t").await.unwrap();
+    assert_eq!(after, done, "nothing of the stale attempt was recorded");
+}

@@ -198,6 +198,19 @@ async fn ids(client: &Client, stream: &str) -> Vec<String> {
     range.ids.into_iter().map(|e| e.id).collect()
 }
 
+/// What consumer `consumer` reads of the CPU stream, without waiting.
+async fn read_cpu(
+    queue: &harmonia_shared::queue::Queue,
+    consumer: &str,
+) -> Vec<redis::streams::StreamId> {
+    let cpu = harmonia_shared::queue::TaskStream::class(ResourceClass::CPU);
+    let read = queue
+        .read_tasks(consumer, std::slice::from_ref(&cpu), 10, false)
+        .await
+        .expect("XREADGROUP");
+    read.into_iter().flat_map(|(_, entries)| entries).collect()
+}
+
 /// An entry that names a model is a pair: its class copy and its hint copy share one id.
 /// Handing back either appends a new pair and drops the old one; acking one acks and deletes
 /// both, so a task claimed through one copy is never read again through the other.
@@ -217,8 +230,12 @@ async fn an_entry_naming_a_model_is_published_handed_back_and_acked_as_a_pair() 
         task_id: "0123456789abcdef01234567".into(),
         attempt: 2,
         model: Some("org/m".into()),
+        ready_us: None,
+        spec: None,
     };
+    let before = harmonia_shared::queue::unix_us();
     queue.publish(&[(cpu, entry.clone())]).await.unwrap();
+    let after = harmonia_shared::queue::unix_us();
     let first = ids(&client, &class_key).await;
     assert_eq!(first.len(), 1);
     assert_eq!(
@@ -232,12 +249,23 @@ async fn an_entry_naming_a_model_is_published_handed_back_and_acked_as_a_pair() 
         .await
         .unwrap();
     let got = &read[0].1[0];
+    let published = TaskEntry::of(got).unwrap();
+    let ready = published
+        .ready_us
+        .expect("the publisher stamps when the task became ready");
+    assert!(
+        (before..=after).contains(&ready),
+        "{before} <= {ready} <= {after}"
+    );
     assert_eq!(
-        TaskEntry::of(got),
-        Some(entry.clone()),
+        published,
+        TaskEntry {
+            ready_us: Some(ready),
+            ..entry.clone()
+        },
         "the class copy names the model"
     );
-    queue.hand_back(cpu, &got.id, &entry).await.unwrap();
+    queue.hand_back(cpu, &got.id, &published).await.unwrap();
     let second = ids(&client, &class_key).await;
     assert_eq!(second.len(), 1);
     assert_ne!(second, first, "appended anew");
@@ -248,6 +276,11 @@ async fn an_entry_naming_a_model_is_published_handed_back_and_acked_as_a_pair() 
         .await
         .unwrap();
     assert_eq!(read[0].1[0].id, second[0]);
+    assert_eq!(
+        TaskEntry::of(&read[0].1[0]),
+        Some(published),
+        "the pair handed back is the same task, ready since it was first published"
+    );
     assert!(
         queue.holder_looking(cpu, "org/m").await.unwrap(),
         "a hint read marks a holder looking"
@@ -261,6 +294,120 @@ async fn an_entry_naming_a_model_is_published_handed_back_and_acked_as_a_pair() 
         .unwrap()
         .unwrap();
     assert_eq!(pending.pending, 0, "the read copy was acked");
+}
+
+/// An entry carries when its task became ready (the publisher's clock, in microseconds, taken
+/// as it appends), which the worker's dispatch latency is measured from; a worker that hands
+/// the entry back passes the same time on, and an entry given one keeps it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_entry_says_when_its_task_became_ready_and_a_hand_back_keeps_it() {
+    use harmonia_shared::queue::{TaskEntry, TaskStream, unix_us};
+    let scope = Scope::new("ready-stamp");
+    let client = Client::connect(&scope).await.unwrap();
+    let queue = &client.queue;
+    let cpu = ResourceClass::CPU;
+    let class = TaskStream::class(cpu);
+    queue
+        .ensure_group(&class.key(queue.keys()), WORKERS_GROUP)
+        .await
+        .unwrap();
+    let fresh = TaskEntry {
+        task_id: "0123456789abcdef01234567".into(),
+        attempt: 0,
+        model: None,
+        ready_us: None,
+        spec: None,
+    };
+    let given = TaskEntry {
+        task_id: "0123456789abcdef01234568".into(),
+        ready_us: Some(1_700_000_000_123_456),
+        ..fresh.clone()
+    };
+    let before = unix_us();
+    queue
+        .publish(&[(cpu, fresh.clone()), (cpu, given.clone())])
+        .await
+        .unwrap();
+    let after = unix_us();
+    let first = read_cpu(queue, "w1").await;
+    let entries: Vec<TaskEntry> = first.iter().filter_map(TaskEntry::of).collect();
+    assert_eq!(entries.len(), 2);
+    let stamped = entries[0].ready_us.expect("a fresh entry is stamped");
+    assert!(
+        (before..=after).contains(&stamped),
+        "{before} <= {stamped} <= {after}"
+    );
+    assert_eq!(entries[1], given, "a given time is kept");
+
+    for (entry, task) in first.iter().zip(&entries) {
+        queue.hand_back(cpu, &entry.id, task).await.unwrap();
+    }
+    let again: Vec<TaskEntry> = read_cpu(queue, "w2")
+        .await
+        .iter()
+        .filter_map(TaskEntry::of)
+        .collect();
+    assert_eq!(
+        again, entries,
+        "handed back with the times they became ready"
+    );
+}
+
+/// A new run's first ready tasks travel with a copy of their document in their entries, as
+/// MongoDB stored it (less its history, which a ready task does not have yet); the copy reads
+/// back only while it names the entry's task, queued as of the entry's attempt. A copy over
+/// 4 KiB is not made, and a hand-back drops it (the next worker reads MongoDB).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_runs_ready_task_travels_with_a_copy_until_it_is_handed_back() {
+    use harmonia_shared::model::RunTask;
+    use harmonia_shared::queue::{SPEC_MAX_BYTES, TaskEntry};
+    let scope = Scope::new("task-copy");
+    let c = cluster_in(scope, SCHEDULER, &[]).await.unwrap();
+    let run_id = c
+        .client
+        .start(&submission(
+            "task-copy",
+            json!([{"id": "a", "type": "debug.sleep", "params": {"ms": 5}},
+                   {"id": "b", "type": "debug.noop", "depends_on": ["a"]}]),
+        ))
+        .await
+        .unwrap();
+    let queue = &c.client.queue;
+    let entries = read_cpu(queue, "w1").await;
+    assert_eq!(entries.len(), 1, "only `a` is ready");
+    let entry = TaskEntry::of(&entries[0]).unwrap();
+    let stored = c.client.task(run_id, "a").await.unwrap();
+    assert_eq!(stored.downstream_node_ids, vec!["b".to_owned()]);
+    let copy = entry.task().expect("a copy that reads as queued");
+    assert_eq!(
+        copy, stored,
+        "the downstream list too: the outcome's event names it"
+    );
+    let later = TaskEntry {
+        attempt: entry.attempt + 1,
+        ..entry.clone()
+    };
+    assert_eq!(later.task(), None, "a copy of another attempt");
+    let big = RunTask {
+        params: mongodb::bson::doc! { "text": "x".repeat(SPEC_MAX_BYTES) },
+        ..stored
+    };
+    assert_eq!(TaskEntry::spec_of(&big), None, "too big to carry");
+
+    queue
+        .hand_back(ResourceClass::CPU, &entries[0].id, &entry)
+        .await
+        .unwrap();
+    let again = read_cpu(queue, "w2").await;
+    let back = TaskEntry::of(&again[0]).unwrap();
+    assert_eq!(
+        back,
+        TaskEntry {
+            spec: None,
+            ..entry
+        },
+        "handed back without the copy"
+    );
 }
 
 /// Connections to the server as it lists them (`CLIENT LIST`), `admin`'s own included.

@@ -89,6 +89,10 @@ async fn gateway_and_worker_metrics_parse_and_their_counters_move() {
         2.0
     );
     assert!(value(&w, "harmonia_task_queue_wait_seconds_count", &[]) >= 3.0);
+    // Every start is timed from its entry's ready stamp: the retry's too.
+    let dispatched = |t: &str| value(&w, "harmonia_task_dispatch_seconds_count", &[("type", t)]);
+    assert_eq!(dispatched("debug.noop"), 2.0);
+    assert_eq!(dispatched("debug.fail"), 2.0);
     assert_eq!(value(&w, "harmonia_tasks_in_flight", &[]), 0.0);
 
     let after = scrape(&gw.url("/metrics")).await;

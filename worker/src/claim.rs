@@ -393,26 +393,26 @@ async fn claim_and_start(
     let mut won = Vec::new();
     let mut acks: Acks = HashMap::new();
     for ((class, entry, alloc), claim) in claimable.into_iter().zip(claims) {
-        let model = TaskEntry::of(&entry).and_then(|t| t.model);
+        let (model, ready) = TaskEntry::of(&entry).map_or((None, None), |t| (t.model, t.ready_us));
         acks.entry((class, model)).or_default().push(entry.id);
         match claim {
-            Some(claim) => won.push((claim, alloc)),
+            Some(claim) => won.push((claim, alloc, ready)),
             None => worker.devices.release(alloc),
         }
     }
     ack_all(worker, acks).await;
-    for (claim, alloc) in won {
+    for (claim, alloc, ready) in won {
         let hold = Hold::new(State::Leased, claim.task.id, &claim.lease_token, worker);
-        tokio::spawn(execute(worker.clone(), claim, alloc, hold));
+        tokio::spawn(execute(worker.clone(), claim, alloc, hold, ready));
     }
 }
 
-/// Runs attempts on deferred claims: one read of the tasks (those still queued as of their
-/// entry's attempt run; the other entries are stale and acked), each entry left pending in
-/// this worker's list until the claim or the outcome is written.
+/// Runs attempts on deferred claims: the tasks as their entries carry them, or else one read
+/// of them (those still queued as of their entry's attempt run; the other entries are stale
+/// and acked), each entry left pending in this worker's list until the claim or the outcome
+/// is written.
 async fn start_deferred(worker: &Arc<Worker>, entries: Vec<(ClaimRequest, Entry, Alloc)>) {
-    let requests: Vec<ClaimRequest> = entries.iter().map(|(r, _, _)| r.clone()).collect();
-    let found = match worker.store.tasks().queued_as_published(&requests).await {
+    let found = match deferred_tasks(worker, &entries).await {
         Ok(found) => found,
         Err(e) => {
             let what = format!("reading {} tasks (handed back)", entries.len());
@@ -433,6 +433,7 @@ async fn start_deferred(worker: &Arc<Worker>, entries: Vec<(ClaimRequest, Entry,
             worker.devices.release(alloc);
             continue;
         };
+        let ready = TaskEntry::of(&entry).and_then(|t| t.ready_us);
         let (claim, unwritten) = deferred_claim(worker, &batch, task, request.attempt);
         let unwritten = Unwritten {
             stream: stream.clone(),
@@ -445,7 +446,7 @@ async fn start_deferred(worker: &Arc<Worker>, entries: Vec<(ClaimRequest, Entry,
             &claim.lease_token,
             worker,
         );
-        tokio::spawn(execute(worker.clone(), claim, alloc, hold));
+        tokio::spawn(execute(worker.clone(), claim, alloc, hold, ready));
     }
     if let Err(e) = worker
         .queue
@@ -454,6 +455,30 @@ async fn start_deferred(worker: &Arc<Worker>, entries: Vec<(ClaimRequest, Entry,
     {
         tracing::warn!("acking stale task entries: {e:#}");
     }
+}
+
+/// The task of each entry, if queued as of the entry's attempt: the copy the entry carries
+/// (a new run's first tasks: [`TaskEntry::spec`]), else from one MongoDB read for the rest.
+/// A copy that has gone stale since (the task cancelled or re-queued) is caught where every
+/// deferred attempt is: by its claim's write, its heartbeat's check, and its fenced outcome.
+async fn deferred_tasks(
+    worker: &Worker,
+    entries: &[(ClaimRequest, Entry, Alloc)],
+) -> Result<Vec<Option<RunTask>>, harmonia_shared::store::StoreError> {
+    let mut found: Vec<Option<RunTask>> = entries
+        .iter()
+        .map(|(_, entry, _)| TaskEntry::of(entry).and_then(|t| t.task()))
+        .collect();
+    let unread: Vec<usize> = (0..found.len()).filter(|&i| found[i].is_none()).collect();
+    if unread.is_empty() {
+        return Ok(found);
+    }
+    let requests: Vec<ClaimRequest> = unread.iter().map(|&i| entries[i].0.clone()).collect();
+    let read = worker.store.tasks().queued_as_published(&requests).await?;
+    for (i, task) in unread.into_iter().zip(read) {
+        found[i] = task;
+    }
+    Ok(found)
 }
 
 /// The claim an attempt on `task` starts on without writing it: the task as the claim will

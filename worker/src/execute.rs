@@ -15,17 +15,32 @@ use crate::worker::{Inflight, Worker};
 
 /// Runs the claimed attempt, gives the devices back, and records its outcome. Everything it
 /// logs carries the run id, task id and attempt (a `task` span).
-pub async fn execute(worker: Arc<Worker>, claim: Claim, alloc: Alloc, hold: Hold) {
+/// `ready_us`: when the task became ready, from its stream entry ([`TaskEntry::ready_us`]).
+///
+/// [`TaskEntry::ready_us`]: harmonia_shared::queue::TaskEntry::ready_us
+pub async fn execute(
+    worker: Arc<Worker>,
+    claim: Claim,
+    alloc: Alloc,
+    hold: Hold,
+    ready_us: Option<i64>,
+) {
     use tracing::Instrument;
     let t = &claim.task;
     let span =
         tracing::info_span!("task", run_id = %t.run_id, task_id = %t.id, attempt = t.attempt);
-    attempt(worker, claim, alloc, Arc::new(hold))
+    attempt(worker, claim, alloc, Arc::new(hold), ready_us)
         .instrument(span)
         .await;
 }
 
-async fn attempt(worker: Arc<Worker>, claim: Claim, alloc: Alloc, hold: Arc<Hold>) {
+async fn attempt(
+    worker: Arc<Worker>,
+    claim: Claim,
+    alloc: Alloc,
+    hold: Arc<Hold>,
+    ready_us: Option<i64>,
+) {
     let Claim { task, lease_token } = claim;
     let (task_id, run_id, node) = (task.id, task.run_id, task.node_id.clone());
     let cancel = worker.shutdown.hand_back.child_token();
@@ -42,11 +57,7 @@ async fn attempt(worker: Arc<Worker>, claim: Claim, alloc: Alloc, hold: Arc<Hold
         .insert(lease_token.clone(), attempt.clone());
     occupancy(&worker);
     let started = std::time::Instant::now();
-    let queued_for = task.queued_at.and_then(|q| {
-        let ms = mongodb::bson::DateTime::now().timestamp_millis() - q.timestamp_millis();
-        u64::try_from(ms).ok().map(Duration::from_millis)
-    });
-    crate::metrics::task_started(&task.task_type, queued_for);
+    record_start(&task, ready_us);
     let reporter = tokio::spawn(crate::lease::report_progress(
         worker.clone(),
         lease_token.clone(),
@@ -54,7 +65,7 @@ async fn attempt(worker: Arc<Worker>, claim: Claim, alloc: Alloc, hold: Arc<Hold
     ));
     mark_run_started(&worker, run_id);
 
-    let ctx = TaskContext::new(
+    let mut ctx = TaskContext::new(
         worker.env.clone(),
         task.clone(),
         alloc.gpu_indices(),
@@ -63,6 +74,7 @@ async fn attempt(worker: Arc<Worker>, claim: Claim, alloc: Alloc, hold: Arc<Hold
         hold.clone(),
         progress_tx,
     );
+    ctx.ready_us = ready_us;
     tracing::info!(task = %task_id, %node, r#type = %task.task_type, attempt = ctx.attempt,
         gpus = ?ctx.gpus, "task started");
     let kind = executor::params::kind(&task);
@@ -107,6 +119,22 @@ async fn attempt(worker: Arc<Worker>, claim: Claim, alloc: Alloc, hold: Arc<Hold
     }
     worker.inflight().remove(&lease_token);
     occupancy(&worker);
+}
+
+/// The start's metrics: how long the task waited since MongoDB queued it (`queued_at`,
+/// milliseconds; a new run's tasks from before they were stored) and since it became ready
+/// in Redis (its entry's stamp, microseconds). Both by the wall clocks of two hosts.
+fn record_start(task: &RunTask, ready_us: Option<i64>) {
+    let now_ms = mongodb::bson::DateTime::now().timestamp_millis();
+    let queued_for = task
+        .queued_at
+        .and_then(|q| u64::try_from(now_ms - q.timestamp_millis()).ok())
+        .map(Duration::from_millis);
+    let now_us = harmonia_shared::queue::unix_us();
+    let dispatched_in = ready_us
+        .and_then(|r| u64::try_from(now_us - r).ok())
+        .map(Duration::from_micros);
+    crate::metrics::task_started(&task.task_type, queued_for, dispatched_in);
 }
 
 /// Marks the run started the first time this worker starts one of its tasks, off the start

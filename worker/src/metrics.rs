@@ -1,5 +1,5 @@
 //! Prometheus metrics of a worker, served on `--metrics-listen` at `/metrics`: tasks by type
-//! and outcome, queue wait and run time, in-flight tasks and free GPUs, bytes downloaded,
+//! and outcome, queue wait, dispatch latency and run time, in-flight tasks and free GPUs, bytes downloaded,
 //! verification failures, warm-pool hits and misses. Recording is a no-op when no listener
 //! is configured (no recorder installed).
 
@@ -9,7 +9,7 @@ use std::time::Duration;
 use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 /// Installs the recorder and serves `/metrics` on `listen` (on the current runtime).
 pub fn serve(listen: SocketAddr) -> anyhow::Result<()> {
@@ -18,6 +18,13 @@ pub fn serve(listen: SocketAddr) -> anyhow::Result<()> {
         .set_buckets(&[
             0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
         ])?
+        // Dispatch is a matter of milliseconds while a worker is free.
+        .set_buckets_for_metric(
+            Matcher::Full("harmonia_task_dispatch_seconds".into()),
+            &[
+                0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.05, 0.1, 1.0, 10.0, 60.0,
+            ],
+        )?
         .install()?;
     describe_counter!(
         "harmonia_tasks_total",
@@ -27,6 +34,11 @@ pub fn serve(listen: SocketAddr) -> anyhow::Result<()> {
         "harmonia_task_queue_wait_seconds",
         Unit::Seconds,
         "Queued to started"
+    );
+    describe_histogram!(
+        "harmonia_task_dispatch_seconds",
+        Unit::Seconds,
+        "Ready in Redis (entry appended) to started"
     );
     describe_histogram!(
         "harmonia_task_run_seconds",
@@ -55,9 +67,17 @@ pub fn serve(listen: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn task_started(task_type: &str, queued_for: Option<Duration>) {
+pub fn task_started(
+    task_type: &str,
+    queued_for: Option<Duration>,
+    dispatched_in: Option<Duration>,
+) {
     if let Some(wait) = queued_for {
         histogram!("harmonia_task_queue_wait_seconds", "type" => task_type.to_owned())
+            .record(wait.as_secs_f64());
+    }
+    if let Some(wait) = dispatched_in {
+        histogram!("harmonia_task_dispatch_seconds", "type" => task_type.to_owned())
             .record(wait.as_secs_f64());
     }
 }

@@ -15,7 +15,8 @@ use super::task_params::{
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskKind {
-    /// `debug.noop`: succeeds at once; outputs `started_unix_us` (when it ran, wall clock).
+    /// `debug.noop`: succeeds at once; outputs `started_unix_us` (when it ran) and
+    /// `ready_unix_us` (when its task became ready), wall clocks in microseconds.
     Noop,
     /// `debug.sleep {ms}`
     Sleep(SleepParams),

@@ -17,14 +17,19 @@ use crate::resources::ResourceClass;
 /// How long a read of a hint stream marks its reader as looking for work.
 pub const LOOKING: Duration = Duration::from_secs(1);
 
-/// KEYS: class stream, hint stream, set of hint streams. ARGV: task id, attempt, model (then
-/// anything). Appends the class copy, then the hint copy under the same id, and records the
-/// hint stream (for the scheduler's consumer pruning). The hint's append may fail (its
-/// stream holds a later id, after the class stream was deleted by hand): the class copy alone
-/// still runs the task.
+/// KEYS: class stream, hint stream, set of hint streams. ARGV: task id, attempt, model, ready
+/// time (`''`: none; then anything). Appends the class copy, then the hint copy under the same
+/// id, and records the hint stream (for the scheduler's consumer pruning). The hint's append
+/// may fail (its stream holds a later id, after the class stream was deleted by hand): the
+/// class copy alone still runs the task.
 const APPEND: &str = r"
-local id = redis.call('XADD', KEYS[1], '*', 'task', ARGV[1], 'attempt', ARGV[2], 'model', ARGV[3])
-redis.pcall('XADD', KEYS[2], id, 'task', ARGV[1], 'attempt', ARGV[2], 'model', ARGV[3])
+local fields = {'task', ARGV[1], 'attempt', ARGV[2], 'model', ARGV[3]}
+if ARGV[4] ~= '' then
+    table.insert(fields, 'ready_us')
+    table.insert(fields, ARGV[4])
+end
+local id = redis.call('XADD', KEYS[1], '*', unpack(fields))
+redis.pcall('XADD', KEYS[2], id, unpack(fields))
 redis.call('SADD', KEYS[3], KEYS[2])
 ";
 
@@ -47,14 +52,14 @@ static ACK_PAIRS: LazyLock<redis::Script> = LazyLock::new(|| {
     )
 });
 
-/// KEYS: class stream, hint stream, set of hint streams. ARGV: task id, attempt, model, group,
-/// entry id. Appends the pair anew and drops the old one.
+/// KEYS: class stream, hint stream, set of hint streams. ARGV: task id, attempt, model, ready
+/// time, group, entry id. Appends the pair anew and drops the old one.
 static HAND_BACK_PAIR: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
         r"{APPEND}
         for k = 1, 2 do
-            redis.pcall('XACK', KEYS[k], ARGV[4], ARGV[5])
-            redis.call('XDEL', KEYS[k], ARGV[5])
+            redis.pcall('XACK', KEYS[k], ARGV[5], ARGV[6])
+            redis.call('XDEL', KEYS[k], ARGV[6])
         end
         return 1
         "
@@ -99,6 +104,7 @@ impl Queue {
             .arg(&entry.task_id)
             .arg(entry.attempt)
             .arg(model)
+            .arg(entry.ready_us.map(|t| t.to_string()).unwrap_or_default())
             .arg(WORKERS_GROUP)
             .arg(entry_id)
             .invoke_async(&mut conn)

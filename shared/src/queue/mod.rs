@@ -15,7 +15,7 @@ pub mod tasks;
 pub use events::{SCHEDULER_GROUP, TaskEvent};
 pub use keys::Keys;
 pub use replies::{Reply, ReplyTo};
-pub use tasks::{TaskEntry, TaskStream, WORKERS_GROUP};
+pub use tasks::{SPEC_MAX_BYTES, TaskEntry, TaskStream, WORKERS_GROUP, unix_us};
 
 /// One stream entry as read through a group: its id and its fields (`entry.get("payload")`).
 pub use redis::streams::StreamId as Entry;

@@ -1,8 +1,9 @@
 //! Task streams: one per resource class, read by workers through the `workers` group.
 //!
-//! An entry only says "task X, as of attempt N, may be claimed". MongoDB decides whether a claim
-//! wins (fenced on status and attempt), so duplicate or stale entries are harmless and Redis can
-//! always be rebuilt from MongoDB.
+//! An entry only says "task X, as of attempt N, may be claimed" (with when it became ready, and
+//! for a new run's first tasks a copy of the task so a worker need not read it). MongoDB decides
+//! whether a claim or an outcome wins (fenced on status and attempt), so duplicate or stale
+//! entries are harmless and Redis can always be rebuilt from MongoDB.
 //!
 //! An entry that names a model is written twice, under one id: in its class stream, where any
 //! fitting worker finds it, and in the model's hint stream in that class, which only workers
@@ -14,10 +15,15 @@ use std::sync::LazyLock;
 use redis::AsyncCommands;
 
 use super::{Queue, QueueError};
+use crate::model::{RunTask, TaskStatus};
 use crate::resources::ResourceClass;
 
 /// Consumer group of all workers on every task stream.
 pub const WORKERS_GROUP: &str = "workers";
+
+/// The largest task document an entry carries ([`TaskEntry::spec`]); a larger task is read
+/// from MongoDB by the worker that takes it.
+pub const SPEC_MAX_BYTES: usize = 4096;
 
 /// What a task stream entry carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +35,17 @@ pub struct TaskEntry {
     /// The model repository the task works on, if the scheduler knows it: the entry then has
     /// a twin in that model's hint stream.
     pub model: Option<String>,
+    /// When the task became ready, by the publisher's clock in microseconds since the Unix
+    /// epoch: the moment its entry was first appended, right after MongoDB acknowledged it
+    /// queued. [`Queue::publish`] stamps entries that have none; a hand-back keeps it. `None`
+    /// for an entry appended before entries carried it.
+    pub ready_us: Option<i64>,
+    /// The task document as MongoDB held it when the task was queued (BSON, made by
+    /// [`TaskEntry::spec_of`]), so that a worker can start an attempt on a deferred claim
+    /// without reading it: the scheduler adds it to a new run's first ready tasks. The copy
+    /// never decides anything the fenced outcome would not (docs/protocol.md §4). A hand-back
+    /// drops it.
+    pub spec: Option<Vec<u8>>,
 }
 
 impl TaskEntry {
@@ -38,8 +55,42 @@ impl TaskEntry {
             task_id: entry.get("task")?,
             attempt: entry.get("attempt")?,
             model: entry.get("model"),
+            ready_us: entry.get("ready_us"),
+            spec: entry.get("spec"),
         })
     }
+
+    /// `task` as an entry carries it: its history (attempts, log tail) and waiting list left
+    /// out, which an attempt does not read; its downstream list kept, which the attempt's
+    /// outcome event names for the scheduler's promotion. `None` when it would be over
+    /// [`SPEC_MAX_BYTES`] (a task with many downstream tasks or large parameters).
+    pub fn spec_of(task: &RunTask) -> Option<Vec<u8>> {
+        let trimmed = RunTask {
+            waiting_on: Vec::new(),
+            attempts: Vec::new(),
+            log_tail: Vec::new(),
+            ..task.clone()
+        };
+        mongodb::bson::to_vec(&trimmed)
+            .ok()
+            .filter(|b| b.len() <= SPEC_MAX_BYTES)
+    }
+
+    /// The task the entry carries, if it carries one that reads well and is queued as of the
+    /// entry's attempt.
+    pub fn task(&self) -> Option<RunTask> {
+        let task: RunTask = mongodb::bson::from_slice(self.spec.as_deref()?).ok()?;
+        let queued = task.status == TaskStatus::Queued && !task.cancel_requested;
+        (queued && task.attempt == self.attempt && task.id.to_hex() == self.task_id).then_some(task)
+    }
+}
+
+/// Now, in microseconds since the Unix epoch (the unit of [`TaskEntry::ready_us`]).
+pub fn unix_us() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
 }
 
 /// A stream task entries are read from: a class's stream, or a model's hint stream in it.
@@ -71,12 +122,18 @@ impl TaskStream {
     }
 }
 
-/// KEYS: stream. ARGV: group, entry id, task id, attempt. Re-appends a copy and drops the
-/// original, so a worker that read more than it can start hands the task back to everyone.
+/// KEYS: stream. ARGV: group, entry id, task id, attempt, ready time (`''`: none). Re-appends
+/// a copy and drops the original, so a worker that read more than it can start hands the task
+/// back to everyone.
 static HAND_BACK: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
-        redis.call('XADD', KEYS[1], '*', 'task', ARGV[3], 'attempt', ARGV[4])
+        local fields = {'task', ARGV[3], 'attempt', ARGV[4]}
+        if ARGV[5] ~= '' then
+            table.insert(fields, 'ready_us')
+            table.insert(fields, ARGV[5])
+        end
+        redis.call('XADD', KEYS[1], '*', unpack(fields))
         redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
         redis.call('XDEL', KEYS[1], ARGV[2])
         return 1
@@ -85,8 +142,10 @@ static HAND_BACK: LazyLock<redis::Script> = LazyLock::new(|| {
 });
 
 impl Queue {
-    /// Appends entries to their class streams in one atomic round trip, records the classes,
-    /// and returns the epoch the entries were written in (`None`: Redis has none yet, after a
+    /// Appends entries to their class streams in one atomic round trip (stamping those with no
+    /// `ready_us` with the time of the call; an entry that names a model goes without its
+    /// `spec`: it is claimed in MongoDB, which returns the task), records the classes, and
+    /// returns the epoch the entries were written in (`None`: Redis has none yet, after a
     /// loss the scheduler has not noticed). See [`super::epoch`].
     pub async fn publish(
         &self,
@@ -100,13 +159,25 @@ impl Queue {
         for class in &classes {
             pipe.sadd(self.keys().classes(), class.to_string());
         }
+        let now = unix_us().to_string();
         for (class, entry) in entries {
             let stream = self.keys().task_stream(*class);
             let attempt = entry.attempt.to_string();
+            let ready = entry
+                .ready_us
+                .map_or_else(|| now.clone(), |t| t.to_string());
             match &entry.model {
                 None => {
-                    let fields = [("task", entry.task_id.as_str()), ("attempt", &attempt)];
-                    pipe.xadd(stream, "*", &fields).ignore();
+                    let xadd = pipe.cmd("XADD").arg(stream).arg("*");
+                    xadd.arg("task")
+                        .arg(&entry.task_id)
+                        .arg("attempt")
+                        .arg(&attempt);
+                    xadd.arg("ready_us").arg(&ready);
+                    if let Some(spec) = &entry.spec {
+                        xadd.arg("spec").arg(spec.as_slice());
+                    }
+                    xadd.ignore();
                 }
                 // EVAL, not EVALSHA: a transaction cannot recover from NOSCRIPT.
                 Some(model) => {
@@ -119,6 +190,7 @@ impl Queue {
                         .arg(&entry.task_id)
                         .arg(&attempt)
                         .arg(model)
+                        .arg(&ready)
                         .ignore();
                 }
             }
@@ -193,6 +265,7 @@ impl Queue {
             .arg(entry_id)
             .arg(&entry.task_id)
             .arg(entry.attempt)
+            .arg(entry.ready_us.map(|t| t.to_string()).unwrap_or_default())
             .invoke_async(&mut conn)
             .await?;
         Ok(())

@@ -8,14 +8,16 @@ use mongodb::bson::{Document, doc};
 
 use super::{TaskContext, output};
 
-/// `debug.noop`: succeeds at once, saying when it ran (wall clock, microseconds since the Unix
-/// epoch) so a benchmark on the same host can time submit -> started finer than MongoDB's
-/// millisecond dates.
-pub fn noop() -> Document {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    doc! { "started_unix_us": i64::try_from(now.as_micros()).unwrap_or(i64::MAX) }
+/// `debug.noop`: succeeds at once, saying when it ran and when its task became ready (its
+/// entry's stamp; both wall clocks, microseconds since the Unix epoch) so a benchmark on the
+/// same host can time submit -> started and ready -> started finer than MongoDB's millisecond
+/// dates.
+pub fn noop(ctx: &TaskContext) -> Document {
+    let mut out = doc! { "started_unix_us": harmonia_shared::queue::unix_us() };
+    if let Some(ready) = ctx.ready_us {
+        out.insert("ready_unix_us", ready);
+    }
+    out
 }
 
 /// `debug.sleep`: sleeps, reporting its progress four times a second (like a long download

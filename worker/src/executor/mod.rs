@@ -39,6 +39,9 @@ pub struct TaskContext {
     pub cancel: CancellationToken,
     /// The claim's lease token: writes of outputs are fenced by it.
     pub lease_token: String,
+    /// When the task became ready, from its stream entry (microseconds since the Unix epoch,
+    /// the publisher's clock); `None` for an entry without the stamp.
+    pub ready_us: Option<i64>,
     /// The claim, which may not be written yet: [`TaskContext::claim`] before storing anything.
     hold: Arc<crate::hold::Hold>,
     progress: tokio::sync::watch::Sender<Option<Progress>>,
@@ -62,6 +65,7 @@ impl TaskContext {
             gpus,
             cancel,
             lease_token,
+            ready_us: None,
             hold,
             progress,
         }
@@ -110,7 +114,7 @@ impl TaskContext {
 /// Returns the outputs recorded on the task.
 pub async fn run(ctx: &TaskContext, kind: &TaskKind) -> Result<Document, ExecError> {
     match kind {
-        TaskKind::Noop => Ok(debug::noop()),
+        TaskKind::Noop => Ok(debug::noop(ctx)),
         TaskKind::Sleep(p) => debug::sleep(ctx, p).await,
         TaskKind::Fail(p) => debug::fail(ctx, p),
         TaskKind::Crash => debug::crash(ctx),

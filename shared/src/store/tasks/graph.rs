@@ -49,6 +49,10 @@ pub struct Published {
     /// The model repository it works on, if known (for model affinity).
     #[serde(default)]
     pub model: Option<String>,
+    /// The task document for its stream entry to carry (`TaskEntry::spec`), when whoever
+    /// queued it had it at hand; never read from MongoDB.
+    #[serde(skip)]
+    pub spec: Option<Vec<u8>>,
 }
 
 /// The projection a [`Published`] is read with.
