@@ -19,9 +19,9 @@ use std::collections::HashMap;
 use harmonia_shared::model::{
     RunStatus, RunTask, SCHEMA_VERSION, TaskCounts, TaskStatus, WorkflowRun,
 };
-use harmonia_shared::queue::{Queue, QueueError, TaskEntry};
+use harmonia_shared::queue::{Queue, QueueError};
 use harmonia_shared::resources::ResourceClass;
-use harmonia_shared::store::tasks::Published;
+use harmonia_shared::store::tasks::{Published, WHOLE_READY_TASKS};
 use harmonia_shared::store::{Store, StoreError};
 use harmonia_shared::submission::{Submission, TaskSpec};
 use mongodb::bson::oid::ObjectId;
@@ -86,8 +86,6 @@ fn task_id(run_id: ObjectId, index: usize) -> ObjectId {
 /// Tasks built and inserted at a time: a 100,000-task run is never all in memory as
 /// documents (insert_missing writes them 1,000 a command, four commands at once).
 const CREATE_CHUNK: usize = 4000;
-/// A new run's ready tasks whose stream entries carry the task document (`TaskEntry::spec`).
-const SPEC_READY_TASKS: usize = 64;
 
 /// What is known of a submission's run before it is created: the run an earlier delivery of
 /// the same `request_id` created, or the Redis epoch a new run's ready tasks go in.
@@ -179,19 +177,17 @@ pub async fn create_new(
                 task.status = TaskStatus::Queued;
                 task.queued_at = Some(now);
                 task.published_epoch.clone_from(&epoch);
-                // The first few carry the task itself: a worker free for them starts them
-                // without reading MongoDB. A larger run is a backlog that waits for workers
-                // anyway, and its entries stay small. (A task that names a model is claimed
-                // in MongoDB, which returns it.)
-                let inline = (ready.len() < SPEC_READY_TASKS && task.model.is_none())
-                    .then(|| TaskEntry::spec_of(&task))
-                    .flatten();
-                ready.push(Published {
-                    id: task.id,
-                    class: task.class.clone(),
-                    attempt: 0,
-                    model: task.model.clone(),
-                    spec: inline,
+                // The first few travel whole: their entries carry a copy for the worker.
+                ready.push(if ready.len() < WHOLE_READY_TASKS {
+                    Published::whole(task.clone())
+                } else {
+                    Published {
+                        id: task.id,
+                        class: task.class.clone(),
+                        attempt: 0,
+                        model: task.model.clone(),
+                        task: None,
+                    }
                 });
             }
             tasks.push(task);

@@ -64,7 +64,12 @@ fn entries(tasks: &[Published]) -> Vec<(ResourceClass, TaskEntry)> {
                 model: p.model.clone(),
                 // Stamped as it is appended: the task is queued in MongoDB by then.
                 ready_us: None,
-                spec: p.spec.clone(),
+                // A task that names a model is claimed in MongoDB, which returns it.
+                spec: p
+                    .task
+                    .as_deref()
+                    .filter(|t| t.model.is_none())
+                    .and_then(TaskEntry::spec_of),
             };
             (class, entry)
         })

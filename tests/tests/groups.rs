@@ -353,12 +353,13 @@ async fn an_entry_says_when_its_task_became_ready_and_a_hand_back_keeps_it() {
     );
 }
 
-/// A new run's first ready tasks travel with a copy of their document in their entries, as
-/// MongoDB stored it (less its history, which a ready task does not have yet); the copy reads
-/// back only while it names the entry's task, queued as of the entry's attempt. A copy over
-/// 4 KiB is not made, and a hand-back drops it (the next worker reads MongoDB).
+/// A new run's first ready tasks, and the tasks a small promotion queues, travel with a copy of
+/// their document in their entries, as MongoDB stored it (less its history, which a ready task
+/// does not have yet); the copy reads back only while it names the entry's task, queued as of
+/// the entry's attempt. A copy over 4 KiB is not made, and a hand-back drops it (the next
+/// worker reads MongoDB).
 #[tokio::test(flavor = "multi_thread")]
-async fn a_new_runs_ready_task_travels_with_a_copy_until_it_is_handed_back() {
+async fn ready_tasks_travel_with_a_copy_until_they_are_handed_back() {
     use harmonia_shared::model::RunTask;
     use harmonia_shared::queue::{SPEC_MAX_BYTES, TaskEntry};
     let scope = Scope::new("task-copy");
@@ -408,6 +409,29 @@ async fn a_new_runs_ready_task_travels_with_a_copy_until_it_is_handed_back() {
         },
         "handed back without the copy"
     );
+
+    // `a` succeeds (written and announced as its worker's outcome would be): `b` is promoted,
+    // and its entry carries it too, as the promotion left it.
+    let coll = c
+        .client
+        .store
+        .db()
+        .collection::<mongodb::bson::Document>("run_tasks");
+    let succeeded = mongodb::bson::doc! { "$set": { "status": "succeeded" } };
+    coll.update_one(mongodb::bson::doc! { "_id": copy.id }, succeeded)
+        .await
+        .unwrap();
+    queue
+        .announce(&c.client.task(run_id, "a").await.unwrap())
+        .await
+        .unwrap();
+    let promoted = wait_for("b's entry", LONG, || async {
+        Ok(read_cpu(queue, "w3").await.first().and_then(TaskEntry::of))
+    })
+    .await
+    .unwrap();
+    let b = c.client.task(run_id, "b").await.unwrap();
+    assert_eq!(promoted.task(), Some(b), "a promoted task's copy");
 }
 
 /// Connections to the server as it lists them (`CLIENT LIST`), `admin`'s own included.

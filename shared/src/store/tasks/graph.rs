@@ -38,9 +38,14 @@ fn stale(epoch: &str) -> Document {
 /// Pending tasks the repair pass reads at a time.
 const REPAIR_PAGE: usize = 1000;
 
+/// How many ready tasks of one creation or promotion travel whole ([`Published::task`]): a
+/// worker free for them starts them without reading MongoDB. More at once are a backlog that
+/// waits for workers anyway; their entries stay small, and their reads too.
+pub const WHOLE_READY_TASKS: usize = 64;
+
 /// A queued task due to be appended to its stream: a task document read with
-/// [`published_fields`] as its projection.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+/// [`published_fields`] as its projection, or the whole task.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub struct Published {
     #[serde(rename = "_id")]
     pub id: ObjectId,
@@ -49,10 +54,23 @@ pub struct Published {
     /// The model repository it works on, if known (for model affinity).
     #[serde(default)]
     pub model: Option<String>,
-    /// The task document for its stream entry to carry (`TaskEntry::spec`), when whoever
-    /// queued it had it at hand; never read from MongoDB.
+    /// The task as it was queued, for its stream entry to carry a copy (`TaskEntry::spec`),
+    /// when whoever queued it has it at hand.
     #[serde(skip)]
-    pub spec: Option<Vec<u8>>,
+    pub task: Option<Box<RunTask>>,
+}
+
+impl Published {
+    /// A queued task, carried whole.
+    pub fn whole(task: RunTask) -> Self {
+        Self {
+            id: task.id,
+            class: task.class.clone(),
+            attempt: task.attempt,
+            model: task.model.clone(),
+            task: Some(Box::new(task)),
+        }
+    }
 }
 
 /// The projection a [`Published`] is read with.
@@ -118,8 +136,9 @@ impl TaskRepo {
     /// published in Redis epoch `epoch`: the caller appends them to their streams next. Returns
     /// every queued task among `downstream` that is not due, i.e. those just queued and those an
     /// earlier handling of the same events queued but may have died before appending (a
-    /// redelivered event publishes them again; a duplicate entry is harmless). One write and a
-    /// read however many nodes.
+    /// redelivered event publishes them again; a duplicate entry is harmless), whole when
+    /// there are at most [`WHOLE_READY_TASKS`] downstream tasks. One write and a read however
+    /// many nodes.
     pub async fn release_downstream(
         &self,
         run_id: ObjectId,
@@ -159,6 +178,10 @@ impl TaskRepo {
         let mut queued = scope;
         queued.insert("status", "queued");
         queued.insert("publish_due", Bson::Null);
+        if downstream.len() <= WHOLE_READY_TASKS {
+            let found = self.coll.find(queued).await?;
+            return Ok(found.map_ok(Published::whole).try_collect().await?);
+        }
         Ok(self
             .coll
             .clone_with_type::<Published>()

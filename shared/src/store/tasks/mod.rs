@@ -7,7 +7,7 @@ pub mod graph;
 mod lease;
 mod watch;
 
-pub use graph::{NodeState, Published};
+pub use graph::{NodeState, Published, WHOLE_READY_TASKS};
 pub use lease::{Claim, ClaimRequest, Deferred, Ending, Outcome, lease_token};
 
 use futures::TryStreamExt;
