@@ -42,11 +42,10 @@ async fn attempt(
     ready_us: Option<i64>,
 ) {
     let Claim { task, lease_token } = claim;
-    let (task_id, run_id, node) = (task.id, task.run_id, task.node_id.clone());
     let cancel = worker.shutdown.hand_back.child_token();
     let (progress_tx, progress_rx) = tokio::sync::watch::channel(None);
     let attempt = Arc::new(Inflight {
-        task_id: task_id.to_hex(),
+        task_id: task.id.to_hex(),
         cancel: cancel.clone(),
         progress: progress_rx,
         ended: Default::default(),
@@ -57,14 +56,11 @@ async fn attempt(
         .insert(lease_token.clone(), attempt.clone());
     occupancy(&worker);
     let started = std::time::Instant::now();
-    record_start(&task, ready_us);
     let reporter = tokio::spawn(crate::lease::report_progress(
         worker.clone(),
         lease_token.clone(),
         attempt.progress.clone(),
     ));
-    mark_run_started(&worker, run_id);
-
     let mut ctx = TaskContext::new(
         worker.env.clone(),
         task.clone(),
@@ -75,8 +71,7 @@ async fn attempt(
         progress_tx,
     );
     ctx.ready_us = ready_us;
-    tracing::info!(task = %task_id, %node, r#type = %task.task_type, attempt = ctx.attempt,
-        gpus = ?ctx.gpus, "task started");
+    record_start(&worker, &ctx);
     let kind = executor::params::kind(&task);
     let uses_models = kind.as_ref().is_ok_and(TaskKind::uses_models);
     let run = run_within_timeout(&ctx, kind);
@@ -92,12 +87,7 @@ async fn attempt(
         State::Leased => None,
         State::Deferred(unwritten) => Some(unwritten),
         // The task moved on before the claim was written: nothing of this attempt is kept.
-        State::Lost => {
-            worker.devices.release(alloc);
-            worker.inflight().remove(&lease_token);
-            occupancy(&worker);
-            return;
-        }
+        State::Lost => return forget(&worker, alloc, &lease_token),
     };
     // Handed to the writer before the devices go back, so a draining worker (which waits for
     // both) never takes this attempt for done before its outcome is durable.
@@ -121,10 +111,22 @@ async fn attempt(
     occupancy(&worker);
 }
 
-/// The start's metrics: how long the task waited since MongoDB queued it (`queued_at`,
-/// milliseconds; a new run's tasks from before they were stored) and since it became ready
-/// in Redis (its entry's stamp, microseconds). Both by the wall clocks of two hosts.
-fn record_start(task: &RunTask, ready_us: Option<i64>) {
+/// An attempt whose task moved on before its claim was written: nothing of it is kept.
+fn forget(worker: &Worker, alloc: Alloc, lease_token: &str) {
+    worker.devices.release(alloc);
+    worker.inflight().remove(lease_token);
+    occupancy(worker);
+}
+
+/// Logs the start, marks the run started, and records the start's metrics: how long the task
+/// waited since MongoDB queued it (`queued_at`, milliseconds; a new run's tasks from before
+/// they were stored) and since it became ready in Redis (its entry's stamp, microseconds).
+/// Both by the wall clocks of two hosts.
+fn record_start(worker: &Worker, ctx: &TaskContext) {
+    let (task, ready_us) = (&ctx.task, ctx.ready_us);
+    tracing::info!(task = %task.id, node = %task.node_id, r#type = %task.task_type,
+        attempt = ctx.attempt, gpus = ?ctx.gpus, "task started");
+    mark_run_started(worker, task.run_id);
     let now_ms = mongodb::bson::DateTime::now().timestamp_millis();
     let queued_for = task
         .queued_at
