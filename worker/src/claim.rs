@@ -331,17 +331,21 @@ async fn start(worker: Arc<Worker>, taken: Vec<(ResourceClass, Entry, Alloc)>) {
     let mut acks: Acks = HashMap::new();
     for (class, entry, alloc) in taken {
         let task = TaskEntry::of(&entry);
-        let model = task.as_ref().is_some_and(|t| t.model.is_some());
-        match task.and_then(|t| Some((ObjectId::parse_str(&t.task_id).ok()?, t.attempt))) {
-            Some((id, attempt)) => {
+        match task.and_then(|t| Some((ObjectId::parse_str(&t.task_id).ok()?, t))) {
+            Some((id, task)) => {
                 let gpu_indices = alloc.gpu_indices();
                 let request = ClaimRequest {
                     id,
-                    attempt,
+                    attempt: task.attempt,
                     gpu_indices,
                 };
-                if defer && class == ResourceClass::CPU && !model {
-                    deferrable.push((request, entry, alloc));
+                if defer && class == ResourceClass::CPU && task.model.is_none() {
+                    deferrable.push(Deferrable {
+                        request,
+                        entry,
+                        alloc,
+                        task,
+                    });
                 } else {
                     requests.push(request);
                     claimable.push((class, entry, alloc));
@@ -411,13 +415,13 @@ async fn claim_and_start(
 /// of them (those still queued as of their entry's attempt run; the other entries are stale
 /// and acked), each entry left pending in this worker's list until the claim or the outcome
 /// is written.
-async fn start_deferred(worker: &Arc<Worker>, entries: Vec<(ClaimRequest, Entry, Alloc)>) {
+async fn start_deferred(worker: &Arc<Worker>, entries: Vec<Deferrable>) {
     let found = match deferred_tasks(worker, &entries).await {
         Ok(found) => found,
         Err(e) => {
             let what = format!("reading {} tasks (handed back)", entries.len());
             worker.store.outage().report(&what, &format_args!("{e:#}"));
-            for (_, entry, alloc) in entries {
+            for Deferrable { entry, alloc, .. } in entries {
                 hand_back(worker, ResourceClass::CPU, &entry).await;
                 worker.devices.release(alloc);
             }
@@ -427,13 +431,19 @@ async fn start_deferred(worker: &Arc<Worker>, entries: Vec<(ClaimRequest, Entry,
     let stream = worker.queue.keys().task_stream(ResourceClass::CPU);
     let batch = ObjectId::new().to_hex();
     let mut stale = Vec::new();
-    for ((request, entry, alloc), task) in entries.into_iter().zip(found) {
-        let Some(task) = task else {
+    for (taken, found) in entries.into_iter().zip(found) {
+        let Deferrable {
+            request,
+            entry,
+            alloc,
+            task: published,
+        } = taken;
+        let Some(task) = found else {
             stale.push(entry.id);
             worker.devices.release(alloc);
             continue;
         };
-        let ready = TaskEntry::of(&entry).and_then(|t| t.ready_us);
+        let ready = published.ready_us;
         let (claim, unwritten) = deferred_claim(worker, &batch, task, request.attempt);
         let unwritten = Unwritten {
             stream: stream.clone(),
@@ -457,23 +467,30 @@ async fn start_deferred(worker: &Arc<Worker>, entries: Vec<(ClaimRequest, Entry,
     }
 }
 
+/// An entry read for an attempt on a deferred claim, with the devices taken for it.
+struct Deferrable {
+    request: ClaimRequest,
+    entry: Entry,
+    alloc: Alloc,
+    /// The entry as published (read once).
+    task: TaskEntry,
+}
+
 /// The task of each entry, if queued as of the entry's attempt: the copy the entry carries
-/// (a new run's first tasks: [`TaskEntry::spec`]), else from one MongoDB read for the rest.
-/// A copy that has gone stale since (the task cancelled or re-queued) is caught where every
-/// deferred attempt is: by its claim's write, its heartbeat's check, and its fenced outcome.
+/// (a new run's first tasks, a small promotion's: [`TaskEntry::spec`]), else from one MongoDB
+/// read for the rest. A copy that has gone stale since (the task cancelled or re-queued) is
+/// caught where every deferred attempt is: by its claim's write, its heartbeat's check, and
+/// its fenced outcome.
 async fn deferred_tasks(
     worker: &Worker,
-    entries: &[(ClaimRequest, Entry, Alloc)],
+    entries: &[Deferrable],
 ) -> Result<Vec<Option<RunTask>>, harmonia_shared::store::StoreError> {
-    let mut found: Vec<Option<RunTask>> = entries
-        .iter()
-        .map(|(_, entry, _)| TaskEntry::of(entry).and_then(|t| t.task()))
-        .collect();
+    let mut found: Vec<Option<RunTask>> = entries.iter().map(|d| d.task.task()).collect();
     let unread: Vec<usize> = (0..found.len()).filter(|&i| found[i].is_none()).collect();
     if unread.is_empty() {
         return Ok(found);
     }
-    let requests: Vec<ClaimRequest> = unread.iter().map(|&i| entries[i].0.clone()).collect();
+    let requests: Vec<ClaimRequest> = unread.iter().map(|&i| entries[i].request.clone()).collect();
     let read = worker.store.tasks().queued_as_published(&requests).await?;
     for (i, task) in unread.into_iter().zip(read) {
         found[i] = task;
