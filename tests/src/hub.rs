@@ -249,9 +249,14 @@ async fn resolve(
     }
     out.insert(header::CONTENT_LENGTH, value(&len.to_string()));
     let mirror = m.clone();
+    // A throttled transfer goes out in 64 KiB chunks, each followed by its pause (tests watch
+    // it move); otherwise in 1 MiB reads, so that the mirror, which shares the machine's cores
+    // with the client it serves, spends as little CPU per byte as a real server would.
+    let throttled = m.throttle_bytes_per_s.load(Ordering::Relaxed) > 0;
+    let read_size = if throttled { 64 * 1024 } else { 1 << 20 };
     // Bytes are counted as they leave, so an aborted transfer counts only what was sent.
     let chunks =
-        tokio_util::io::ReaderStream::with_capacity(f.take(len), 64 * 1024).then(move |chunk| {
+        tokio_util::io::ReaderStream::with_capacity(f.take(len), read_size).then(move |chunk| {
             let mirror = mirror.clone();
             async move {
                 let chunk = chunk?;
