@@ -236,7 +236,10 @@ async fn latency(args: &Args, fig: &mut Figures) -> anyhow::Result<()> {
     let before = mongod_counters(&c).await?;
     let since = mongodb::bson::DateTime::now();
     let n = args.rate * args.latency_s;
-    let sent_us = submit_paced(&c, "lat", args.rate, n, &one).await?;
+    let (sent_us, hop_us) = tokio::try_join!(
+        submit_paced(&c, "lat", args.rate, n, &one),
+        redis_hop(&c, args.rate, n)
+    )?;
     wait_succeeded(&c, since, n).await?;
     let after = mongod_counters(&c).await?;
     let lat = ready_to_started(&c, since).await?;
@@ -265,7 +268,57 @@ async fn latency(args: &Args, fig: &mut Figures) -> anyhow::Result<()> {
         us.len()
     );
     fig.start_us = Some((p(0.5), p(0.99)));
-    print_ready_to_started(&c, since, None).await
+    print_ready_to_started(&c, since, None).await?;
+    let hop = |q: f64| quantile(&hop_us, q);
+    println!(
+        "  Redis's own hop at the same time (a bare XADD -> a blocked XREAD returns, two pooled connections in this process, one entry per submission): p50 {:.0} us, p90 {:.0} us, p99 {:.0} us, max {:.0} us",
+        hop(0.5),
+        hop(0.9),
+        hop(0.99),
+        hop(1.0)
+    );
+    Ok(())
+}
+
+/// Redis's own append -> read hop on this machine while the latency phase runs: one connection
+/// appends an entry stamped with this process's µs clock at the submissions' rate, another,
+/// blocked in XREAD as a worker is in XREADGROUP, reads it. Ready -> started cannot be shorter
+/// than this hop on the same machine at the same moment; the two are printed side by side.
+async fn redis_hop(c: &Cluster, rate: u64, n: u64) -> anyhow::Result<Vec<f64>> {
+    let key = format!("{}:bench:hop", c.scope.config.redis.prefix);
+    let mut writer = c.client.queue.conn().await?;
+    let mut reader = c.client.queue.conn().await?;
+    let _: () = writer.del(&key).await?;
+    let read = async {
+        let mut last = "0-0".to_owned();
+        let mut us = Vec::with_capacity(n as usize);
+        let opts = redis::streams::StreamReadOptions::default()
+            .count(100)
+            .block(250);
+        while us.len() < n as usize {
+            let reply: Option<redis::streams::StreamReadReply> =
+                reader.xread_options(&[&key], &[&last], &opts).await?;
+            let now = unix_us();
+            for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+                let sent: i64 = entry.get("us").unwrap_or(now);
+                us.push((now - sent) as f64);
+                last = entry.id;
+            }
+        }
+        us.sort_by(f64::total_cmp);
+        anyhow::Ok(us)
+    };
+    let write = async {
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
+        for _ in 0..n {
+            tick.tick().await;
+            let _: String = writer.xadd(&key, "*", &[("us", unix_us())]).await?;
+        }
+        anyhow::Ok(())
+    };
+    let (us, ()) = tokio::try_join!(read, write)?;
+    let _: () = writer.del(&key).await?;
+    Ok(us)
 }
 
 /// Ready -> started on the no-ops' own clocks: from the stamp the publisher put on the task's
