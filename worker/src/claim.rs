@@ -348,7 +348,7 @@ async fn start(worker: Arc<Worker>, taken: Vec<(ResourceClass, Entry, Alloc)>) {
                     });
                 } else {
                     requests.push(request);
-                    claimable.push((class, entry, alloc));
+                    claimable.push((class, entry, alloc, task));
                 }
             }
             None => {
@@ -371,7 +371,7 @@ async fn start(worker: Arc<Worker>, taken: Vec<(ResourceClass, Entry, Alloc)>) {
 async fn claim_and_start(
     worker: &Arc<Worker>,
     requests: &[ClaimRequest],
-    claimable: Vec<(ResourceClass, Entry, Alloc)>,
+    claimable: Vec<(ResourceClass, Entry, Alloc, TaskEntry)>,
 ) {
     let tasks = worker.store.tasks();
     let claims = match tasks
@@ -386,7 +386,7 @@ async fn claim_and_start(
             // stale (the attempt moved on) and the lease expiry re-queues the task.
             let what = format!("claiming {} entries (handed back)", claimable.len());
             worker.store.outage().report(&what, &format_args!("{e:#}"));
-            for (class, entry, alloc) in claimable {
+            for (class, entry, alloc, _) in claimable {
                 hand_back(worker, class, &entry).await;
                 worker.devices.release(alloc);
             }
@@ -396,11 +396,10 @@ async fn claim_and_start(
     // MongoDB now holds the leases (or the entries were stale): the entries have done their job.
     let mut won = Vec::new();
     let mut acks: Acks = HashMap::new();
-    for ((class, entry, alloc), claim) in claimable.into_iter().zip(claims) {
-        let (model, ready) = TaskEntry::of(&entry).map_or((None, None), |t| (t.model, t.ready_us));
-        acks.entry((class, model)).or_default().push(entry.id);
+    for ((class, entry, alloc, task), claim) in claimable.into_iter().zip(claims) {
+        acks.entry((class, task.model)).or_default().push(entry.id);
         match claim {
-            Some(claim) => won.push((claim, alloc, ready)),
+            Some(claim) => won.push((claim, alloc, task.ready_us)),
             None => worker.devices.release(alloc),
         }
     }

@@ -104,7 +104,7 @@ impl Queue {
             .arg(&entry.task_id)
             .arg(entry.attempt)
             .arg(model)
-            .arg(entry.ready_us.map(|t| t.to_string()).unwrap_or_default())
+            .arg(entry.ready_arg())
             .arg(WORKERS_GROUP)
             .arg(entry_id)
             .invoke_async(&mut conn)

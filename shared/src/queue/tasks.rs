@@ -1,7 +1,8 @@
 //! Task streams: one per resource class, read by workers through the `workers` group.
 //!
 //! An entry only says "task X, as of attempt N, may be claimed" (with when it became ready, and
-//! for a new run's first tasks a copy of the task so a worker need not read it). MongoDB decides
+//! for a new run's first tasks and a small promotion's a copy of the task so a worker need not
+//! read it). MongoDB decides
 //! whether a claim or an outcome wins (fenced on status and attempt), so duplicate or stale
 //! entries are harmless and Redis can always be rebuilt from MongoDB.
 //!
@@ -42,7 +43,8 @@ pub struct TaskEntry {
     pub ready_us: Option<i64>,
     /// The task document as MongoDB held it when the task was queued (BSON, made by
     /// [`TaskEntry::spec_of`]), so that a worker can start an attempt on a deferred claim
-    /// without reading it: the scheduler adds it to a new run's first ready tasks. The copy
+    /// without reading it: the scheduler adds it to a new run's first ready tasks and to the
+    /// tasks of a small promotion ([`crate::store::tasks::WHOLE_READY_TASKS`]). The copy
     /// never decides anything the fenced outcome would not (docs/protocol.md §4). A hand-back
     /// drops it.
     pub spec: Option<Vec<u8>>,
@@ -74,6 +76,11 @@ impl TaskEntry {
         mongodb::bson::to_vec(&trimmed)
             .ok()
             .filter(|b| b.len() <= SPEC_MAX_BYTES)
+    }
+
+    /// `ready_us` as the hand-back scripts take it: `''` for none.
+    pub(super) fn ready_arg(&self) -> String {
+        self.ready_us.map(|t| t.to_string()).unwrap_or_default()
     }
 
     /// The task the entry carries, if it carries one that reads well and is queued as of the
@@ -265,7 +272,7 @@ impl Queue {
             .arg(entry_id)
             .arg(&entry.task_id)
             .arg(entry.attempt)
-            .arg(entry.ready_us.map(|t| t.to_string()).unwrap_or_default())
+            .arg(entry.ready_arg())
             .invoke_async(&mut conn)
             .await?;
         Ok(())
